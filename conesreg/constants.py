@@ -1,0 +1,65 @@
+"""Every environment variable and default of conesreg, read once at import.
+
+Library code reads these as ``constants.NAME`` at call time (never ``from ... import NAME`` into a
+default argument), so tests and embedding applications can patch them in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import user_cache_dir, user_config_dir, user_data_dir
+
+
+def _env_path(name: str, default: str) -> Path:
+    return Path(os.environ.get(name) or default).expanduser()
+
+
+def _env_bool(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+# --- where things live -------------------------------------------------------------------------
+#: Root of the verified, content-addressed download cache.
+CACHE_DIR: Path = _env_path("CONESREG_CACHE_DIR", user_cache_dir("conesreg"))
+#: The embedded local registry (the default source): a plain directory, no server.
+REGISTRY_DIR: Path = _env_path(
+    "CONESREG_REGISTRY_DIR", str(Path(user_data_dir("conesreg")) / "registry")
+)
+#: The user's config file (registries, default namespace, ...).
+CONFIG_FILE: Path = _env_path(
+    "CONESREG_CONFIG", str(Path(user_config_dir("conesreg")) / "config.toml")
+)
+
+# --- behaviour -------------------------------------------------------------------------------
+#: Never touch the network; fail with the list of what is missing instead.
+OFFLINE: bool = _env_bool("CONESREG_OFFLINE")
+#: Show tracebacks for every error (the CLI otherwise prints one line).
+DEBUG: bool = _env_bool("CONESREG_DEBUG")
+
+# --- names and formats -----------------------------------------------------------------------
+DEFAULT_NAMESPACE = "library"
+DEFAULT_REGISTRY = "local"
+LOCKFILE_NAME = "conesreg.lock"
+LOCKFILE_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 1
+CONCEPT_KIND = "cones-mask/1"
+MASK_ENCODING = "cones-rice/1"
+#: Bumped whenever the on-disk layout of the cache or registry changes; it is part of the folder
+#: names, so an old and a new conesreg never read each other's files.
+CACHE_FORMAT = "v1"
+REGISTRY_FORMAT = "v1"
+
+MEDIA_TYPE_MANIFEST = "application/vnd.conesreg.manifest.v1+json"
+MEDIA_TYPE_MASK = "application/vnd.conesreg.mask.v1+safetensors"
+MEDIA_TYPE_PNG = "image/png"
+MEDIA_TYPE_JPEG = "image/jpeg"
+
+#: Names inside a draft directory written by ``conesreg find`` and read by ``conesreg push``.
+DRAFT_MANIFEST = "concept.json"
+DRAFT_MASK = "mask.safetensors"
+DRAFT_PREVIEWS = "previews"
+
+#: Temp files older than this are leftovers of a killed process and may be removed.
+STALE_TMP_SECONDS = 3600
