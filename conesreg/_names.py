@@ -1,0 +1,103 @@
+"""Concept references: ``[REGISTRY/]NAMESPACE/NAME[@SPEC]``.
+
+A name segment is ``[a-z0-9]+([._-][a-z0-9]+)*``, at most 64 characters: lowercase so that names
+are equal exactly when they look equal, and no leading/trailing separators so that a name is always
+a safe single path segment on every filesystem and in every URL.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidReferenceError
+
+NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+NAME_MAX = 64
+# Source prefixes written as a URL scheme (``hf://acme/dog``) rather than a registry alias.
+_SCHEME_RE = re.compile(r"^([a-z][a-z0-9+.-]*)://(.*)$")
+
+
+def check_name(value: str, *, what: str = "name") -> str:
+    """Return ``value`` if it is a valid name segment, else raise :class:`InvalidReferenceError`.
+
+    Example:
+        >>> check_name("dog-v2")
+        'dog-v2'
+    """
+    if not value:
+        raise InvalidReferenceError(f"empty {what}")
+    if len(value) > NAME_MAX:
+        raise InvalidReferenceError(
+            f"{what} {value!r} is {len(value)} characters long",
+            hint=f"use at most {NAME_MAX} characters",
+        )
+    if not NAME_RE.match(value):
+        raise InvalidReferenceError(
+            f"invalid {what} {value!r}",
+            hint="use lowercase letters and digits, separated by single '.', '_' or '-'",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class ConceptRef:
+    """A parsed reference. ``registry`` is None when the default registry applies."""
+
+    namespace: str
+    name: str
+    spec: str | None = None
+    registry: str | None = None
+
+    @property
+    def id(self) -> str:
+        """``namespace/name``, the concept's identity within one registry."""
+        return f"{self.namespace}/{self.name}"
+
+    def __str__(self) -> str:
+        prefix = f"{self.registry}/" if self.registry else ""
+        suffix = f"@{self.spec}" if self.spec else ""
+        return f"{prefix}{self.id}{suffix}"
+
+
+def parse_ref(text: str, *, default_namespace: str | None = None) -> ConceptRef:
+    """Parse ``[REGISTRY/]NAMESPACE/NAME[@SPEC]`` (or ``SCHEME://NAMESPACE/NAME[@SPEC]``).
+
+    The spec is kept as text here and checked by :func:`conesreg._versions.parse_spec`.
+
+    Args:
+        text: the reference as the user typed it.
+        default_namespace: used when ``text`` has no namespace (``dog@1``); if None, a namespace
+            is required.
+
+    Returns:
+        The :class:`ConceptRef`.
+
+    Raises:
+        InvalidReferenceError: on any malformed part, naming the part.
+
+    Example:
+        >>> parse_ref("team/acme/dog@^1.2")
+        ConceptRef(namespace='acme', name='dog', spec='^1.2', registry='team')
+    """
+    raw = text.strip()
+    registry: str | None = None
+    scheme = _SCHEME_RE.match(raw)
+    if scheme:
+        registry, raw = scheme.group(1), scheme.group(2)
+    body, at, spec = raw.partition("@")
+    if at and not spec.strip():
+        raise InvalidReferenceError(
+            f"empty version spec in {text!r}", hint="write NAME@1.2.3, NAME@^1.2 or drop the '@'"
+        )
+    parts = body.split("/")
+    if len(parts) == 1 and default_namespace is not None:
+        parts = [default_namespace, *parts]
+    if len(parts) == 3 and registry is None:
+        registry, *parts = parts
+        check_name(registry, what="registry name")
+    if len(parts) != 2:
+        raise InvalidReferenceError(f"invalid concept reference {text!r}")
+    namespace = check_name(parts[0], what="namespace")
+    name = check_name(parts[1], what="name")
+    return ConceptRef(namespace=namespace, name=name, spec=spec.strip() or None, registry=registry)
