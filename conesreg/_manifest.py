@@ -1,0 +1,311 @@
+"""The concept artifact: manifest, draft and index entry models.
+
+One version of a concept is a manifest plus content-addressed blobs (the mask payload and preview
+images). The manifest is serialised as *canonical JSON* (sorted keys, no whitespace, UTF-8) and
+the sha256 of those bytes is the version's digest: two registries holding the same version agree
+on its digest byte for byte, and a digest pin (``acme/dog@sha256:...``) is unforgeable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from . import constants
+from ._digests import sha256_bytes
+from ._versions import parse_version
+from .errors import ConesregError, IntegrityError, ManifestError
+
+Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$", max_length=64)]
+
+
+class _Model(BaseModel):
+    # Unknown keys are refused rather than dropped: a manifest is hashed, so silently losing a
+    # field would change what the digest means.
+    # defer_build: validators are compiled on first use, so commands that never touch a model
+    # (most of them touch two or three) do not pay for building all of them at import.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+class BlobRef(_Model):
+    """One file of the artifact, addressed by content."""
+
+    digest: Digest
+    size: int = Field(ge=0)
+    media_type: str
+    path: str = Field(description="file name inside the artifact, e.g. previews/with-mask.png")
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        # Sources write files by this path (a Hub repo, a download folder): never let it escape.
+        parts = value.split("/")
+        if (
+            not value
+            or value.startswith("/")
+            or "\\" in value
+            or any(p in ("", ".", "..") for p in parts)
+        ):
+            raise ValueError(f"blob path {value!r} must be a relative path without '..'")
+        return value
+
+
+class TargetParam(_Model):
+    """A candidate parameter of the base model, as a diffusers state-dict name."""
+
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class BaseModelRef(_Model):
+    """The base model a concept belongs to."""
+
+    id: str = Field(description="free text, e.g. a Hub repo id or 'conesreg/mini'")
+    hash: Digest = Field(description="conesreg base-model hash over the target parameters")
+    targets: tuple[TargetParam, ...]
+
+
+class MaskDescriptor(_Model):
+    """Where the mask is and what it holds."""
+
+    blob: Digest
+    encoding: str = constants.MASK_ENCODING
+    total: int = Field(ge=0, description="N: number of candidate scalars over all targets")
+    selected: int = Field(ge=0, description="k: number of concept neurons")
+    counts: dict[str, int] = Field(description="k per target parameter")
+
+
+class MethodInfo(_Model):
+    """How the concept was found."""
+
+    name: str = "cones"
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConceptMetadata(_Model):
+    """What users see and search."""
+
+    class_word: str = Field(min_length=1, description="the class prompt word, e.g. 'dog'")
+    trigger_word: str | None = None
+    prompt_template: str = "a photo of a {class_word}"
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    license: str | None = None
+    authors: tuple[str, ...] = ()
+    created: datetime | None = None
+    method: MethodInfo = Field(default_factory=MethodInfo)
+    previews: tuple[Digest, ...] = ()
+    parents: tuple[str, ...] = Field(default=(), description="name@digest of composed concepts")
+
+    @field_validator("created")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # One spelling of each instant, so the canonical JSON (and the digest) is stable.
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(microsecond=0)
+
+
+class Manifest(_Model):
+    """One immutable version of a concept."""
+
+    schema_version: Literal[1] = constants.MANIFEST_SCHEMA_VERSION
+    namespace: Name
+    name: Name
+    version: str
+    kind: Literal["cones-mask/1"] = constants.CONCEPT_KIND
+    base_model: BaseModelRef
+    mask: MaskDescriptor
+    metadata: ConceptMetadata
+    blobs: tuple[BlobRef, ...]
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        try:
+            return str(parse_version(value))
+        except ConesregError as e:
+            raise ValueError(e.message) from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        by_digest = {b.digest: b for b in self.blobs}
+        if self.mask.blob not in by_digest:
+            raise ValueError(f"mask blob {self.mask.blob} is not listed in blobs")
+        missing = [d for d in self.metadata.previews if d not in by_digest]
+        if missing:
+            raise ValueError(f"preview {missing[0]} is not listed in blobs")
+        if self.metadata.created is None:
+            raise ValueError("metadata.created is required in a published manifest")
+        targets = {t.name: t for t in self.base_model.targets}
+        if set(self.mask.counts) - set(targets):
+            extra = sorted(set(self.mask.counts) - set(targets))[0]
+            raise ValueError(f"mask counts name {extra!r}, which is not a target parameter")
+        for name, count in self.mask.counts.items():
+            if not 0 <= count <= targets[name].numel:
+                raise ValueError(f"mask count {count} out of range for {name!r}")
+        if sum(self.mask.counts.values()) != self.mask.selected:
+            raise ValueError("mask.selected is not the sum of mask.counts")
+        if sum(t.numel for t in self.base_model.targets) != self.mask.total:
+            raise ValueError("mask.total is not the number of target scalars")
+        return self
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def canonical_json(self) -> bytes:
+        """The exact bytes that are stored and hashed."""
+        return canonical_json(self.model_dump(mode="json"))
+
+    @property
+    def digest(self) -> str:
+        """``sha256:`` of :meth:`canonical_json`: the version's identity."""
+        return sha256_bytes(self.canonical_json())
+
+    @property
+    def size(self) -> int:
+        """Bytes of all blobs."""
+        return sum(b.size for b in self.blobs)
+
+    def blob(self, digest: str) -> BlobRef:
+        return next(b for b in self.blobs if b.digest == digest)
+
+
+class ManifestDraft(_Model):
+    """``concept.json`` in a draft directory, as ``conesreg find`` writes it.
+
+    Push fills in the version, the mask descriptor, the blobs and the preview digests.
+    """
+
+    namespace: Name | None = None
+    name: Name | None = None
+    base_model: BaseModelRef
+    metadata: ConceptMetadata
+    preview_files: tuple[str, ...] = Field(
+        default=(), description="paths relative to the draft; default: every image in previews/"
+    )
+
+
+class IndexEntry(_Model):
+    """One version as listed by ``search``/``versions``: the manifest's summary plus yank state."""
+
+    registry: str
+    namespace: Name
+    name: Name
+    version: str
+    digest: Digest
+    yanked: bool = False
+    yank_reason: str | None = None
+    class_word: str
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    base_model_id: str
+    base_model_hash: Digest
+    selected: int
+    total: int
+    size: int
+    created: datetime | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def of(
+        cls, manifest: Manifest, *, registry: str, yanked: bool = False, reason: str | None = None
+    ) -> IndexEntry:
+        m = manifest
+        return cls(
+            registry=registry,
+            namespace=m.namespace,
+            name=m.name,
+            version=m.version,
+            digest=m.digest,
+            yanked=yanked,
+            yank_reason=reason,
+            class_word=m.metadata.class_word,
+            description=m.metadata.description,
+            tags=m.metadata.tags,
+            base_model_id=m.base_model.id,
+            base_model_hash=m.base_model.hash,
+            selected=m.mask.selected,
+            total=m.mask.total,
+            size=m.size,
+            created=m.metadata.created,
+        )
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: one byte string per value."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _validate(model: type[_Model], data: bytes | str | dict, *, what: str) -> Any:
+    try:
+        if isinstance(data, dict):
+            return model.model_validate(data)
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "top level"
+        raise ManifestError(f"{what} fails the schema at {where}: {err['msg']}") from None
+
+
+def parse_manifest(data: bytes | str | dict, *, expected_digest: str | None = None) -> Manifest:
+    """Validate a manifest; with ``expected_digest``, also check that it is the one pinned.
+
+    Raises:
+        ManifestError: the JSON fails the schema (the message names the field).
+        IntegrityError: the bytes do not hash to ``expected_digest``.
+
+    Example:
+        >>> m = parse_manifest(path.read_bytes())  # doctest: +SKIP
+    """
+    manifest: Manifest = _validate(Manifest, data, what="manifest")
+    if expected_digest is not None and manifest.digest != expected_digest:
+        raise IntegrityError(f"manifest hashes to {manifest.digest}, expected {expected_digest}")
+    return manifest
+
+
+def parse_draft(data: bytes | str) -> ManifestDraft:
+    """Validate a ``concept.json`` draft (see :class:`ManifestDraft`)."""
+    return _validate(ManifestDraft, data, what=constants.DRAFT_MANIFEST)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+__all__ = [
+    "BaseModelRef",
+    "BlobRef",
+    "ConceptMetadata",
+    "IndexEntry",
+    "Manifest",
+    "ManifestDraft",
+    "MaskDescriptor",
+    "MethodInfo",
+    "TargetParam",
+    "canonical_json",
+    "parse_draft",
+    "parse_manifest",
+]

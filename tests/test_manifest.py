@@ -1,0 +1,83 @@
+"""The artifact format: canonical JSON, digests, validation and the exported JSON Schemas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import make_draft
+
+from conesreg._manifest import parse_manifest
+from conesreg._push import build_manifest
+from conesreg._schemas import render_schemas
+from conesreg.errors import IntegrityError, ManifestError
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+
+
+@pytest.fixture
+def manifest_dict(tmp_path: Path) -> dict:
+    manifest, _ = build_manifest(make_draft(tmp_path / "d"), version="1.2.3")
+    return manifest.model_dump(mode="json")
+
+
+def test_canonical_json_round_trip(manifest_dict: dict) -> None:
+    m = parse_manifest(manifest_dict)
+    raw = m.canonical_json()
+    assert raw == json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    # Any spelling of the same JSON gives the same manifest and digest.
+    pretty = json.dumps(manifest_dict, indent=4)
+    assert parse_manifest(pretty).digest == m.digest
+    assert parse_manifest(raw, expected_digest=m.digest) == m
+    with pytest.raises(IntegrityError):
+        parse_manifest(raw, expected_digest="sha256:" + "0" * 64)
+
+
+def test_any_field_changes_digest(manifest_dict: dict) -> None:
+    base = parse_manifest(manifest_dict).digest
+    changed = json.loads(json.dumps(manifest_dict))
+    changed["metadata"]["description"] += "!"
+    assert parse_manifest(changed).digest != base
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda d: d.update(version="1.2"), "version"),
+        (lambda d: d.update(name="Dog"), "name"),
+        (lambda d: d.update(kind="lora/1"), "kind"),
+        (lambda d: d.update(extra=1), "extra"),
+        (lambda d: d["mask"].update(blob="sha256:" + "1" * 64), "not listed in blobs"),
+        (lambda d: d["mask"].update(selected=3), "sum of mask.counts"),
+        (lambda d: d["mask"].update(total=3), "number of target scalars"),
+        (lambda d: d["metadata"].update(created=None), "created"),
+        (lambda d: d["blobs"][0].update(path="../../etc/passwd"), "relative path"),
+        (lambda d: d["blobs"][0].update(digest="md5:abc"), "blobs.0.digest"),
+        (lambda d: d["mask"]["counts"].update({"nope.weight": 1}), "not a target parameter"),
+    ],
+)
+def test_schema_violations(manifest_dict: dict, edit, needle: str) -> None:  # type: ignore[no-untyped-def]
+    edit(manifest_dict)
+    with pytest.raises(ManifestError, match="fails the schema") as e:
+        parse_manifest(manifest_dict)
+    assert needle in str(e.value)
+
+
+def test_not_json() -> None:
+    with pytest.raises(ManifestError):
+        parse_manifest(b"{not json")
+
+
+def test_exported_schemas_are_current() -> None:
+    for filename, text in render_schemas().items():
+        path = SCHEMAS / filename
+        assert path.is_file(), f"missing {path}: run python -m conesreg._schemas"
+        assert path.read_text() == text, f"{path} is stale: run python -m conesreg._schemas"
+
+
+def test_schema_accepts_real_manifest(manifest_dict: dict) -> None:
+    import jsonschema
+
+    schema = json.loads((SCHEMAS / "manifest.schema.json").read_text())
+    jsonschema.validate(manifest_dict, schema)
