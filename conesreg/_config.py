@@ -1,0 +1,123 @@
+"""The user's config file (TOML at ``constants.CONFIG_FILE``): registries and defaults.
+
+Example file::
+
+    default_namespace = "acme"
+    default_registry = "local"
+    offline = false
+
+    [registries.local]
+    kind = "local"
+    path = "/home/me/.local/share/conesreg/registry"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import constants
+from ._names import check_name
+from ._storage import atomic_write
+from .errors import ConesregError, ConfigError
+
+
+class RegistryConfig(BaseModel):
+    """One named source."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    kind: Literal["local", "http", "hub"] = "local"
+    path: str | None = None
+    url: str | None = None
+
+
+class Config(BaseModel):
+    """Everything the config file may hold; unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    default_namespace: str = constants.DEFAULT_NAMESPACE
+    default_registry: str = constants.DEFAULT_REGISTRY
+    offline: bool = False
+    registries: dict[str, RegistryConfig] = Field(default_factory=dict)
+
+    def registry(self, name: str | None) -> tuple[str, RegistryConfig]:
+        """The (name, config) of a registry alias; ``None`` means the default registry."""
+        name = name or self.default_registry
+        if name in self.registries:
+            return name, self.registries[name]
+        if name == constants.DEFAULT_REGISTRY:
+            return name, RegistryConfig(kind="local", path=str(constants.REGISTRY_DIR))
+        known = ", ".join(sorted({constants.DEFAULT_REGISTRY, *self.registries}))
+        raise ConfigError(
+            f"unknown registry {name!r} (known: {known})",
+            hint="add it with `conesreg config registry add NAME URL`",
+        )
+
+    @property
+    def is_offline(self) -> bool:
+        return constants.OFFLINE or self.offline
+
+
+SETTABLE = ("default_namespace", "default_registry", "offline")
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read the config file; a missing file means all defaults.
+
+    Raises:
+        ConfigError: the file is not valid TOML or has unknown keys or bad values.
+    """
+    path = path or constants.CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return Config()
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"config file {path}: {where}: {err['msg']}") from None
+
+
+def save_config(config: Config, path: Path | None = None) -> None:
+    """Write the config atomically, readable by the owner only (it may hold registry tokens)."""
+    import tomli_w
+
+    path = path or constants.CONFIG_FILE
+    data = config.model_dump(mode="json", exclude_none=True)
+    atomic_write(path, tomli_w.dumps(data).encode())
+    os.chmod(path, 0o600)
+
+
+def set_value(config: Config, key: str, value: str) -> Config:
+    """A copy of ``config`` with ``key`` set from its text form.
+
+    Raises:
+        ConfigError: unknown key or invalid value.
+    """
+    if key not in SETTABLE:
+        raise ConfigError(
+            f"unknown config key {key!r}", hint=f"settable keys: {', '.join(SETTABLE)}"
+        )
+    parsed: Any = value
+    if key == "offline":
+        if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+            raise ConfigError(f"offline must be true or false, not {value!r}")
+        parsed = value.lower() in {"true", "1", "yes"}
+    else:
+        try:
+            check_name(value, what=key)
+        except ConesregError as e:
+            raise ConfigError(e.message, hint=e.hint) from None
+    if key == "default_registry":
+        config.registry(value)  # must exist
+    return config.model_copy(update={key: parsed})

@@ -1,0 +1,31 @@
+"""Concept sources; ``open_source`` turns a registry alias from the config into a Source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._config import Config
+from ..errors import ConfigError
+from ._base import Source
+from ._local import LocalSource, match_score
+
+
+def open_source(config: Config, registry: str | None = None) -> Source:
+    """The source behind a registry alias (``None`` = the default registry).
+
+    Raises:
+        ConfigError: unknown alias, or a kind this version cannot open yet.
+
+    Example:
+        >>> src = open_source(load_config())  # doctest: +SKIP
+    """
+    name, reg = config.registry(registry)
+    if reg.kind == "local":
+        return LocalSource(Path(reg.path) if reg.path else None, name=name)
+    raise ConfigError(
+        f"registry {name!r} is of kind {reg.kind!r}, which this conesreg cannot open",
+        hint="upgrade conesreg or remove the registry with `conesreg config`",
+    )
+
+
+__all__ = ["LocalSource", "Source", "match_score", "open_source"]
