@@ -1,0 +1,512 @@
+"""The ``conesreg`` command line. It only parses arguments, calls the library and prints.
+
+Exit codes: 0 ok, 1 user error (a :class:`ConesregError`, printed as one line with a hint),
+2 internal error (a bug: one line, or a traceback with ``--debug`` / ``CONESREG_DEBUG=1``).
+Registry commands never import torch or diffusers, so they start in a blink.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import constants
+from .errors import ConesregError
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
+_project_option = click.option(
+    "--project",
+    "project_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory holding conesreg.lock (default: the current directory).",
+)
+
+
+def _out() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def _progress() -> Iterator[Any]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = Console(stderr=True)
+    # Bars only on a terminal: in pipes and logs they would leave stray lines around errors.
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
+        yield progress
+
+
+def _session(offline: bool = False) -> Any:
+    from ._install import Session
+
+    s = Session()
+    if offline:
+        s.config = s.config.model_copy(update={"offline": True})
+    return s
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="conesreg")
+@click.option("--debug", is_flag=True, help="Show tracebacks for every error.")
+def cli(debug: bool) -> None:
+    """conesreg: find, share and compose concept neurons of diffusion models."""
+    if debug:
+        constants.DEBUG = True
+
+
+# -- publishing --------------------------------------------------------------------------------
+@cli.command()
+@click.argument("draft_dir", type=click.Path(path_type=Path))
+@click.option("--version", "version", required=True, help="Full semver version, e.g. 1.0.0.")
+@click.option("--name", "ref", default=None, help="[REGISTRY/]NAMESPACE/NAME to publish as.")
+@_json_option
+def push(draft_dir: Path, version: str, ref: str | None, as_json: bool) -> None:
+    """Publish a draft directory (written by `conesreg find`) as a new version."""
+    from ._push import push as do_push
+
+    if not draft_dir.is_dir():
+        raise ConesregError(
+            f"{draft_dir} is not a directory", hint="pass the directory `conesreg find` wrote"
+        )
+    manifest, created = do_push(draft_dir, version=version, ref=ref, session=_session())
+    if as_json:
+        _emit_json({"created": created, "digest": manifest.digest, **_brief(manifest)})
+        return
+    what = "published" if created else "already published (identical content, nothing to do)"
+    _out().print(f"{manifest.id}@{manifest.version} {what}\n  digest {manifest.digest}")
+
+
+# -- installing --------------------------------------------------------------------------------
+@cli.command()
+@click.argument("refs", nargs=-1)
+@click.option("--locked", is_flag=True, help="Fail if conesreg.lock would change.")
+@click.option("--frozen", is_flag=True, help="Install exactly what conesreg.lock lists.")
+@click.option("--upgrade", is_flag=True, help="Ignore locked versions; take the newest match.")
+@click.option("--offline", is_flag=True, help="Use only the cache; never touch the network.")
+@_project_option
+@_json_option
+def install(
+    refs: tuple[str, ...],
+    locked: bool,
+    frozen: bool,
+    upgrade: bool,
+    offline: bool,
+    project_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Install concepts (e.g. acme/dog@^1.2) and record them in conesreg.lock.
+
+    With no REFS, installs everything conesreg.lock lists.
+    """
+    from ._install import install as do_install
+
+    if locked and frozen:
+        raise ConesregError("--locked and --frozen cannot be combined", hint="pick one")
+    with _progress() as progress:
+        done = do_install(
+            refs,
+            project_dir=project_dir,
+            locked=locked,
+            frozen=frozen,
+            upgrade=upgrade,
+            session=_session(offline),
+            progress=progress,
+        )
+    if as_json:
+        _emit_json([c.model_dump(mode="json") for c in done])
+        return
+    out = _out()
+    for c in done:
+        out.print(f"installed {c.registry}/{c.namespace}/{c.name}@{c.version}  ({c.spec})")
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True)
+@_project_option
+def uninstall(refs: tuple[str, ...], project_dir: Path | None) -> None:
+    """Remove concepts from this project's conesreg.lock."""
+    from ._install import uninstall as do_uninstall
+
+    for c in do_uninstall(refs, project_dir=project_dir, session=_session()):
+        _out().print(f"uninstalled {c.namespace}/{c.name}@{c.version}")
+
+
+@cli.command(name="list")
+@_project_option
+@_json_option
+def list_(project_dir: Path | None, as_json: bool) -> None:
+    """List the concepts installed in this project."""
+    from ._cache import Cache
+    from ._lockfile import lockfile_path, read_lockfile
+
+    lock = read_lockfile(lockfile_path(project_dir))
+    cache = Cache.open()
+    rows = []
+    for c in lock.concepts if lock else ():
+        present = all(cache.blobs.has(d) for d in (c.manifest, *(b.digest for b in c.blobs)))
+        rows.append({**c.model_dump(mode="json"), "cached": present})
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        _out().print("no concepts installed here (see `conesreg install --help`)")
+        return
+    table = _table("concept", "version", "spec", "registry", "cached")
+    for r in rows:
+        name = f"{r['namespace']}/{r['name']}"
+        table.add_row(name, r["version"], r["spec"], r["registry"], "yes" if r["cached"] else "NO")
+    _out().print(table)
+
+
+# -- browsing ----------------------------------------------------------------------------------
+@cli.command()
+@click.argument("query", required=False, default="")
+@click.option("--tag", "tags", multiple=True, help="Only concepts with this tag (repeatable).")
+@click.option("--base-model", default=None, help="Only concepts for this base-model hash.")
+@click.option("--class-word", default=None, help="Only concepts of this class word.")
+@click.option("--registry", default=None, help="Registry alias (default: the default registry).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@_json_option
+def search(
+    query: str,
+    tags: tuple[str, ...],
+    base_model: str | None,
+    class_word: str | None,
+    registry: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Search concepts by name, description, tags and class word."""
+    s = _session()
+    hits = s.source(registry).search(
+        query, tags=tags, base_model_hash=base_model, class_word=class_word, limit=limit
+    )
+    if as_json:
+        _emit_json([h.model_dump(mode="json") for h in hits])
+        return
+    if not hits:
+        _out().print(f"no concepts match {query!r}")
+        return
+    table = _table("concept", "latest", "class", "tags", "description")
+    for h in hits:
+        table.add_row(h.id, h.version, h.class_word, ", ".join(h.tags), h.description)
+    _out().print(table)
+
+
+@cli.command()
+@click.argument("ref")
+@_json_option
+def info(ref: str, as_json: bool) -> None:
+    """Show a version's manifest, sizes, base model and yank state (default: latest)."""
+    from ._versions import parse_spec, select_version
+
+    s = _session()
+    r = s.parse(ref)
+    entry = select_version(parse_spec(r.spec), s.releases(r), concept=r.id)
+    manifest = s.manifest(entry.registry, entry.namespace, entry.name, entry.version, entry.digest)
+    if as_json:
+        _emit_json(
+            {"entry": entry.model_dump(mode="json"), "manifest": manifest.model_dump(mode="json")}
+        )
+        return
+    m, md = manifest, manifest.metadata
+    state = (
+        f"[red]YANKED[/red] ({entry.yank_reason or 'no reason given'})" if entry.yanked else "ok"
+    )
+    lines = [
+        f"[bold]{entry.registry}/{m.id}@{m.version}[/bold]  {state}",
+        f"  digest       {m.digest}",
+        f"  class word   {md.class_word}"
+        + (f"  (trigger: {md.trigger_word})" if md.trigger_word else ""),
+        f"  prompt       {md.prompt_template}",
+        f"  description  {md.description or '-'}",
+        f"  tags         {', '.join(md.tags) or '-'}",
+        f"  license      {md.license or '-'}   authors: {', '.join(md.authors) or '-'}",
+        f"  created      {md.created}",
+        f"  method       {md.method.name} {json.dumps(md.method.hyperparameters, sort_keys=True)}",
+        f"  base model   {m.base_model.id}  {m.base_model.hash}",
+        f"  targets      {len(m.base_model.targets)} parameters, {m.mask.total:,} scalars",
+        f"  neurons      {m.mask.selected:,} ({100 * m.mask.selected / max(m.mask.total, 1):.3g}%)"
+        f"  encoding {m.mask.encoding}",
+        f"  size         {_human(m.size)} in {len(m.blobs)} files",
+    ]
+    if md.parents:
+        lines.append(f"  parents      {', '.join(md.parents)}")
+    for b in m.blobs:
+        lines.append(f"    {b.path:<32} {_human(b.size):>10}  {b.digest[:19]}...")
+    _out().print("\n".join(lines))
+
+
+@cli.command()
+@click.argument("ref")
+@_json_option
+def versions(ref: str, as_json: bool) -> None:
+    """List every version of a concept, yanked ones marked."""
+    s = _session()
+    r = s.parse(ref)
+    entries = s.releases(r)
+    if as_json:
+        _emit_json([e.model_dump(mode="json") for e in entries])
+        return
+    table = _table("version", "digest", "neurons", "size", "created", "state")
+    for e in entries:
+        state = f"yanked: {e.yank_reason or '-'}" if e.yanked else ""
+        table.add_row(
+            e.version,
+            e.digest[:19] + "...",
+            f"{e.selected:,}",
+            _human(e.size),
+            str(e.created or "-"),
+            state,
+        )
+    _out().print(table)
+
+
+def _yank(ref: str, yanked: bool, reason: str | None) -> None:
+    from ._versions import parse_version
+
+    s = _session()
+    r = s.parse(ref)
+    if not r.spec:
+        raise ConesregError(f"{ref!r} names no version", hint="write NAME@1.2.3")
+    version = str(parse_version(r.spec))
+    s.source(r.registry).set_yanked(r.namespace, r.name, version, yanked=yanked, reason=reason)
+    _out().print(f"{'yanked' if yanked else 'unyanked'} {r.id}@{version}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--reason", default=None, help="Why, shown to users who pin it.")
+def yank(ref: str, reason: str | None) -> None:
+    """Yank a version (NAME@1.2.3): ranges skip it, exact pins still install it."""
+    _yank(ref, True, reason)
+
+
+@cli.command()
+@click.argument("ref")
+def unyank(ref: str) -> None:
+    """Undo a yank."""
+    _yank(ref, False, None)
+
+
+# -- cache ---------------------------------------------------------------------------------------
+@cli.command()
+@_json_option
+def verify(as_json: bool) -> None:
+    """Re-hash every file in the cache; exit 1 if any is corrupted."""
+    from ._cache import Cache
+
+    cache = Cache.open()
+    digests = list(cache.blobs.digests())
+    bad = []
+    with _progress() as progress:
+        task = progress.add_task("verifying", total=len(digests))
+        for d in digests:
+            if not cache.blobs.is_intact(d):
+                bad.append(d)
+            progress.advance(task, 1)
+    if as_json:
+        _emit_json({"checked": len(digests), "corrupted": bad})
+    else:
+        _out().print(f"checked {len(digests)} files, {len(bad)} corrupted")
+        for d in bad:
+            _out().print(f"  corrupted: {d}")
+    if bad:
+        raise ConesregError(
+            f"{len(bad)} corrupted file(s) in the cache",
+            hint="run `conesreg cache prune`, then `conesreg install` to fetch them again",
+        )
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect and clean the download cache."""
+
+
+@cache.command(name="ls")
+@_json_option
+def cache_ls(as_json: bool) -> None:
+    """List cached concept versions."""
+    from ._cache import Cache
+
+    entries = Cache.open().entries()
+    if as_json:
+        _emit_json([e.model_dump(mode="json") for e in entries])
+        return
+    table = _table("concept", "version", "registry", "size", "digest")
+    for e in entries:
+        table.add_row(e.id, e.version, e.registry, _human(e.size), e.digest[:19] + "...")
+    _out().print(table if entries else "the cache is empty")
+
+
+@cache.command(name="prune")
+@click.option("--all", "everything", is_flag=True, help="Remove everything, not just leftovers.")
+def cache_prune(everything: bool) -> None:
+    """Remove corrupted files, temp leftovers and blobs no cached version uses."""
+    from ._cache import Cache
+
+    c = Cache.open()
+    if everything:
+        keep: set[str] = set()
+    else:
+        keep = set()
+        for e in c.entries():
+            keep.add(e.digest)
+            if c.blobs.is_intact(e.digest):
+                keep.update(b.digest for b in c.manifest(e.digest).blobs)
+    n, freed = c.prune(keep=keep)
+    _out().print(f"removed {n} file(s), freed {_human(freed)}")
+
+
+@cache.command(name="dir")
+def cache_dir() -> None:
+    """Print the cache directory."""
+    from ._cache import Cache
+
+    click.echo(Cache.open().root)
+
+
+# -- config --------------------------------------------------------------------------------------
+@cli.group()
+def config() -> None:
+    """Read and change settings (default namespace, registry, offline)."""
+
+
+@config.command(name="list")
+@_json_option
+def config_list(as_json: bool) -> None:
+    """Show every setting and where the files are."""
+    from ._config import load_config
+
+    cfg = load_config()
+    data = {
+        **cfg.model_dump(mode="json"),
+        "config_file": str(constants.CONFIG_FILE),
+        "cache_dir": str(constants.CACHE_DIR),
+        "registry_dir": str(constants.REGISTRY_DIR),
+        "offline_effective": cfg.is_offline,
+    }
+    if as_json:
+        _emit_json(data)
+        return
+    for key, value in data.items():
+        click.echo(f"{key} = {json.dumps(value)}")
+
+
+@config.command(name="get")
+@click.argument("key")
+def config_get(key: str) -> None:
+    """Print one setting."""
+    from ._config import SETTABLE, load_config
+
+    if key not in SETTABLE:
+        raise ConesregError(f"unknown config key {key!r}", hint=f"keys: {', '.join(SETTABLE)}")
+    click.echo(json.dumps(getattr(load_config(), key)))
+
+
+@config.command(name="set")
+@click.argument("key")
+@click.argument("value")
+def config_set(key: str, value: str) -> None:
+    """Change one setting (default_namespace, default_registry, offline)."""
+    from ._config import load_config, save_config, set_value
+
+    save_config(set_value(load_config(), key, value))
+    click.echo(f"{key} = {value}")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _table(*columns: str) -> Any:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c in columns:
+        table.add_column(c)
+    return table
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _brief(m: Any) -> dict[str, Any]:
+    return {"namespace": m.namespace, "name": m.name, "version": m.version}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 user error, 2 internal error)."""
+    try:
+        cli.main(args=argv, prog_name="conesreg", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as e:
+        # Usage errors are user errors too: one line, exit 1 (click itself would use 2).
+        hint = (
+            "see `conesreg --help`"
+            if not getattr(e, "ctx", None)
+            else (
+                f"see `{e.ctx.command_path} --help`"  # type: ignore[attr-defined]
+            )
+        )
+        click.echo(f"error: {e.format_message()} (hint: {hint})", err=True)
+        return 1
+    except ConesregError as e:
+        if constants.DEBUG:
+            raise
+        click.echo(f"error: {e.one_line()}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as e:  # a bug: say so in one line unless debugging
+        if constants.DEBUG:
+            raise
+        click.echo(
+            f"internal error: {type(e).__name__}: {e} (hint: rerun with --debug for a traceback "
+            "and report it)",
+            err=True,
+        )
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The command line: exit codes, one-line errors, JSON output, and light imports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import make_draft
+
+from conesreg.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code: int, err: str, *needles: str) -> None:
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "(hint: " in lines[0], err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture
+def pushed(isolated: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    for i, v in enumerate(["1.0.0", "1.1.0"]):
+        code, _, err = run(
+            capsys, "push", str(make_draft(isolated / f"d{i}", seed=i)), "--version", v
+        )
+        assert code == 0, err
+    return isolated
+
+
+def test_full_flow(pushed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "search", "dog", "--json")
+    assert code == 0 and [h["version"] for h in json.loads(out)] == ["1.1.0"]
+    code, out, _ = run(capsys, "info", "acme/dog@1.0", "--json")
+    info = json.loads(out)
+    assert info["manifest"]["version"] == "1.0.0" and info["entry"]["yanked"] is False
+    code, out, _ = run(capsys, "info", "acme/dog")
+    assert code == 0 and "acme/dog@1.1.0" in out and "base model" in out
+    code, out, _ = run(capsys, "versions", "acme/dog", "--json")
+    assert [v["version"] for v in json.loads(out)] == ["1.0.0", "1.1.0"]
+    code, out, _ = run(capsys, "install", "acme/dog@^1", "--json")
+    assert code == 0 and json.loads(out)[0]["version"] == "1.1.0"
+    code, out, _ = run(capsys, "list", "--json")
+    assert [(c["name"], c["cached"]) for c in json.loads(out)] == [("dog", True)]
+    assert run(capsys, "install", "--locked")[0] == 0
+    assert run(capsys, "install", "--frozen")[0] == 0
+    code, out, _ = run(capsys, "cache", "ls", "--json")
+    assert [e["version"] for e in json.loads(out)] == ["1.1.0"]
+    code, out, _ = run(capsys, "verify", "--json")
+    assert code == 0 and json.loads(out)["corrupted"] == []
+    assert run(capsys, "yank", "acme/dog@1.1.0", "--reason", "oops")[0] == 0
+    code, out, _ = run(capsys, "info", "acme/dog@1.1.0")
+    assert "YANKED" in out and "oops" in out
+    assert run(capsys, "unyank", "acme/dog@1.1.0")[0] == 0
+    assert run(capsys, "uninstall", "acme/dog")[0] == 0
+    code, out, _ = run(capsys, "list", "--json")
+    assert json.loads(out) == []
+    code, out, _ = run(capsys, "cache", "prune")
+    assert code == 0 and "removed" in out
+
+
+def test_config(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "config", "set", "default_namespace", "acme")[0] == 0
+    _, out, _ = run(capsys, "config", "get", "default_namespace")
+    assert out.strip() == '"acme"'
+    assert oct((isolated / "config.toml").stat().st_mode & 0o777) == "0o600"
+    _, out, _ = run(capsys, "config", "list", "--json")
+    assert json.loads(out)["default_namespace"] == "acme"
+    assert_user_error(*run(capsys, "config", "set", "colour", "blue")[::2], "unknown config key")
+    assert_user_error(*run(capsys, "config", "set", "offline", "maybe")[::2], "true or false")
+    assert_user_error(*run(capsys, "config", "set", "default_registry", "nope")[::2], "unknown")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["install", "Acme/Dog"], "invalid namespace"),
+        (["install", "acme/dog@^^1"], "invalid version spec"),
+        (["install", "acme/cat"], "no concept acme/cat"),
+        (["install", "acme/dog@^7"], "nearest: 1.0.0, 1.1.0"),
+        (["info", "acme/dog@3"], "nearest"),
+        (["install", "--frozen"], "nothing to install"),
+        (["install", "--locked", "--frozen", "acme/dog"], "cannot be combined"),
+        (["push", "nowhere", "--version", "1.0.0"], "not a directory"),
+        (["yank", "acme/dog"], "names no version"),
+        (["yank", "acme/dog@1.0"], "invalid version"),
+        (["install", "elsewhere/acme/dog"], "unknown registry"),
+        (["frobnicate"], "No such command"),
+        (["push"], "Missing argument"),
+    ],
+)
+def test_user_errors_are_one_line(
+    pushed: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    assert_user_error(*run(capsys, *args)[::2], needle)
+
+
+def test_duplicate_push_with_other_content(
+    pushed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = make_draft(pushed / "other", seed=42)
+    assert_user_error(
+        *run(capsys, "push", str(other), "--version", "1.0.0")[::2], "already published"
+    )
+
+
+def test_yanked_only_and_stale_lock(pushed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "yank", "acme/dog@1.1.0")
+    assert_user_error(*run(capsys, "install", "acme/dog@1.1")[::2], "only yanked")
+    assert run(capsys, "install", "acme/dog@1.0")[0] == 0
+    assert_user_error(*run(capsys, "install", "acme/dog@1.1.0", "--locked")[::2], "stale")
+
+
+def test_verify_reports_corruption(pushed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "install", "acme/dog")
+    from conesreg._cache import Cache
+
+    blob = next(Cache.open().blobs.digests())
+    Cache.open().blobs.path(blob).write_bytes(b"x")
+    assert_user_error(*run(capsys, "verify")[::2], "corrupted")
+
+
+def test_registry_commands_do_not_import_torch(pushed: Path) -> None:
+    code = (
+        "import sys; from conesreg.cli import main; rc = main(['info', 'acme/dog', '--json']);"
+        "heavy = [m for m in ('torch', 'diffusers', 'numpy', 'transformers') if m in sys.modules];"
+        "print(rc, heavy, file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True
+    )
+    assert proc.stderr.strip() == "0 []"
+
+
+def test_console_script_exit_codes(pushed: Path) -> None:
+    ok = subprocess.run(["conesreg", "info", "acme/dog"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "acme/dog@1.1.0" in ok.stdout
+    bad = subprocess.run(["conesreg", "install", "acme/nope"], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
