@@ -28,11 +28,15 @@ __all__ = [
     "__version__",
     "base_model_hash",
     "build_manifest",
+    "decode_mask",
+    "encode_mask",
     "install",
+    "load_mask",
     "open_source",
     "parse_ref",
     "parse_spec",
     "push",
+    "save_mask",
     "uninstall",
 ]
 

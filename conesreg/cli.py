@@ -98,7 +98,10 @@ def push(draft_dir: Path, version: str, ref: str | None, as_json: bool) -> None:
         raise ConesregError(
             f"{draft_dir} is not a directory", hint="pass the directory `conesreg find` wrote"
         )
-    manifest, created = do_push(draft_dir, version=version, ref=ref, session=_session())
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"publishing {draft_dir} as {version}"):
+        manifest, created = do_push(draft_dir, version=version, ref=ref, session=_session())
     if as_json:
         _emit_json({"created": created, "digest": manifest.digest, **_brief(manifest)})
         return

@@ -223,3 +223,36 @@ def test_offline_mode(published: dict[str, str], isolated: Path) -> None:
     Cache.open().blobs.remove(again[0].blobs[0].digest)
     with pytest.raises(OfflineError, match="missing from the cache"):
         install(frozen=True, session=_session_with(src, offline=True))
+
+
+_KILLED_INSTALL = """
+import sys, time
+from conesreg.sources import _local
+
+real = _local.LocalSource.fetch_blob
+def slow(self, digest, out):
+    out.write(b"partial")  # half a blob in the temp file...
+    print("fetching", flush=True)
+    time.sleep(30)  # ...when the parent kills us
+_local.LocalSource.fetch_blob = slow
+from conesreg import install
+install(["acme/dog@1"])
+"""
+
+
+def test_kill_during_install_leaves_nothing_partial(published: dict[str, str]) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_INSTALL], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "fetching"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not lockfile_path().exists()
+    cache = Cache.open()
+    assert all(cache.blobs.is_intact(d) for d in cache.blobs.digests())  # no partial blob
+    [entry] = install(["acme/dog@1"])  # the next run recovers
+    assert all(cache.blobs.is_intact(b.digest) for b in entry.blobs)
