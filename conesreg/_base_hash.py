@@ -20,6 +20,13 @@ two different inputs never produce the same stream. Weights are rounded to float
 hashing so that the float32 and float16 copies of a model (the two forms checkpoints come in)
 hash the same; a bfloat16 copy generally does not, since it has lost mantissa bits float16 keeps.
 
+Weight names are always diffusers names, whatever form the model comes in: a loaded pipeline,
+UNet or state dict; a diffusers folder (pipeline or UNet, single or sharded, float32 or fp16
+variant); a single ``.safetensors`` file in diffusers naming; or an original single-file
+checkpoint in LDM naming (``model.diffusion_model.*`` keys, e.g. ``v1-5-pruned-emaonly`` or the
+SDXL base file that ``from_single_file`` loads), whose attention-block keys are renamed to their
+diffusers names. Pickle checkpoints (``.ckpt``, ``.bin``) are never read: unpickling can run code.
+
 torch, diffusers and safetensors are imported inside the functions, so that importing this
 module (and the CLI commands that only read manifests) stays fast.
 """
@@ -29,10 +36,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,10 +66,26 @@ _WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 #: Key prefix of a UNet inside a whole-pipeline state dict or single file in diffusers naming.
 _UNET_PREFIX = "unet."
+#: Key prefix of the UNet in an original (LDM / CompVis) single-file checkpoint.
+_LDM_PREFIX = "model.diffusion_model."
+#: An LDM key inside an attention (SpatialTransformer) block: slot 1 of an input or output block,
+#: or the middle block's slot 1 (resnet, attention, resnet). Within the block LDM and diffusers
+#: names agree (``transformer_blocks.0.attn2.to_k.weight``), so only this prefix is renamed.
+_LDM_ATTENTION_RE = re.compile(
+    r"model\.diffusion_model\.(?:(input_blocks|output_blocks)\.(\d+)\.1|middle_block\.1)\.(.+)"
+)
+#: The LDM key of a down level's downsampler: the last slot of its input blocks.
+_LDM_DOWNSAMPLER_RE = re.compile(r"model\.diffusion_model\.input_blocks\.(\d+)\.0\.op\.weight")
+#: File suffixes of pickled checkpoints, which are never loaded.
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_LDM_HINT = (
+    "load it with UNet2DConditionModel.from_single_file, save_pretrained() it to a folder and "
+    "pass that folder"
+)
 
 _NO_TARGETS_HINT = (
-    "pass a Stable Diffusion UNet in diffusers naming (a pipeline, its .unet, its folder or "
-    "state dict), or name the weights with targets=[...]"
+    "pass a Stable Diffusion UNet (a pipeline, its .unet, its folder, its state dict in diffusers "
+    "naming, or a single .safetensors checkpoint), or name the weights with targets=[...]"
 )
 
 _CacheEntry = tuple[tuple[weakref.ref, ...], tuple[tuple[Any, ...], ...], str]
@@ -127,7 +151,11 @@ def base_model_hash(model: Any, *, targets: Sequence[str] | None = None) -> str:
               ``unet/``) or of a UNet folder, holding ``diffusion_pytorch_model.safetensors``,
               its ``fp16`` variant, or a sharded ``*.safetensors.index.json``;
             - the path of a single ``.safetensors`` file of the UNet's weights in diffusers
-              naming (keys may all carry a ``unet.`` prefix).
+              naming (keys may all carry a ``unet.`` prefix);
+            - the path of an original single-file checkpoint (``.safetensors``, LDM naming:
+              ``model.diffusion_model.*`` keys), as ``from_single_file`` loads. Its attention
+              blocks' weights, where the targets live, are read under their diffusers names;
+              its other weights are not available as targets.
 
             Files are read lazily: only the target tensors are loaded, and no model is built.
         targets (`Sequence[str]`, *optional*):
@@ -354,6 +382,13 @@ def _add_variant(file_name: str, variant: str | None) -> str:
 def _unet_weight_files(path: Path) -> dict[str, Path]:
     """Maps each stored tensor name of the UNet weights at ``path`` to the file holding it."""
     if path.is_file():
+        if path.suffix.lower() in _PICKLE_SUFFIXES:
+            raise StorageError(
+                f"{path} is a pickle checkpoint, not a .safetensors file; conesreg never "
+                "unpickles files (that can run arbitrary code): convert it to .safetensors",
+                hint="if you trust its source, load it and save its state dict with "
+                "safetensors.torch.save_file",
+            )
         if path.suffix != ".safetensors":
             raise StorageError(
                 f"{path} is not a .safetensors file",
@@ -400,6 +435,48 @@ def _unet_weight_files(path: Path) -> dict[str, Path]:
     )
 
 
+def _ldm_attention_names(keys: Collection[str], path: Path) -> dict[str, str]:
+    """Maps diffusers names to the keys of an LDM checkpoint's attention-block weights.
+
+    An LDM UNet numbers its layers in slots: ``input_blocks.0`` is ``conv_in``, then each down
+    level has L resnet(+attention) slots and, except the last, a downsampler slot; each up level
+    has L + 1 slots (the upsampler shares the last one). L (``layers_per_block``) is not stored,
+    but the first downsampler's slot is L + 1.
+    """
+    per_level = min(
+        (int(m[1]) for key in keys if (m := _LDM_DOWNSAMPLER_RE.fullmatch(key))), default=None
+    )
+    if per_level is None:
+        raise StorageError(
+            f"cannot map the original (LDM) key names of {path} to diffusers names: it has no "
+            "downsampler (model.diffusion_model.input_blocks.N.0.op.weight) to tell its "
+            "layers per block from",
+            hint=_LDM_HINT,
+        )
+    names = {}
+    for key in keys:
+        m = _LDM_ATTENTION_RE.fullmatch(key)
+        # Slot 1 of an output block without attention holds its upsampler, not an attention.
+        if m is None or m[3].startswith("conv."):
+            continue
+        kind, rest = m[1], m[3]
+        if kind is None:
+            block = "mid_block.attentions.0"
+        elif kind == "input_blocks":
+            level, j = divmod(int(m[2]) - 1, per_level)
+            if j == per_level - 1:  # a downsampler's slot: the inferred L must be wrong
+                raise StorageError(
+                    f"{path} has an attention block in a downsampler's slot: {key}",
+                    hint=_LDM_HINT,
+                )
+            block = f"down_blocks.{level}.attentions.{j}"
+        else:
+            level, j = divmod(int(m[2]), per_level)
+            block = f"up_blocks.{level}.attentions.{j}"
+        names[f"{block}.{rest}"] = key
+    return names
+
+
 def _safetensors_error() -> type[Exception]:
     from safetensors import SafetensorError
 
@@ -428,7 +505,11 @@ def _open_path(
     from safetensors import safe_open
 
     files = _unet_weight_files(path)
-    stored = _strip_unet_prefix({key: key for key in files})
+    # Maps each UNet name (diffusers naming) to its key in the files.
+    if any(key.startswith(_LDM_PREFIX) for key in files):
+        stored = _ldm_attention_names(files, path)
+    else:
+        stored = _strip_unet_prefix({key: key for key in files})
     safetensors_error = _safetensors_error()
     with ExitStack() as stack:
         handles: dict[Path, Any] = {}

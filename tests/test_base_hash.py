@@ -11,6 +11,7 @@ import gc
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import struct
@@ -24,6 +25,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+from ldm_convert import to_ldm
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -240,6 +243,173 @@ def test_folder_hashing_imports_neither_diffusers_nor_the_model(tiny_pipeline_di
     )
     out = _run_python(code)
     assert HASH_RE.match(out.strip())
+
+
+# --- original (LDM) single-file checkpoints ----------------------------------------------------
+
+#: The layout-defining entries of the SD 1.5 and SDXL base UNet configs (other entries keep
+#: diffusers' defaults, which change no weight's name): for checking the LDM key mapping on
+#: full-size layouts (layers_per_block=2, several levels, up to 10 transformer blocks) without
+#: materialising their weights.
+SD15_UNET_CONFIG: dict[str, Any] = {
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "layers_per_block": 2,
+    "sample_size": 64,
+}
+SDXL_UNET_CONFIG: dict[str, Any] = {
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 2,
+    "projection_class_embeddings_input_dim": 2816,
+    "sample_size": 128,
+    "transformer_layers_per_block": [1, 2, 10],
+    "use_linear_projection": True,
+}
+
+
+def _ldm_checkpoint(unet: UNet2DConditionModel, dtype: torch.dtype = torch.float32) -> dict:
+    """The UNet as a whole-model LDM checkpoint, with stand-ins for the other components."""
+    state = {k: v.to(dtype).contiguous() for k, v in unet.state_dict().items()}
+    checkpoint = to_ldm(state, unet.config)
+    checkpoint["first_stage_model.decoder.conv_in.weight"] = torch.ones(4, 4, dtype=dtype)
+    checkpoint["cond_stage_model.transformer.text_model.final_layer_norm.weight"] = torch.ones(8)
+    # EMA copies are stored under flattened names; diffusers (and conesreg) ignore them.
+    checkpoint["model_ema.diffusion_modelmiddle_block1transformer_blocks0attn2to_kweight"] = (
+        torch.zeros(2, 2)
+    )
+    return checkpoint
+
+
+def test_ldm_test_checkpoint_loads_in_diffusers_as_the_original(
+    tiny_pipeline: StableDiffusionPipeline, tiny_pipeline_dir: Path, tmp_path: Path
+) -> None:
+    # The oracle for the tests below: diffusers' own loader must read the LDM file written by
+    # tests/ldm_convert.py back into exactly the original weights.
+    original = tiny_pipeline.unet.state_dict()
+    checkpoint = _ldm_checkpoint(tiny_pipeline.unet)
+    converted = convert_ldm_unet_checkpoint(checkpoint, tiny_pipeline.unet.config)
+    assert converted.keys() == original.keys()
+    assert all(torch.equal(converted[k], original[k]) for k in original)
+
+    save_file(checkpoint, tmp_path / "model.safetensors")
+    loaded = UNet2DConditionModel.from_single_file(
+        tmp_path / "model.safetensors",
+        config=str(tiny_pipeline_dir / "unet"),
+        local_files_only=True,
+    ).state_dict()
+    assert loaded.keys() == original.keys()
+    assert all(torch.equal(loaded[k], original[k]) for k in original)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_ldm_single_file_hashes_like_the_diffusers_forms(
+    tiny_pipeline: StableDiffusionPipeline,
+    tiny_pipeline_dir: Path,
+    reference_hash: str,
+    tmp_path: Path,
+    dtype: torch.dtype,
+) -> None:
+    file = tmp_path / "model.safetensors"
+    save_file(_ldm_checkpoint(tiny_pipeline.unet, dtype), file)
+    assert base_model_hash(file) == base_model_hash(tiny_pipeline_dir) == reference_hash
+    # The same diffusers names and shapes, so masks made on either form fit the other.
+    assert target_shapes(file) == target_shapes(tiny_pipeline)
+    # Explicit targets in diffusers naming work too, within the attention blocks.
+    assert base_model_hash(file, targets=[TO_Q]) == base_model_hash(tiny_pipeline, targets=[TO_Q])
+    with pytest.raises(BaseModelMismatchError, match="conv_in"):
+        base_model_hash(file, targets=["conv_in.weight"])
+
+
+def test_changed_target_in_an_ldm_file_changes_the_hash(
+    tiny_pipeline: StableDiffusionPipeline, reference_hash: str, tmp_path: Path
+) -> None:
+    config = tiny_pipeline.unet.config
+    state = {k: v.clone() for k, v in tiny_pipeline.unet.state_dict().items()}
+    for name in (TO_Q, "conv_in.weight", "down_blocks.0.resnets.0.conv1.weight"):
+        _nudge(state[name], 0)  # not targets: no change
+    save_file(to_ldm(state, config), tmp_path / "others.safetensors")
+    assert base_model_hash(tmp_path / "others.safetensors") == reference_hash
+
+    for target in default_targets(state):
+        changed = {k: v.clone() for k, v in state.items()}
+        _nudge(changed[target], 3)
+        file = tmp_path / "changed.safetensors"
+        save_file(to_ldm(changed, config), file)
+        # Changed, and the same as the diffusers form: the changed tensor has the right name.
+        assert base_model_hash(file) != reference_hash, target
+        assert base_model_hash(file) == base_model_hash(changed), target
+
+
+@pytest.mark.parametrize(
+    ("config", "n_targets"), [(SD15_UNET_CONFIG, 32), (SDXL_UNET_CONFIG, 140)], ids=["sd15", "sdxl"]
+)
+def test_ldm_names_of_full_size_unets(
+    config: dict[str, Any], n_targets: int, tmp_path: Path
+) -> None:
+    with torch.device("meta"):  # names and structure only; no weights are allocated
+        unet = UNet2DConditionModel(**config)
+    names = list(unet.state_dict())
+    # The oracle first: diffusers maps the LDM names back to the diffusers ones (the converter
+    # passes values through, so each value can simply be the expected name).
+    checkpoint = to_ldm({name: name for name in names}, unet.config)
+    assert convert_ldm_unet_checkpoint(checkpoint, unet.config) == {n: n for n in names}
+
+    # A file of one distinct scalar per LDM key: the hash sees the right value under each name.
+    values = {name: torch.tensor([float(i)]) for i, name in enumerate(names)}
+    file = tmp_path / "model.safetensors"
+    save_file(to_ldm(values, unet.config), file)
+    assert list(target_shapes(file)) == default_targets(names)
+    assert len(default_targets(names)) == n_targets
+    # Exactly the attention blocks' weights are read, under real names (an upsampler in slot 1
+    # of an output block is not taken for an attention).
+    with _base_hash._open_path(file) as (available, _tensor, _shape):
+        assert sorted(available) == sorted(n for n in names if ".attentions." in n)
+    assert base_model_hash(file) == base_model_hash(values)
+
+
+def test_unmappable_ldm_files_raise(tmp_path: Path) -> None:
+    attention = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    file = tmp_path / "model.safetensors"
+    save_file({attention: torch.zeros(2, 2)}, file)
+    with pytest.raises(StorageError, match="layers per block"):
+        base_model_hash(file)
+    # With L inferred as 1 (downsampler in input block 2), input block 2 can hold no attention.
+    downsampler = "model.diffusion_model.input_blocks.2.0.op.weight"
+    save_file(
+        {attention.replace(".1.1.", ".2.1."): torch.zeros(2), downsampler: torch.zeros(2)}, file
+    )
+    with pytest.raises(StorageError, match="downsampler's slot"):
+        target_shapes(file)
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".pth", ".bin"])
+def test_pickle_checkpoints_are_refused_unread(tmp_path: Path, suffix: str) -> None:
+    marker = tmp_path / "unpickled"
+    file = tmp_path / f"model{suffix}"
+    file.write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(marker)))
+    with pytest.raises(StorageError, match=r"pickle checkpoint.*convert it to \.safetensors"):
+        base_model_hash(file)
+    with pytest.raises(StorageError, match="pickle checkpoint"):
+        target_shapes(file)
+    assert not marker.exists()
 
 
 # --- what changes the hash ---------------------------------------------------------------------
