@@ -10,10 +10,10 @@ from typing import Any, Protocol
 from ._cache import Cache
 from ._config import Config, load_config
 from ._lockfile import LockedConcept, Lockfile, lockfile_path, read_lockfile, write_lockfile
-from ._manifest import IndexEntry, Manifest
+from ._manifest import BlobRef, IndexEntry, Manifest
 from ._names import ConceptRef, parse_ref
 from ._resolver import Resolution, resolve
-from .errors import LockfileError, OfflineError, StaleLockfileError
+from .errors import InvalidReferenceError, LockfileError, OfflineError, StaleLockfileError
 from .sources import Source, open_source
 
 
@@ -69,6 +69,23 @@ class Session:
             self.cache.ensure(digest, lambda out: out.write(data))
         return self.cache.manifest(digest)
 
+    def blob(
+        self, registry: str, blob: BlobRef, *, progress: Progress | None = None, label: str = ""
+    ) -> Path:
+        """The verified cache path of ``blob``, fetched from ``registry``'s source if missing."""
+        if self.cache.blobs.is_intact(blob.digest):
+            return self.cache.blobs.path(blob.digest)
+        self.require_online(registry, [blob.digest])
+        src = self.source(registry)
+        task = (
+            progress.add_task(f"{label} {blob.path}".strip(), total=blob.size) if progress else None
+        )
+
+        def write(out: Any) -> None:
+            src.fetch_blob(blob.digest, _Reporting(out, progress, task))
+
+        return self.cache.ensure(blob.digest, write, size=blob.size)
+
     def require_online(self, registry: str, missing: list[str]) -> None:
         if self.source(registry).remote and self.config.is_offline:
             raise OfflineError(
@@ -112,7 +129,7 @@ def install(
     s = session or Session()
     path = lockfile_path(project_dir)
     old = read_lockfile(path)
-    requested = [s.parse(r) for r in refs]
+    requested = _dedupe([s.parse(r) for r in refs])
     if not requested:
         if old is None or not old.concepts:
             raise LockfileError(
@@ -141,6 +158,18 @@ def install(
     if new != old:
         write_lockfile(path, new)
     return wanted
+
+
+def _dedupe(refs: list[ConceptRef]) -> list[ConceptRef]:
+    seen: dict[str, ConceptRef] = {}
+    for ref in refs:
+        prior = seen.setdefault(_key(ref), ref)
+        if (prior.spec or "latest") != (ref.spec or "latest"):
+            raise InvalidReferenceError(
+                f"{ref.id} is requested twice, as {prior} and {ref}",
+                hint="a project holds one version of each concept: name it once",
+            )
+    return list(seen.values())
 
 
 def _key(ref: ConceptRef) -> str:
@@ -179,18 +208,8 @@ def _fetch_blobs(s: Session, entry: LockedConcept, progress: Progress | None) ->
     missing = [b for b in manifest.blobs if not s.cache.blobs.is_intact(b.digest)]
     if missing:
         s.require_online(e.registry, [b.digest for b in missing])
-    src = s.source(e.registry)
     for blob in missing:
-        task = (
-            progress.add_task(f"{e.namespace}/{e.name} {blob.path}", total=blob.size)
-            if progress
-            else None
-        )
-
-        def write(out: Any, digest: str = blob.digest, task: Any = task) -> None:
-            src.fetch_blob(digest, _Reporting(out, progress, task))
-
-        s.cache.ensure(blob.digest, write, size=blob.size)
+        s.blob(e.registry, blob, progress=progress, label=f"{e.namespace}/{e.name}")
     s.cache.record(IndexEntry.of(manifest, registry=e.registry))
 
 
