@@ -17,6 +17,8 @@ from .sources import Source, open_source
 __version__ = "0.1.0"
 
 __all__ = [
+    "Concept",
+    "ConceptHandle",
     "ConceptRef",
     "IndexEntry",
     "LockedConcept",
@@ -26,25 +28,52 @@ __all__ = [
     "Source",
     "VersionSpec",
     "__version__",
+    "active_concepts",
+    "apply",
     "base_model_hash",
     "build_manifest",
     "decode_mask",
     "encode_mask",
+    "generate",
     "install",
+    "load_concepts",
     "load_mask",
+    "load_pipeline",
     "open_source",
+    "overlap",
     "parse_ref",
     "parse_spec",
     "push",
+    "restore",
     "save_mask",
+    "save_png",
     "uninstall",
 ]
 
 
-def __getattr__(name: str) -> object:
-    # The mask codec needs numpy: load it only when asked for, so `import conesreg` stays light.
-    if name in {"encode_mask", "decode_mask", "save_mask", "load_mask"}:
-        from . import _mask
+# Loaded on first use: the mask codec needs numpy, composing needs torch and diffusers, and
+# `import conesreg` (and every registry command) must stay light.
+_LAZY = {
+    "encode_mask": "_mask",
+    "decode_mask": "_mask",
+    "save_mask": "_mask",
+    "load_mask": "_mask",
+    "Concept": "_concept",
+    "load_concepts": "_concept",
+    "overlap": "_concept",
+    "apply": "_compose",
+    "restore": "_compose",
+    "active_concepts": "_compose",
+    "load_pipeline": "_compose",
+    "ConceptHandle": "_compose",
+    "generate": "_generate",
+    "save_png": "_generate",
+}
 
-        return getattr(_mask, name)
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'conesreg' has no attribute {name!r}")

@@ -44,6 +44,8 @@ class Config(BaseModel):
     default_namespace: str = constants.DEFAULT_NAMESPACE
     default_registry: str = constants.DEFAULT_REGISTRY
     offline: bool = False
+    #: The base model of ``generate`` and ``load_pipeline`` when none is given.
+    default_base: str | None = None
     registries: dict[str, RegistryConfig] = Field(default_factory=dict)
 
     def registry(self, name: str | None) -> tuple[str, RegistryConfig]:
@@ -59,12 +61,23 @@ class Config(BaseModel):
             hint="add it with `conesreg config registry add NAME URL`",
         )
 
+    def base_model(self) -> str:
+        """The base model to use when none is given (env, then config, then the default)."""
+        base = constants.BASE_MODEL or self.default_base
+        if not base:
+            raise ConfigError(
+                "no base model given and none configured",
+                hint="pass --base MODEL (a diffusers folder or Hub id) or "
+                "`conesreg config set default_base MODEL`",
+            )
+        return base
+
     @property
     def is_offline(self) -> bool:
         return constants.OFFLINE or self.offline
 
 
-SETTABLE = ("default_namespace", "default_registry", "offline")
+SETTABLE = ("default_namespace", "default_registry", "offline", "default_base")
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -113,7 +126,7 @@ def set_value(config: Config, key: str, value: str) -> Config:
         if value.lower() not in {"true", "false", "1", "0", "yes", "no"}:
             raise ConfigError(f"offline must be true or false, not {value!r}")
         parsed = value.lower() in {"true", "1", "yes"}
-    else:
+    elif key != "default_base":
         try:
             check_name(value, what=key)
         except ConesregError as e:

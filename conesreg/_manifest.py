@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -176,9 +177,9 @@ class Manifest(_Model):
         """The exact bytes that are stored and hashed."""
         return canonical_json(self.model_dump(mode="json"))
 
-    @property
+    @cached_property
     def digest(self) -> str:
-        """``sha256:`` of :meth:`canonical_json`: the version's identity."""
+        """``sha256:`` of :meth:`canonical_json`: the version's identity (computed once)."""
         return sha256_bytes(self.canonical_json())
 
     @property

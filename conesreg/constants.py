@@ -38,6 +38,9 @@ OFFLINE: bool = _env_bool("CONESREG_OFFLINE")
 #: Show tracebacks for every error (the CLI otherwise prints one line).
 DEBUG: bool = _env_bool("CONESREG_DEBUG")
 
+#: The base model of ``generate``/``load_pipeline`` when none is given (a folder or Hub id).
+BASE_MODEL: str | None = os.environ.get("CONESREG_BASE_MODEL") or None
+
 # --- names and formats -----------------------------------------------------------------------
 DEFAULT_NAMESPACE = "library"
 DEFAULT_REGISTRY = "local"

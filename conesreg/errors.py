@@ -19,7 +19,9 @@ __all__ = [
     "BaseModelMismatchError",
     "ConceptNotFoundError",
     "ConesregError",
+    "ConesregWarning",
     "ConfigError",
+    "DeviceMemoryError",
     "ImmutableVersionError",
     "IntegrityError",
     "InvalidReferenceError",
@@ -30,6 +32,7 @@ __all__ = [
     "SourceError",
     "StaleLockfileError",
     "StorageError",
+    "UnsupportedPipelineError",
     "VersionNotFoundError",
     "YankedVersionError",
 ]
@@ -142,3 +145,19 @@ class BaseModelMismatchError(ConesregError, ValueError):
     """A concept was made for another base model than the one it is applied to."""
 
     default_hint = "use the base model the concept names, or pass force=True / --force"
+
+
+class UnsupportedPipelineError(ConesregError, TypeError):
+    """The object concepts are applied to has no UNet conesreg knows how to edit."""
+
+    default_hint = "pass a diffusers Stable Diffusion pipeline (SD 1.x, 2.x or SDXL) or its .unet"
+
+
+class DeviceMemoryError(ConesregError, MemoryError):
+    """The device ran out of memory while applying concepts; the pipeline was left as it was."""
+
+    default_hint = "free device memory, or load the pipeline on the CPU (--device cpu)"
+
+
+class ConesregWarning(UserWarning):
+    """Something worth knowing that is not an error (overlapping concepts, a forced mismatch)."""

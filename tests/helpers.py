@@ -58,3 +58,39 @@ def make_draft(
     }
     (folder / "concept.json").write_text(json.dumps(draft))
     return folder
+
+
+def make_tiny_draft(
+    folder: Path,
+    pipe: object,
+    *,
+    seed: int = 0,
+    fraction: float = 0.05,
+    name: str = "dog",
+    namespace: str = "acme",
+    class_word: str = "dog",
+) -> Path:
+    """A draft for the tiny pipeline: a random mask over its cross-attention K/V weights."""
+    from conesreg._base_hash import base_model_hash, target_shapes
+
+    shapes = target_shapes(pipe)
+    numels = {n: int(np.prod(s)) for n, s in shapes.items()}
+    rng = np.random.default_rng(seed)
+    indices = {
+        n: np.sort(rng.choice(numel, max(1, int(numel * fraction)), replace=False))
+        for n, numel in numels.items()
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    save_mask(folder / "mask.safetensors", indices, numels=numels)
+    draft = {
+        "namespace": namespace,
+        "name": name,
+        "base_model": {
+            "id": "tiny/test",
+            "hash": base_model_hash(pipe),
+            "targets": [{"name": n, "shape": list(s)} for n, s in shapes.items()],
+        },
+        "metadata": {"class_word": class_word},
+    }
+    (folder / "concept.json").write_text(json.dumps(draft))
+    return folder

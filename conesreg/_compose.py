@@ -1,0 +1,444 @@
+"""Apply concepts to a diffusers pipeline by switching their neurons off, in place and reversibly.
+
+A concept is a set of flat indices into some UNet weights; applying it sets those scalars to zero
+(the Cones paper's "switching off"). Several concepts apply as the union of their sets. The edit is
+made on the weights themselves, on their device: generation runs no hooks and costs nothing extra.
+
+Per UNet, one record (``_Applied``) holds the concepts that are on and, for the union of their
+positions only, the original values. Every change of the active set restores those values and
+switches the new union off, so restoring is bitwise exact in any order, across any sequence of
+apply/restore/swap, and after the pipeline moved to another device or dtype (the saved values are
+moved and cast like the weights were). Everything that can fail -- base-model hash, parameter
+names and shapes, index ranges, device memory -- is checked or allocated before the first write.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._base_hash import base_model_hash
+from ._concept import OVERLAP_WARN_JACCARD, Concept, Overlap, load_concepts, overlap
+from ._install import Session
+from .errors import (
+    BaseModelMismatchError,
+    ConesregWarning,
+    DeviceMemoryError,
+    MaskError,
+    UnsupportedPipelineError,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class _Applied:
+    """What is switched off on one UNet right now."""
+
+    holders: Counter[str] = field(default_factory=Counter)  # digest -> handles holding it
+    concepts: dict[str, Concept] = field(default_factory=dict)  # digest -> concept
+    # param name -> (flat indices, original values), both on the parameter's device
+    saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # sorted target names -> hash of the pristine weights, so swaps never re-hash
+    base_hashes: dict[tuple[str, ...], str] = field(default_factory=dict)
+    # param name -> (owning module, attribute): a dict lookup instead of a walk down the tree,
+    # and still the live parameter after .to() or an in-place reload
+    owners: dict[str, tuple[Any, str]] = field(default_factory=dict)
+
+    def param(self, unet: Any, name: str) -> Any:
+        """The parameter called ``name``, or None."""
+        if name not in self.owners:
+            path, _, leaf = name.rpartition(".")
+            try:
+                self.owners[name] = (unet.get_submodule(path) if path else unet, leaf)
+            except AttributeError:
+                return None
+        module, leaf = self.owners[name]
+        return module._parameters.get(leaf)
+
+
+_STATE: weakref.WeakKeyDictionary[Any, _Applied] = weakref.WeakKeyDictionary()
+
+
+class ConceptHandle:
+    """The concepts one :func:`apply` call switched off; ``restore()`` switches them back on.
+
+    Usable as a context manager. Restoring one handle keeps the concepts other handles hold.
+
+    Example:
+        >>> with conesreg.apply(pipe, ["acme/dog@^1"]) as handle:  # doctest: +SKIP
+        ...     image = pipe("a photo of a dog").images[0]
+    """
+
+    def __init__(self, unet: Any, concepts: list[Concept], overlaps: list[Overlap]) -> None:
+        self._unet = weakref.ref(unet)
+        self.concepts = concepts
+        self.overlaps = overlaps
+        self.active = True
+
+    def restore(self) -> None:
+        """Switch this handle's concepts back on (no-op if already restored)."""
+        unet = self._unet()
+        if not self.active or unet is None:
+            return
+        state = _STATE[unet]
+        before = (Counter(state.holders), dict(state.concepts))
+        for c in self.concepts:
+            state.holders[c.digest] -= 1
+            if state.holders[c.digest] <= 0:
+                del state.holders[c.digest]
+                del state.concepts[c.digest]
+        try:
+            _sync(unet, state)
+        except BaseException:
+            state.holders, state.concepts = before
+            raise
+        self.active = False
+
+    def __enter__(self) -> ConceptHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def __repr__(self) -> str:
+        names = ", ".join(c.label for c in self.concepts)
+        return f"<ConceptHandle [{names}] {'active' if self.active else 'restored'}>"
+
+
+def apply(
+    pipe: Any,
+    concepts: Sequence[str | Concept],
+    *,
+    force: bool = False,
+    project_dir: Path | None = None,
+    locked: bool = False,
+    frozen: bool = False,
+    session: Session | None = None,
+) -> ConceptHandle:
+    """Switch the neurons of ``concepts`` off in ``pipe``'s UNet, in place.
+
+    Args:
+        pipe: a diffusers pipeline with a ``unet`` (SD 1.x, 2.x, SDXL), or the UNet itself.
+        concepts: references (``"acme/dog@^1"``, installed through ``conesreg.lock``) or
+            :class:`Concept` objects.
+        force: apply even if a concept was made for another base model (with a warning).
+        project_dir, locked, frozen: as for :func:`conesreg.install`.
+        session: config, cache and sources to use.
+
+    Returns:
+        A :class:`ConceptHandle`; call ``restore()`` (or leave its ``with`` block) to undo.
+
+    Raises:
+        UnsupportedPipelineError: ``pipe`` has no UNet.
+        BaseModelMismatchError: a concept belongs to another base model, or names a parameter
+            this UNet lacks or has with another shape. Nothing is changed.
+        MaskError: an index out of range. Nothing is changed.
+        DeviceMemoryError: out of memory on the device. Nothing is changed.
+
+    Example:
+        >>> handle = conesreg.apply(pipe, ["acme/dog@^1", "acme/cat@1.2"])  # doctest: +SKIP
+        >>> handle.restore()  # doctest: +SKIP
+    """
+    unet = _unet_of(pipe)
+    loaded = load_concepts(
+        concepts, project_dir=project_dir, locked=locked, frozen=frozen, session=session
+    )
+    unique = list({c.digest: c for c in loaded}.values())
+    state = _STATE.setdefault(unet, _Applied())
+    new = [c for c in unique if c.digest not in state.concepts]
+    _check(pipe, unet, state, new, force=force)
+
+    overlaps = overlap(list({**state.concepts, **{c.digest: c for c in new}}.values()))
+    for o in overlaps:
+        if o.jaccard > OVERLAP_WARN_JACCARD:
+            warnings.warn(
+                f"{o.a} and {o.b} share {o.shared} neurons (Jaccard {o.jaccard:.2f}); "
+                "they will blend",
+                ConesregWarning,
+                stacklevel=2,
+            )
+    before = (Counter(state.holders), dict(state.concepts))
+    for c in unique:
+        state.holders[c.digest] += 1
+        state.concepts[c.digest] = c
+    try:
+        _sync(unet, state)
+    except BaseException:
+        state.holders, state.concepts = before
+        raise
+    return ConceptHandle(unet, unique, overlaps)
+
+
+def restore(pipe: Any) -> None:
+    """Switch every concept on ``pipe`` back on: the UNet is bitwise as it was loaded.
+
+    Example:
+        >>> conesreg.restore(pipe)  # doctest: +SKIP
+    """
+    unet = _unet_of(pipe)
+    state = _STATE.get(unet)
+    if state is not None and state.concepts:
+        state.holders.clear()
+        state.concepts.clear()
+        _sync(unet, state)
+
+
+def active_concepts(pipe: Any) -> list[Concept]:
+    """The concepts currently switched off in ``pipe``, in the order they were applied."""
+    state = _STATE.get(_unet_of(pipe))
+    return list(state.concepts.values()) if state else []
+
+
+def pristine_hash(pipe: Any, *, targets: Sequence[str] | None = None) -> str:
+    """The base-model hash of ``pipe`` as loaded, whatever concepts are applied now."""
+    from ._base_hash import default_targets
+
+    unet = _unet_of(pipe)
+    names = tuple(sorted(targets or default_targets(n for n, _ in unet.named_parameters())))
+    return _pristine_hash(unet, _STATE.setdefault(unet, _Applied()), names)
+
+
+# -- internals -----------------------------------------------------------------------------------
+def _unet_of(pipe: Any) -> torch.nn.Module:
+    import torch
+
+    unet = getattr(pipe, "unet", pipe)
+    if not isinstance(unet, torch.nn.Module):
+        raise UnsupportedPipelineError(
+            f"{type(pipe).__name__} has no UNet to apply concepts to"
+            + (" (it is a transformer-based pipeline)" if hasattr(pipe, "transformer") else "")
+        )
+    return unet
+
+
+def _check(pipe: Any, unet: Any, state: _Applied, concepts: list[Concept], *, force: bool) -> None:
+    names = {t.name for c in concepts for t in c.manifest.base_model.targets}
+    params = {n: state.param(unet, n) for n in names}
+    for c in concepts:
+        for t in c.manifest.base_model.targets:
+            p = params[t.name]
+            if p is None:
+                raise BaseModelMismatchError(
+                    f"{c.label} addresses {t.name!r}, which this pipeline's UNet does not have"
+                )
+            if tuple(p.shape) != tuple(t.shape):
+                raise BaseModelMismatchError(
+                    f"{c.label} expects {t.name!r} of shape {tuple(t.shape)}, "
+                    f"the UNet has {tuple(p.shape)}"
+                )
+            if not p.is_contiguous():
+                raise UnsupportedPipelineError(f"parameter {t.name!r} is not contiguous")
+        numels = {t.name: t.numel for t in c.manifest.base_model.targets}
+        for name, idx in c.indices.items():
+            if name not in numels:
+                raise BaseModelMismatchError(f"{c.label}'s mask addresses unknown {name!r}")
+            # Order and repeats do not matter for zeroing and restoring; the range does.
+            if len(idx) and (idx.min() < 0 or idx.max() >= numels[name]):
+                raise MaskError(f"{c.label}: indices of {name!r} out of range")
+        targets = tuple(sorted(t.name for t in c.manifest.base_model.targets))
+        actual = _pristine_hash(unet, state, targets)
+        expected = c.manifest.base_model
+        if actual != expected.hash:
+            where = getattr(getattr(pipe, "config", None), "_name_or_path", None) or "this pipeline"
+            msg = (
+                f"{c.label} was made for base model {expected.id!r} ({expected.hash}), "
+                f"but {where} hashes to {actual}"
+            )
+            if not force:
+                raise BaseModelMismatchError(msg)
+            warnings.warn(msg + "; applying anyway (force)", ConesregWarning, stacklevel=3)
+
+
+def _pristine_hash(unet: Any, state: _Applied, targets: tuple[str, ...]) -> str:
+    if targets not in state.base_hashes:
+        if state.saved:
+            # Concepts are on: hash the weights as loaded by briefly restoring them (exact).
+            active, state.concepts = state.concepts, {}
+            _sync(unet, state)
+            try:
+                state.base_hashes[targets] = base_model_hash(unet, targets=list(targets))
+            finally:
+                state.concepts = active
+                _sync(unet, state)
+        else:
+            state.base_hashes[targets] = base_model_hash(unet, targets=list(targets))
+    return state.base_hashes[targets]
+
+
+def _sync(unet: Any, state: _Applied) -> None:
+    """Make the weights match ``state.concepts``: restore saved values, switch the union off."""
+    import torch
+
+    parts: dict[str, list[np.ndarray]] = {}
+    for c in state.concepts.values():
+        for name, idx in c.indices.items():
+            if len(idx):
+                parts.setdefault(name, []).append(idx)
+    # Concatenated, not de-duplicated: originals are all read before any zeroing, so a position
+    # held by two concepts is saved twice with the same value, and writing it back twice is still
+    # exact. Skipping the sort-based union makes a swap several times faster.
+    union = {n: p[0] if len(p) == 1 else np.concatenate(p) for n, p in parts.items()}
+
+    params = {n: state.param(unet, n) for n in {*union, *state.saved}}
+    # Allocate everything first: an out-of-memory error then leaves the weights untouched.
+    try:
+        back = {
+            n: (idx.to(params[n].device), vals.to(params[n].device, params[n].dtype))
+            for n, (idx, vals) in state.saved.items()
+        }
+        plan = {}
+        for n, idx in union.items():
+            p = params[n]
+            flat_idx = torch.from_numpy(idx).to(p.device, non_blocking=True)
+            plan[n] = (flat_idx, torch.empty(len(idx), dtype=p.dtype, device=p.device))
+    except torch.OutOfMemoryError as e:
+        raise DeviceMemoryError(
+            f"out of memory while applying concepts ({e}); the pipeline was left as it was"
+        ) from None
+
+    with torch.no_grad():
+        for n, (idx, vals) in back.items():
+            params[n].view(-1).index_copy_(0, idx, vals)
+        for n, (idx, buf) in plan.items():
+            flat = params[n].view(-1)
+            torch.index_select(flat, 0, idx, out=buf)
+            flat.index_fill_(0, idx, 0)
+    state.saved = plan
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; other values pass through."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UnsupportedPipelineError(
+            f"device {device!r} asked for, but no CUDA GPU is available", hint="use --device cpu"
+        )
+    return device
+
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+
+
+def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
+    """A torch dtype from a name; ``None`` -> float16 on CUDA, float32 elsewhere."""
+    import torch
+
+    if dtype is None:
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPES.get(str(dtype).lower())
+    if name is None:
+        raise UnsupportedPipelineError(
+            f"unknown dtype {dtype!r}", hint="use float32, float16 or bfloat16"
+        )
+    return getattr(torch, name)
+
+
+def load_pipeline(
+    base: str | Path | None = None,
+    *,
+    concepts: Sequence[str | Concept] = (),
+    device: str = "auto",
+    dtype: Any = None,
+    force: bool = False,
+    project_dir: Path | None = None,
+    locked: bool = False,
+    frozen: bool = False,
+    session: Session | None = None,
+) -> Any:
+    """Load a Stable Diffusion pipeline and switch ``concepts`` off in it.
+
+    Args:
+        base: a local diffusers folder or a Hub repo id (default: the configured base model).
+        concepts: references or :class:`Concept` objects, as for :func:`apply`.
+        device: ``"auto"`` (CUDA if present), ``"cuda"``, ``"cuda:1"``, ``"cpu"``...
+        dtype: ``"float16"``, ``"float32"``, ``"bfloat16"`` or a torch dtype (default: float16 on
+            CUDA, float32 on CPU).
+        force, project_dir, locked, frozen, session: as for :func:`apply`.
+
+    Returns:
+        The diffusers pipeline, on ``device``, with the concepts applied (see
+        :func:`active_concepts`; undo with :func:`restore`).
+
+    Raises:
+        ConfigError: no base given and none configured.
+        ConesregError: the base model cannot be loaded (not found, offline and not cached).
+        and everything :func:`apply` raises.
+
+    Example:
+        >>> pipe = conesreg.load_pipeline("runwayml/stable-diffusion-v1-5",
+        ...                               concepts=["acme/dog@^1"], device="cuda")  # doctest: +SKIP
+        >>> image = pipe("a photo of a dog on the beach").images[0]  # doctest: +SKIP
+    """
+    s = session or Session()
+    base = base or s.config.base_model()
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    pipe = _from_pretrained(str(base), torch_dtype, offline=s.config.is_offline)
+    pipe.to(dev)
+    if concepts:
+        apply(
+            pipe,
+            concepts,
+            force=force,
+            project_dir=project_dir,
+            locked=locked,
+            frozen=frozen,
+            session=s,
+        )
+    return pipe
+
+
+def _from_pretrained(base: str, torch_dtype: Any, *, offline: bool) -> Any:
+    from diffusers import DiffusionPipeline
+
+    from .errors import ConesregError
+
+    local = Path(base).expanduser()
+    is_local = local.exists()
+    if is_local and not (local / "model_index.json").is_file():
+        raise ConesregError(
+            f"{base} is not a diffusers pipeline folder (it has no model_index.json)",
+            hint="pass a folder written by save_pretrained, or a Hub repo id",
+        )
+    from diffusers.utils import deprecation_utils
+
+    # diffusers renamed torch_dtype to dtype (and warns on the old name); older ones lack it.
+    dtype_kw = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            str(local) if is_local else base,
+            local_files_only=offline or is_local,
+            **{dtype_kw: torch_dtype},
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConesregError(
+            f"cannot load base model {base!r}: {first}",
+            hint="pass a local diffusers folder or a Hub id; offline, the model must already be "
+            "in the Hugging Face cache",
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    _unet_of(pipe)  # refuse pipelines without a UNet right away
+    return pipe
