@@ -40,7 +40,7 @@ def _emit_json(data: Any) -> None:
 
 
 @contextmanager
-def _progress() -> Iterator[Any]:
+def _progress(*, steps: bool = False) -> Iterator[Any]:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -53,11 +53,14 @@ def _progress() -> Iterator[Any]:
 
     console = Console(stderr=True)
     # Bars only on a terminal: in pipes and logs they would leave stray lines around errors.
+    from rich.progress import MofNCompleteColumn
+
+    # Steps count in units, downloads in bytes.
+    amount = [MofNCompleteColumn()] if steps else [DownloadColumn(), TransferSpeedColumn()]
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        *amount,
         TimeRemainingColumn(),
         console=console,
         transient=True,
@@ -191,6 +194,99 @@ def list_(project_dir: Path | None, as_json: bool) -> None:
     _out().print(table)
 
 
+# -- generating --------------------------------------------------------------------------------
+@cli.command()
+@click.argument("prompt")
+@click.option("--concept", "-c", "concepts", multiple=True, help="Concept REF (repeatable).")
+@click.option("--base", default=None, help="Diffusers folder or Hub id (default: configured).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("conesreg.png"),
+    show_default=True,
+    help="PNG to write (a grid when --num-images > 1).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 1000), default=25, show_default=True)
+@click.option("--guidance", type=float, default=7.5, show_default=True)
+@click.option("--height", type=click.IntRange(8, 4096), default=None)
+@click.option("--width", type=click.IntRange(8, 4096), default=None)
+@click.option("--num-images", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--negative-prompt", default=None)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
+@click.option("--dtype", default=None, help="float32, float16 or bfloat16 (default by device).")
+@click.option("--force", is_flag=True, help="Apply concepts made for another base model.")
+@click.option("--locked", is_flag=True, help="Fail if conesreg.lock would change.")
+@click.option("--frozen", is_flag=True, help="Use exactly what conesreg.lock lists.")
+@_project_option
+def generate(
+    prompt: str,
+    concepts: tuple[str, ...],
+    base: str | None,
+    output: Path,
+    seed: int,
+    steps: int,
+    guidance: float,
+    height: int | None,
+    width: int | None,
+    num_images: int,
+    negative_prompt: str | None,
+    device: str,
+    dtype: str | None,
+    force: bool,
+    locked: bool,
+    frozen: bool,
+    project_dir: Path | None,
+) -> None:
+    """Generate PROMPT with concepts switched on, e.g. "a photo of a dog on the beach"."""
+    if output.suffix.lower() != ".png":
+        raise ConesregError(f"output {output} is not a .png file", hint="use -o NAME.png")
+    if not output.parent.is_dir():
+        raise ConesregError(f"folder {output.parent} does not exist", hint="create it first")
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    with err.status("loading the base model and concepts"):
+        from diffusers.utils import logging as diffusers_logging
+
+        from ._compose import load_pipeline
+
+        diffusers_logging.set_verbosity_error()
+        from ._generate import generate as run_generate
+        from ._generate import save_png
+
+        s = _session()
+        pipe = load_pipeline(
+            base,
+            concepts=concepts,
+            device=device,
+            dtype=dtype,
+            force=force,
+            project_dir=project_dir,
+            locked=locked,
+            frozen=frozen,
+            session=s,
+        )
+    with _progress(steps=True) as progress:
+        task = progress.add_task("denoising", total=steps)
+        result = run_generate(
+            pipe,
+            prompt,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            height=height,
+            width=width,
+            num_images=num_images,
+            negative_prompt=negative_prompt,
+            on_step=lambda done, total: progress.update(task, completed=done),
+        )
+    save_png(result, output)
+    names = ", ".join(c["ref"] for c in json.loads(result.metadata["concepts"])) or "no concepts"
+    _out().print(f"wrote {output} ({result.metadata['size']}, seed {seed}, {names})")
+
+
 # -- browsing ----------------------------------------------------------------------------------
 @cli.command()
 @click.argument("query", required=False, default="")
@@ -227,15 +323,27 @@ def search(
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--overlap", is_flag=True, help="Shared neurons of every pair of REFS.")
 @_json_option
-def info(ref: str, as_json: bool) -> None:
-    """Show a version's manifest, sizes, base model and yank state (default: latest)."""
+def info(refs: tuple[str, ...], overlap: bool, as_json: bool) -> None:
+    """Show a version's manifest, sizes, base model and yank state (default: latest).
+
+    With --overlap, show how many neurons each pair of concepts shares instead.
+    """
     from ._versions import parse_spec, select_version
 
     s = _session()
-    r = s.parse(ref)
-    entry = select_version(parse_spec(r.spec), s.releases(r), concept=r.id)
+    entries = []
+    for ref in refs:
+        r = s.parse(ref)
+        entries.append(select_version(parse_spec(r.spec), s.releases(r), concept=r.id))
+    if overlap:
+        _print_overlap(s, entries, as_json)
+        return
+    if len(entries) != 1:
+        raise ConesregError("info shows one concept at a time", hint="add --overlap to compare")
+    entry = entries[0]
     manifest = s.manifest(entry.registry, entry.namespace, entry.name, entry.version, entry.digest)
     if as_json:
         _emit_json(
@@ -268,6 +376,22 @@ def info(ref: str, as_json: bool) -> None:
     for b in m.blobs:
         lines.append(f"    {b.path:<32} {_human(b.size):>10}  {b.digest[:19]}...")
     _out().print("\n".join(lines))
+
+
+def _print_overlap(s: Any, entries: list[Any], as_json: bool) -> None:
+    from ._concept import OVERLAP_WARN_JACCARD, fetch_concept, overlap
+
+    if len(entries) < 2:
+        raise ConesregError("--overlap needs at least two concepts", hint="name two or more REFS")
+    rows = overlap([fetch_concept(e, session=s) for e in entries])
+    if as_json:
+        _emit_json([vars(r) for r in rows])
+        return
+    table = _table("concept A", "concept B", "shared neurons", "jaccard", "")
+    for r in rows:
+        flag = "[yellow]will blend[/yellow]" if r.jaccard > OVERLAP_WARN_JACCARD else ""
+        table.add_row(r.a, r.b, f"{r.shared:,}", f"{r.jaccard:.4f}", flag)
+    _out().print(table)
 
 
 @cli.command()
@@ -471,8 +595,20 @@ def _brief(m: Any) -> dict[str, Any]:
     return {"namespace": m.namespace, "name": m.name, "version": m.version}
 
 
+def _show_warning(message: Any, category: Any, *_: Any, **__: Any) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 user error, 2 internal error)."""
+    import warnings
+
+    from .errors import ConesregWarning
+
+    warnings.showwarning = _show_warning
+    # Third-party chatter (deprecations inside diffusers/transformers) is not for our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("default", category=ConesregWarning)
     try:
         cli.main(args=argv, prog_name="conesreg", standalone_mode=False)
     except click.exceptions.Exit as e:
