@@ -219,6 +219,7 @@ def list_(project_dir: Path | None, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Apply concepts made for another base model.")
 @click.option("--locked", is_flag=True, help="Fail if conesreg.lock would change.")
 @click.option("--frozen", is_flag=True, help="Use exactly what conesreg.lock lists.")
+@click.option("--offline", is_flag=True, help="Use only local files and caches.")
 @_project_option
 def generate(
     prompt: str,
@@ -237,6 +238,7 @@ def generate(
     force: bool,
     locked: bool,
     frozen: bool,
+    offline: bool,
     project_dir: Path | None,
 ) -> None:
     """Generate PROMPT with concepts switched on, e.g. "a photo of a dog on the beach"."""
@@ -256,7 +258,7 @@ def generate(
         from ._generate import generate as run_generate
         from ._generate import save_png
 
-        s = _session()
+        s = _session(offline)
         pipe = load_pipeline(
             base,
             concepts=concepts,

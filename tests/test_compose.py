@@ -345,3 +345,40 @@ def test_cli_generate_and_overlap(isolated, tiny_pipeline_dir: Path, capsys) -> 
     )
     _, err = capsys.readouterr()
     assert code == 1 and "not in conesreg.lock" in err
+
+
+def test_sdxl_unet_naming(tmp_path: Path) -> None:
+    """SDXL's UNet (several transformer blocks per attention, text-time embedding) composes too."""
+    from diffusers import UNet2DConditionModel
+
+    from conesreg._base_hash import default_targets
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=64,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=56,
+        norm_num_groups=8,
+    )
+    targets = default_targets(n for n, _ in unet.named_parameters())
+    assert "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k.weight" in targets
+    ref = {k: v.clone() for k, v in unet.state_dict().items()}
+    c = Concept.from_draft(make_tiny_draft(tmp_path / "xl", unet, seed=1, fraction=0.1))
+    handle = apply(unet, [c])
+    assert all(
+        torch.all(unet.get_parameter(n).view(-1)[torch.from_numpy(i)] == 0)
+        for n, i in c.indices.items()
+    )
+    handle.restore()
+    assert all(torch.equal(unet.state_dict()[k], v) for k, v in ref.items())
