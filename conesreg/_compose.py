@@ -286,7 +286,10 @@ def _sync(unet: Any, state: _Applied) -> None:
     # Concatenated, not de-duplicated: originals are all read before any zeroing, so a position
     # held by two concepts is saved twice with the same value, and writing it back twice is still
     # exact. Skipping the sort-based union makes a swap several times faster.
-    union = {n: p[0] if len(p) == 1 else np.concatenate(p) for n, p in parts.items()}
+    union = {
+        n: (p[0] if len(p) == 1 else np.concatenate(p)).astype(np.int64, copy=False)
+        for n, p in parts.items()
+    }
 
     params = {n: state.param(unet, n) for n in {*union, *state.saved}}
     # Allocate everything first: an out-of-memory error then leaves the weights untouched.

@@ -194,12 +194,18 @@ def _lock_entry(s: Session, res: Resolution) -> LockedConcept:
         namespace=manifest.namespace,
         name=manifest.name,
         spec=res.spec.text,
-        source=s.source(e.registry).location(),
+        source=_lock_source(s.source(e.registry)),
         version=manifest.version,
         manifest=manifest.digest,
         base_model=manifest.base_model.hash,
         blobs=manifest.blobs,
     )
+
+
+def _lock_source(src: Source) -> str:
+    # The lockfile is shared between machines: an embedded registry's path differs on each, so
+    # only a remote source's address is recorded.
+    return src.location() if src.remote else "embedded"
 
 
 def _fetch_blobs(s: Session, entry: LockedConcept, progress: Progress | None) -> None:
