@@ -62,15 +62,21 @@ class Config(BaseModel):
         )
 
     def base_model(self) -> str:
-        """The base model to use when none is given (env, then config, then the default)."""
+        """The base model to use when none is given: ``CONESREG_BASE_MODEL``, then the config's
+        ``default_base``, then the bundled mini model."""
         base = constants.BASE_MODEL or self.default_base
-        if not base:
+        if base:
+            return base
+        from .mini.model import mini_model_path
+
+        try:
+            return str(mini_model_path())
+        except FileNotFoundError as e:
             raise ConfigError(
-                "no base model given and none configured",
+                str(e),
                 hint="pass --base MODEL (a diffusers folder or Hub id) or "
                 "`conesreg config set default_base MODEL`",
-            )
-        return base
+            ) from None
 
     @property
     def is_offline(self) -> bool:

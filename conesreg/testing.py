@@ -19,9 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,9 +43,6 @@ TINY_WORDS: tuple[str, ...] = (
     "black", "white", "small", "big", "cute", "sks", "high", "quality", "detailed",
 )  # fmt: skip
 
-#: CLIP's special tokens; the tokenizer uses ``<|endoftext|>`` for unknown and padding too.
-_BOS = "<|startoftext|>"
-_EOS = "<|endoftext|>"
 #: CLIP pads/truncates prompts to 77 tokens; the text encoder needs as many positions.
 _MAX_LENGTH = 77
 _LATENT_CHANNELS = 4
@@ -152,60 +146,8 @@ def tiny_text_encoder_config(
     }
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """The byte-level BPE mapping of every byte to a printable character (as GPT-2 and CLIP use).
-
-    Printable Latin-1 bytes stand for themselves; the others are shifted to code points from 256
-    up, so that no byte maps to whitespace or a control character.
-    """
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    mapping = {b: chr(b) for b in printable}
-    shifted = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + shifted)
-            shifted += 1
-    return mapping
-
-
-def _tiny_vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], list[str]]:
-    """A CLIP-format vocabulary and merge list that spell each word in ``words`` as one token.
-
-    Every byte is in the vocabulary both alone and as a word ending (``"x</w>"``), so any text
-    can be tokenized; the merges then build each listed word left to right.
-    """
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars]
-    known = set(tokens)
-    merges: list[str] = []
-    seen_merges: set[str] = set()
-    for word in words:
-        symbols = [*word[:-1], word[-1] + "</w>"]
-        current = symbols[0]
-        for symbol in symbols[1:]:
-            merge = f"{current} {symbol}"
-            if merge not in seen_merges:
-                seen_merges.add(merge)
-                merges.append(merge)
-            current += symbol
-            if current not in known:
-                known.add(current)
-                tokens.append(current)
-    # CLIP puts the special tokens last.
-    tokens += [_BOS, _EOS]
-    return {token: i for i, token in enumerate(tokens)}, merges
-
-
 def make_tiny_tokenizer(*, words: tuple[str, ...] = TINY_WORDS) -> CLIPTokenizer:
     """A ``CLIPTokenizer`` over a small byte-level BPE vocabulary generated in code.
-
-    The vocabulary and merges are written as ``vocab.json`` / ``merges.txt`` to a temporary
-    directory and loaded from there, the same way a downloaded CLIP tokenizer is, so this works
-    with both the Python and the Rust-backed tokenizer classes of transformers.
 
     Args:
         words (`tuple[str, ...]`, *optional*, defaults to `TINY_WORDS`):
@@ -219,18 +161,9 @@ def make_tiny_tokenizer(*, words: tuple[str, ...] = TINY_WORDS) -> CLIPTokenizer
         >>> tok.convert_ids_to_tokens(tok("a photo of a dog").input_ids)
         ['<|startoftext|>', 'a</w>', 'photo</w>', 'of</w>', 'a</w>', 'dog</w>', '<|endoftext|>']
     """
-    from transformers import CLIPTokenizer
+    from ._tokenizer import make_word_tokenizer
 
-    vocab, merges = _tiny_vocab_and_merges(words)
-    with tempfile.TemporaryDirectory(prefix="conesreg-tiny-tokenizer-") as tmp:
-        folder = Path(tmp)
-        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        # The first line of merges.txt is a version header that every reader skips.
-        (folder / "merges.txt").write_text(
-            "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
-        )
-        # Loaded while the files still exist; the tokenizer keeps no reference to them.
-        return CLIPTokenizer.from_pretrained(folder, model_max_length=_MAX_LENGTH)
+    return make_word_tokenizer(words, max_length=_MAX_LENGTH)
 
 
 def make_tiny_pipeline(

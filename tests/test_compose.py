@@ -253,8 +253,6 @@ def test_load_pipeline_with_installed_concepts(isolated, tiny_pipeline_dir: Path
 def test_load_pipeline_errors(isolated, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConesregError, match="no model_index.json"):
         load_pipeline(tmp_path, device="cpu")
-    with pytest.raises(ConesregError, match="no base model given"):
-        load_pipeline(device="cpu")
     with pytest.raises(ConesregError, match="cannot load base model"):
         load_pipeline("acme/not-a-real-model", device="cpu", session=_offline_session())
     with (
