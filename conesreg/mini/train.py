@@ -190,7 +190,7 @@ def stage_encode(workdir: Path) -> None:
     with _progress() as p:
         task = p.add_task("encode", total=len(images), info="")
         for i in range(0, len(images), 256):
-            x = _to_tensor(np.asarray(images[i : i + 256]))
+            x = _to_tensor(np.array(images[i : i + 256]))
             # The posterior mean: the KL weight is tiny, so sampling would only add noise.
             latents[i : i + 256] = vae.encode(x).latent_dist.mean.numpy()
             p.advance(task, len(x))
@@ -436,7 +436,11 @@ def main(argv: list[str] | None = None) -> None:
         elif stage == "unet":
             stage_unet(a.workdir, steps=a.unet_steps, batch=a.unet_batch, seed=a.seed, lr=a.unet_lr)
         elif stage == "export":
-            stage_export(a.workdir, a.out, argv if argv is not None else sys.argv[1:])
+            # The card shows the command that runs every stage, whichever stage this call ran.
+            args = list(argv if argv is not None else sys.argv[1:])
+            if "--stage" in args:
+                del args[args.index("--stage") : args.index("--stage") + 2]
+            stage_export(a.workdir, a.out, args)
 
 
 if __name__ == "__main__":
