@@ -8,6 +8,7 @@ Registry commands never import torch or diffusers, so they start in a blink.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -250,11 +251,17 @@ def generate(
 
     err = Console(stderr=True)
     with err.status("loading the base model and concepts"):
+        # Library chatter (optional-dependency notices, loading bars) is not for our users;
+        # set before the first import of transformers/diffusers, which read them then.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
 
         from ._compose import load_pipeline
 
-        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
         from ._generate import generate as run_generate
         from ._generate import save_png
 
