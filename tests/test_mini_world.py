@@ -62,8 +62,10 @@ def test_render_shows_ground_truth() -> None:
 
 def test_captions() -> None:
     s = Scene(
-        (Obj("star", "orange", "stripes", "small", "top left"),
-         Obj("heart", "purple", "dots", "large", "bottom right")),
+        (
+            Obj("star", "orange", "stripes", "small", "top left"),
+            Obj("heart", "purple", "dots", "large", "bottom right"),
+        ),
         "brown",
     )
     assert full_caption(s) == (
