@@ -1,0 +1,124 @@
+"""The Cones finder on the tiny pipeline: the criterion's promise, determinism, a pushable draft."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conesreg._find import FindConfig, candidate_names, find_neurons, write_draft
+from conesreg.errors import ConesregError
+from conesreg.testing import make_tiny_pipeline
+
+CONFIG = FindConfig("a photo of a dog", "dog", steps=24, rounds=4, sparsity=0.05, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def subject() -> np.ndarray:
+    # A "subject": the same bright, textured square in every image, unlike anything random.
+    images = np.full((4, 32, 32, 3), 40, dtype=np.uint8)
+    images[:, 8:24, 8:24] = (230, 200, 20)
+    images[:, 8:24:4, 8:24] = (20, 20, 200)
+    return images
+
+
+def fixed_loss(pipe, images: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+    """The stimulation loss on one fixed batch of noise and timesteps."""
+    from conesreg._find import _embed, _latents
+
+    g = torch.Generator().manual_seed(123)
+    z = _latents(pipe, images).repeat(4, 1, 1, 1)
+    noise = torch.randn(z.shape, generator=g)
+    t = torch.linspace(50, 950, len(z)).long()
+    zt = pipe.scheduler.add_noise(z, noise, t)
+    with torch.no_grad():
+        pred = pipe.unet(zt, t, _embed(pipe, CONFIG.class_prompt).expand(len(z), -1, -1)).sample
+    return float(F.mse_loss(pred, noise))
+
+
+def test_mask_lowers_the_stimulation_loss(subject: np.ndarray) -> None:
+    from conesreg._compose import apply
+    from conesreg._concept import Concept
+
+    pipe = make_tiny_pipeline(seed=0)
+    mask = find_neurons(pipe, subject, CONFIG)
+    total = sum(pipe.unet.get_parameter(n).numel() for n in candidate_names(pipe.unet))
+    selected = sum(len(v) for v in mask.values())
+    assert 0.02 * total < selected <= 0.05 * total + 1
+    before = fixed_loss(pipe, subject)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        draft = write_draft(
+            Path(tmp), pipe, mask, CONFIG, name="dog", base_id="tiny", preview_seeds=(0,)
+        )
+        with apply(pipe, [Concept.from_draft(draft)]):
+            after = fixed_loss(pipe, subject)
+    assert after < before
+
+
+def test_deterministic_and_leaves_the_pipeline_untouched(subject: np.ndarray) -> None:
+    pipe = make_tiny_pipeline(seed=0)
+    ref = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
+    a = find_neurons(pipe, subject, CONFIG)
+    b = find_neurons(pipe, subject, CONFIG)
+    assert all(np.array_equal(a[n], b[n]) for n in a)
+    assert all(torch.equal(ref[k], v) for k, v in pipe.unet.state_dict().items())
+    assert {n: p.requires_grad for n, p in pipe.unet.named_parameters()} == grads
+    other = find_neurons(pipe, subject, FindConfig(**{**CONFIG.__dict__, "seed": 1}))
+    assert any(not np.array_equal(a[n], other[n]) for n in a)
+
+
+def test_tau_mode(subject: np.ndarray) -> None:
+    pipe = make_tiny_pipeline(seed=0)
+    cfg = FindConfig("a photo of a dog", "dog", steps=8, rounds=2, sparsity=None, tau=1e-9)
+    mask = find_neurons(pipe, subject, cfg)
+    assert sum(len(v) for v in mask.values()) > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sparsity": None},
+        {"tau": 1e-6},
+        {"sparsity": 1.5},
+        {"steps": 0},
+        {"rounds": 99},
+        {"candidates": "everything"},
+    ],
+)
+def test_bad_configs(kwargs: dict) -> None:
+    with pytest.raises(ConesregError):
+        FindConfig(**{**CONFIG.__dict__, **kwargs})
+
+
+def test_draft_pushes_and_installs(isolated: Path, subject: np.ndarray) -> None:
+    from conesreg import install, push
+    from conesreg._compose import active_concepts, apply
+
+    pipe = make_tiny_pipeline(seed=0)
+    mask = find_neurons(pipe, subject, CONFIG)
+    draft = write_draft(
+        isolated / "draft",
+        pipe,
+        mask,
+        CONFIG,
+        name="dog",
+        namespace="acme",
+        base_id="tiny",
+        preview_seeds=(0,),
+    )
+    assert sorted(p.name for p in (draft / "previews").iterdir()) == [
+        "with-mask-0.png",
+        "without-mask-0.png",
+    ]
+    manifest, created = push(draft, version="1.0.0")
+    assert created and manifest.metadata.method.hyperparameters["sparsity"] == 0.05
+    assert len(manifest.metadata.previews) == 2
+    install(["acme/dog@1"])
+    with apply(pipe, ["acme/dog@1"]):
+        assert [c.label for c in active_concepts(pipe)] == ["acme/dog@1.0.0"]
