@@ -111,6 +111,7 @@ def find_neurons(
     config: FindConfig,
     *,
     on_step: Callable[[int, float, float], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the search on ``pipe`` (left unchanged at the end) and return the mask.
 
@@ -119,6 +120,8 @@ def find_neurons(
         images: the subject, uint8 ``(N, H, W, 3)`` at the model's resolution, 3 to 20 of them.
         config: the hyperparameters.
         on_step: called as ``on_step(step, loss, sparsity)`` after every step.
+        checkpoint: a file to save the search to at the end of every round, and to resume from
+            if it exists (for the same config); a resumed search equals an uninterrupted one.
 
     Returns:
         Sorted flat indices of the switched-off scalars, per candidate parameter.
@@ -171,7 +174,8 @@ def find_neurons(
             n: torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
             for n, p in params.items()
         }
-        for step in range(1, config.steps + 1):
+        start = _resume(checkpoint, config, off, params, gen)
+        for step in range(start + 1, config.steps + 1):
             loss = stimulation_loss(subject)
             if prior is not None:
                 loss = loss + config.lam * stimulation_loss(prior)
@@ -186,6 +190,8 @@ def find_neurons(
                 _switch_off(params, scores, off, config, done_rounds, total, per_round)
                 for s in scores.values():
                     s.zero_()
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, config, step, off, gen)
             if on_step is not None:
                 on_step(step, float(loss), sum(int(o.sum()) for o in off.values()) / total)
     finally:
@@ -195,6 +201,47 @@ def find_neurons(
         for p, flag in frozen.items():
             p.requires_grad_(flag)
     return {n: torch.nonzero(o).view(-1).cpu().numpy().astype(np.int64) for n, o in off.items()}
+
+
+def _save_checkpoint(
+    path: Path, config: FindConfig, step: int, off: dict[str, Any], gen: Any
+) -> None:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    # Scores restart every round and checkpoints fall on round ends: the switched-off set, the
+    # step and the generator state are the whole search state.
+    state = {
+        "config": asdict(config),
+        "step": step,
+        "gen": gen.get_state(),
+        "off": {n: o.cpu() for n, o in off.items()},
+    }
+    torch.save(state, buf)
+    atomic_write(Path(path), buf.getvalue())
+
+
+def _resume(
+    path: Path | None, config: FindConfig, off: dict[str, Any], params: dict[str, Any], gen: Any
+) -> int:
+    import torch
+
+    if path is None or not Path(path).is_file():
+        return 0
+    state = torch.load(path, weights_only=True)  # plain tensors and numbers: no unpickling
+    if state["config"] != asdict(config):
+        raise ConesregError(
+            f"{path} holds a search with other settings",
+            hint="resume with the same options, or delete the checkpoint to start over",
+        )
+    gen.set_state(state["gen"])
+    with torch.no_grad():
+        for n, o in state["off"].items():
+            off[n].copy_(o.to(off[n].device))
+            params[n].view(-1)[off[n]] = 0
+    return int(state["step"])
 
 
 def _switch_off(

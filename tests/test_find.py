@@ -122,3 +122,23 @@ def test_draft_pushes_and_installs(isolated: Path, subject: np.ndarray) -> None:
     install(["acme/dog@1"])
     with apply(pipe, ["acme/dog@1"]):
         assert [c.label for c in active_concepts(pipe)] == ["acme/dog@1.0.0"]
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path, subject: np.ndarray) -> None:
+    pipe = make_tiny_pipeline(seed=0)
+    whole = find_neurons(pipe, subject, CONFIG)
+    ckpt = tmp_path / "search.pt"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_round_two(step: int, loss: float, sparsity: float) -> None:
+        if step == 2 * CONFIG.steps // CONFIG.rounds + 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        find_neurons(pipe, subject, CONFIG, checkpoint=ckpt, on_step=stop_after_round_two)
+    resumed = find_neurons(pipe, subject, CONFIG, checkpoint=ckpt)
+    assert all(np.array_equal(whole[n], resumed[n]) for n in whole)
+    with pytest.raises(ConesregError, match="other settings"):
+        find_neurons(pipe, subject, FindConfig(**{**CONFIG.__dict__, "seed": 5}), checkpoint=ckpt)
