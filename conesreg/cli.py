@@ -296,6 +296,163 @@ def generate(
     _out().print(f"wrote {output} ({result.metadata['size']}, seed {seed}, {names})")
 
 
+# -- finding ------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--class-word", required=True, help="The subject's class, e.g. star.")
+@click.option("--name", "ref", required=True, help="[NAMESPACE/]NAME of the concept.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Draft directory to write (then `conesreg push` it).",
+)
+@click.option(
+    "--prompt",
+    default="a photo of a {class_word}",
+    show_default=True,
+    help="Class prompt template.",
+)
+@click.option("--base", default=None, help="Diffusers folder or Hub id (default: configured).")
+@click.option("--steps", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--sparsity", type=float, default=None, help="Share to switch off [default 0.05].")
+@click.option("--tau", type=float, default=None, help="Or: switch off scores above this.")
+@click.option(
+    "--lambda",
+    "lam",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Weight of the prior-preservation loss.",
+)
+@click.option("--prior-images", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--candidates",
+    type=click.Choice(["cross-kv", "cross-self-kv"]),
+    default="cross-kv",
+    show_default=True,
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted search in OUTPUT.")
+def find(
+    images: tuple[Path, ...],
+    class_word: str,
+    ref: str,
+    output: Path,
+    prompt: str,
+    base: str | None,
+    steps: int,
+    batch_size: int,
+    rounds: int,
+    sparsity: float | None,
+    tau: float | None,
+    lam: float,
+    prior_images: int,
+    seed: int,
+    candidates: str,
+    device: str,
+    resume: bool,
+) -> None:
+    """Find the concept neurons of a subject from IMAGES (files or folders)."""
+    from ._names import parse_ref
+
+    s = _session()
+    r = parse_ref(ref, default_namespace=s.config.default_namespace)
+    if r.spec or r.registry:
+        raise ConesregError(f"--name takes NAMESPACE/NAME, not {ref!r}", hint="e.g. acme/star")
+    if sparsity is not None and tau is not None:
+        raise ConesregError("give --sparsity or --tau, not both", hint="drop one of them")
+    files = _image_files(images)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from ._compose import load_pipeline
+    from ._find import FindConfig, find_neurons, write_draft
+
+    config = FindConfig(
+        class_prompt=prompt.format(class_word=class_word),
+        class_word=class_word,
+        steps=steps,
+        batch_size=batch_size,
+        rounds=rounds,
+        sparsity=0.05 if sparsity is None and tau is None else sparsity,
+        tau=tau,
+        lam=lam,
+        prior_images=prior_images,
+        seed=seed,
+        candidates=candidates,
+    )
+    pipe = load_pipeline(base, device=device, session=s)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    pixels = _load_images(files, size)
+    output.mkdir(parents=True, exist_ok=True)
+    checkpoint = output / ".find-checkpoint.pt"
+    if not resume:
+        checkpoint.unlink(missing_ok=True)
+    with _progress(steps=True) as progress:
+        task = progress.add_task("finding", total=steps)
+
+        def on_step(step: int, loss: float, sparsity_now: float) -> None:
+            progress.update(
+                task,
+                completed=step,
+                description=f"finding  loss {loss:.4f}  off {sparsity_now:.2%}",
+            )
+
+        mask = find_neurons(pipe, pixels, config, on_step=on_step, checkpoint=checkpoint)
+    from .mini.model import MODEL_ID
+
+    base_id = base or s.config.default_base or MODEL_ID
+    write_draft(
+        output,
+        pipe,
+        mask,
+        config,
+        name=r.name,
+        namespace=r.namespace,
+        base_id=str(base_id),
+    )
+    checkpoint.unlink(missing_ok=True)
+    n = sum(len(v) for v in mask.values())
+    _out().print(
+        f"wrote {output}: {n:,} neurons; publish with `conesreg push {output} --version 1.0.0`"
+    )
+
+
+def _image_files(paths: tuple[Path, ...]) -> list[Path]:
+    suffixes = {".png", ".jpg", ".jpeg", ".webp"}
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in suffixes)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ConesregError(f"{p} does not exist", hint="pass image files or folders")
+    if not files:
+        raise ConesregError("no images found", hint="pass PNG or JPEG files, or folders of them")
+    return files
+
+
+def _load_images(files: list[Path], size: int) -> Any:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                out.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ConesregError(
+                f"cannot read image {f}: {e}", hint="pass PNG or JPEG files"
+            ) from None
+    return np.stack(out)
+
+
 # -- browsing ----------------------------------------------------------------------------------
 @cli.command()
 @click.argument("query", required=False, default="")

@@ -142,3 +142,57 @@ def test_resume_equals_uninterrupted(tmp_path: Path, subject: np.ndarray) -> Non
     assert all(np.array_equal(whole[n], resumed[n]) for n in whole)
     with pytest.raises(ConesregError, match="other settings"):
         find_neurons(pipe, subject, FindConfig(**{**CONFIG.__dict__, "seed": 5}), checkpoint=ckpt)
+
+
+def test_cli_find_then_push(
+    isolated: Path, tiny_pipeline_dir: Path, subject: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from conesreg.cli import main
+
+    folder = isolated / "subject"
+    folder.mkdir()
+    for i, im in enumerate(subject):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    out = isolated / "draft"
+    code = main(
+        [
+            "find",
+            str(folder),
+            "--class-word",
+            "dog",
+            "--name",
+            "acme/dog",
+            "-o",
+            str(out),
+            "--base",
+            str(tiny_pipeline_dir),
+            "--steps",
+            "8",
+            "--rounds",
+            "2",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert not (out / ".find-checkpoint.pt").exists()
+    assert main(["push", str(out), "--version", "1.0.0"]) == 0
+    assert main(["info", "acme/dog", "--json"]) == 0
+    code = main(
+        [
+            "find",
+            str(isolated / "nothing"),
+            "--class-word",
+            "dog",
+            "--name",
+            "acme/dog",
+            "-o",
+            str(out),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "does not exist" in err
