@@ -34,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from conesreg.mini._progress import training_progress
 from conesreg.mini.world import (
     BACKGROUNDS,
     COLORS,
@@ -457,7 +458,10 @@ def train_classifier(
     pool_labels = torch.empty(pool_size, len(scene_labels(Scene((), "gray"))), dtype=torch.int64)
     filled = 0
     prefetch = _Prefetcher(_scene_stream(seed, fresh))
-    bar = _progress_bar(steps) if progress else None
+    bar = training_progress() if progress else None
+    if bar is not None:
+        bar.start()
+        task = bar.add_task("training classifier", total=steps, info="")
     running = None
     model.train()
     try:
@@ -482,38 +486,15 @@ def train_classifier(
             sched.step()
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
             if bar is not None:
-                bar[0].update(bar[1], advance=1, loss=running)
+                bar.update(task, advance=1, info=f"loss {running:.4f}")
     finally:
         prefetch.close()
         if bar is not None:
-            bar[0].stop()
+            bar.stop()
         torch.set_num_threads(old_threads)
     model.eval()
     save_classifier(model, out_path)
     return model
-
-
-def _progress_bar(steps: int) -> tuple[Any, Any]:
-    """A started rich progress bar with a ``loss`` field, and its task id."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("training classifier"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    bar.start()
-    return bar, bar.add_task("train", total=steps, loss=float("nan"))
 
 
 # -- inference -----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import model as mm
+from ._progress import training_progress
 from .world import Obj, Scene, caption, render, sample_scene
 
 STAGES = ("data", "vae", "encode", "unet", "export")
@@ -37,26 +38,6 @@ _OBJECT_COUNTS = (0.4, 0.3, 0.15, 0.15)
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _progress() -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-
-
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -91,7 +72,7 @@ def stage_data(workdir: Path, *, images: int, seed: int) -> None:
     out = np.empty((images, mm.IMAGE_SIZE, mm.IMAGE_SIZE, 3), dtype=np.uint8)
     scenes = []
     t0 = time.time()
-    with _progress() as p:
+    with training_progress() as p:
         task = p.add_task("render", total=images, info="")
         for i in range(images):
             s = sample_scene(rng, n_objects=int(rng.choice(4, p=_OBJECT_COUNTS)) + 1)
@@ -130,7 +111,7 @@ def stage_vae(workdir: Path, *, steps: int, batch: int, seed: int, lr: float) ->
     if step >= steps:
         return
     vae.train()
-    with _progress() as p:
+    with training_progress() as p:
         task = p.add_task("vae", total=steps, completed=step, info="")
         while step < steps:
             t0 = time.time()
@@ -190,7 +171,7 @@ def stage_encode(workdir: Path) -> None:
     shape = (len(images), mm.LATENT_CHANNELS, mm.LATENT_SIZE, mm.LATENT_SIZE)
     latents = np.empty(shape, dtype=np.float32)
     t0 = time.time()
-    with _progress() as p:
+    with training_progress() as p:
         task = p.add_task("encode", total=len(images), info="")
         for i in range(0, len(images), 256):
             x = _to_tensor(np.array(images[i : i + 256]))
@@ -249,7 +230,7 @@ def stage_unet(workdir: Path, *, steps: int, batch: int, seed: int, lr: float) -
         return
     unet.train()
     text_encoder.train()
-    with _progress() as p:
+    with training_progress() as p:
         task = p.add_task("unet", total=steps, completed=step, info="")
         while step < steps:
             t0 = time.time()
