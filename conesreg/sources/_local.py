@@ -69,7 +69,7 @@ class LocalSource:
                 records[p.stem] = _VersionRecord.model_validate_json(p.read_bytes())
         return records
 
-    def _entry(self, version: str, record: _VersionRecord) -> IndexEntry:
+    def _entry(self, record: _VersionRecord) -> IndexEntry:
         manifest = parse_manifest(self.blobs.read(record.digest), expected_digest=record.digest)
         return IndexEntry.of(
             manifest, registry=self.name, yanked=record.yanked, reason=record.yank_reason
@@ -81,7 +81,7 @@ class LocalSource:
             raise ConceptNotFoundError(
                 f"no concept {namespace}/{name} in registry {self.name!r} ({self.location()})"
             )
-        return sort_releases([self._entry(v, r) for v, r in records.items()])
+        return sort_releases([self._entry(r) for r in records.values()])
 
     def manifest(self, namespace: str, name: str, version: str) -> bytes:
         record = self._records(namespace, name).get(version)
@@ -119,7 +119,7 @@ class LocalSource:
             ]
             if not live:
                 continue
-            latest = sort_releases([self._entry(v, r) for v, r in live])[-1]
+            latest = sort_releases([self._entry(r) for _, r in live])[-1]
             score = match_score(
                 latest, query, tags=tags, base_model_hash=base_model_hash, class_word=class_word
             )
