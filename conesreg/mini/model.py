@@ -68,7 +68,7 @@ def unet_config() -> dict[str, Any]:
         "sample_size": LATENT_SIZE,
         "in_channels": LATENT_CHANNELS,
         "out_channels": LATENT_CHANNELS,
-        "block_out_channels": (64, 96, 96),
+        "block_out_channels": (64, 96, 128),
         "layers_per_block": 1,
         "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         "mid_block_type": "UNetMidBlock2DCrossAttn",

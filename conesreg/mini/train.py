@@ -32,9 +32,6 @@ from ._progress import training_progress
 from .world import Obj, Scene, caption, render, sample_scene
 
 STAGES = ("data", "vae", "encode", "unet", "export")
-#: Share of training scenes with 1, 2, 3 and 4 objects: two-object scenes are oversampled, since
-#: binding two objects' attributes is the hardest thing the model has to learn.
-_OBJECT_COUNTS = (0.4, 0.3, 0.15, 0.15)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -75,7 +72,7 @@ def stage_data(workdir: Path, *, images: int, seed: int) -> None:
     with training_progress() as p:
         task = p.add_task("render", total=images, info="")
         for i in range(images):
-            s = sample_scene(rng, n_objects=int(rng.choice(4, p=_OBJECT_COUNTS)) + 1)
+            s = sample_scene(rng)
             out[i] = render(s, size=mm.IMAGE_SIZE)
             scenes.append(_scene_to_json(s))
             p.advance(task)
@@ -400,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-steps", type=int, default=2400)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
-    ap.add_argument("--unet-steps", type=int, default=4500)
+    ap.add_argument("--unet-steps", type=int, default=3500)
     ap.add_argument("--unet-batch", type=int, default=128)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--out", type=Path, default=mm.WEIGHTS_DIR)

@@ -225,9 +225,7 @@ def caption(scene: Scene, rng: np.random.Generator, *, full: bool = False) -> st
     phrases = []
     for obj in scene.objects:
         phrase = describe(obj, size=keep(0.5), pattern=keep(0.7), color=keep(0.8))
-        # Several objects are always placed by name: telling them apart is what binds each one's
-        # attributes to its place. A single object is placed only sometimes.
-        if len(scene.objects) > 1 or keep(0.6):
+        if keep(0.6):
             phrase += " " + _where(obj.slot)
         phrases.append(phrase)
     text = " and ".join(phrases)
