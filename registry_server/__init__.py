@@ -1,4 +1,39 @@
-"""conesreg's self-hosted registry server (FastAPI). Not built yet: see the server issue.
+"""conesreg's self-hosted registry server (FastAPI + SQLAlchemy).
 
-It will share only the artifact layer (manifest schema, mask codec) with the client.
+It shares only the artifact layer with the client (the manifest schema and digests, name rules,
+the mask codec, media types); docs/server.md describes the HTTP API.
+
+Example:
+    >>> from registry_server import Settings, create_app, create_namespace, create_token
+    >>> settings = Settings(data=Path("/srv/conesreg"))  # doctest: +SKIP
+    >>> create_namespace(settings, "acme")  # doctest: +SKIP
+    >>> token_id, secret = create_token(settings, namespace="acme", scope="push")  # doctest: +SKIP
+    >>> app = create_app(settings)  # doctest: +SKIP
 """
+
+from ._admin import (
+    AdminError,
+    TokenInfo,
+    create_namespace,
+    create_token,
+    gc,
+    list_tokens,
+    revoke_token,
+)
+from ._registry import GcReport
+from ._settings import Settings
+from .app import create_app, serve
+
+__all__ = [
+    "AdminError",
+    "GcReport",
+    "Settings",
+    "TokenInfo",
+    "create_app",
+    "create_namespace",
+    "create_token",
+    "gc",
+    "list_tokens",
+    "revoke_token",
+    "serve",
+]

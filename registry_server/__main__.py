@@ -1,0 +1,28 @@
+"""``python -m registry_server [--data DIR] [--host H] [--port P] [--database-url URL]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._settings import Settings
+from .app import serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments and serve (settings not given fall back to CONESREG_SERVER_*)."""
+    parser = argparse.ArgumentParser(prog="python -m registry_server", description=__doc__)
+    parser.add_argument("--data", type=Path, default=None, help="data folder")
+    parser.add_argument("--database-url", default=None, help="SQLAlchemy URL")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8750)
+    args = parser.parse_args(argv)
+    serve(
+        Settings.from_env(data=args.data, database_url=args.database_url),
+        host=args.host,
+        port=args.port,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Tokens and access rules.
+
+- A token is ``crs_`` + ``secrets.token_urlsafe(32)``, shown once when created and stored only as
+  its sha256; it belongs to one namespace and has a scope: ``read`` < ``push`` < ``admin``.
+- Reads are public unless the namespace is private; a private namespace is readable with any
+  token of that namespace. To everyone else it does not exist: reads answer 404 exactly as for a
+  concept that was never published.
+- Push, yank and unyank need a ``push`` (or ``admin``) token of the namespace.
+- A request carrying an unknown, expired or revoked ``crs_`` token gets 401, whatever it asks
+  for; other Authorization values (another scheme, a Hugging Face token) count as anonymous. A
+  valid token with too small a scope, or for another namespace, gets 403 on writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ._db import SCOPES, Namespace, Token, utcnow
+from ._errors import ApiError
+
+TOKEN_PREFIX = "crs_"
+
+
+def new_token_secret() -> str:
+    """A fresh token: ``crs_`` and 43 URL-safe characters (256 bits)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(secret: str) -> str:
+    """The stored form of a token (hex sha256)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: anonymous (``token_id`` None) or the holder of one valid token."""
+
+    token_id: int | None = None
+    namespace: str | None = None
+    scope: str | None = None
+
+    def can_read(self, namespace: str, *, private: bool) -> bool:
+        return not private or self.namespace == namespace
+
+    def can_push(self, namespace: str) -> bool:
+        return self.namespace == namespace and self.scope in ("push", "admin")
+
+    @property
+    def readable_private(self) -> tuple[str, ...]:
+        """Private namespaces this caller may read (at most its token's)."""
+        return (self.namespace,) if self.namespace else ()
+
+
+ANONYMOUS = Caller()
+
+
+def authenticate(session: Session, authorization: str | None) -> Caller:
+    """The caller for an ``Authorization`` header value (None: anonymous).
+
+    Raises:
+        ApiError: 401 when a ``crs_`` token is given but unknown, expired or revoked.
+    """
+    scheme, _, secret = (authorization or "").partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret.startswith(TOKEN_PREFIX):
+        # Not one of ours (no header, another scheme, a Hugging Face token that the Hub client
+        # sends on its own): anonymous, so that such a login never breaks public reads.
+        return ANONYMOUS
+    digest = hash_token(secret)
+    row = session.execute(
+        select(Token, Namespace.name)
+        .join(Namespace, Token.namespace_id == Namespace.id)
+        .where(Token.token_hash == digest)
+    ).first()
+    # The lookup by hash already matched; the constant-time compare guards against a database
+    # collation that compares case-insensitively or pads.
+    if row is None or not hmac.compare_digest(row[0].token_hash, digest):
+        raise _unauthorized("the token is not known to this server")
+    token, namespace = row
+    if token.revoked_at is not None:
+        raise _unauthorized("the token was revoked")
+    if token.expires_at is not None and token.expires_at <= utcnow():
+        raise _unauthorized("the token has expired")
+    return Caller(token_id=token.id, namespace=namespace, scope=token.scope)
+
+
+def require_push(caller: Caller, namespace: str) -> None:
+    """Raise 401 (no token) or 403 (wrong namespace or scope) unless ``caller`` may push."""
+    if caller.token_id is None:
+        raise _unauthorized(f"pushing to {namespace} needs a token")
+    if not caller.can_push(namespace):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"this {caller.scope} token of namespace {caller.namespace} cannot push to {namespace}:"
+            f" ask an admin for a push token of {namespace}",
+        )
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(
+        401,
+        "unauthorized",
+        f"{message}: send 'Authorization: Bearer <token>' with a token from"
+        " `conesreg serve token create`",
+        headers={"WWW-Authenticate": 'Bearer realm="conesreg"'},
+    )
+
+
+def check_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    return scope
+
+
+def token_state(token: Token, *, at: datetime | None = None) -> str:
+    """``active``, ``expired`` or ``revoked``, for listings."""
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= (at or utcnow()):
+        return "expired"
+    return "active"

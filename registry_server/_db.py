@@ -1,0 +1,226 @@
+"""The database: SQLAlchemy 2.0 typed models and the engine.
+
+The database is the registry's index and its commit point: a version exists exactly when its
+row (with its blob links and search fields) is committed, in one transaction. Blob bytes live in
+the blob store (:mod:`registry_server._storage`); a ``blobs`` row says an upload finished, and the
+foreign key from ``version_blobs`` keeps a referenced blob's row from being garbage collected.
+
+Tables are created on start (``create_all``); there are no migrations yet, the schema is v1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+SCOPES = ("read", "push", "admin")
+
+
+def utcnow() -> datetime:
+    """Now, in UTC, to the microsecond (what every timestamp column holds)."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored as naive UTC and read back as aware UTC, on every database.
+
+    SQLite keeps no time zone, PostgreSQL does: normalising here means no comparison anywhere
+    ever mixes naive and aware datetimes.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Namespace(Base):
+    __tablename__ = "namespaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Concept(Base):
+    __tablename__ = "concepts"
+    __table_args__ = (UniqueConstraint("namespace_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    namespace: Mapped[Namespace] = relationship()
+
+
+class Version(Base):
+    """One published version. ``namespace``/``name`` and the search fields are copies of what the
+    manifest and the concept say, so that search reads this one table."""
+
+    __tablename__ = "versions"
+    __table_args__ = (
+        UniqueConstraint("concept_id", "version"),
+        # Search walks the latest version of each concept in (namespace, name) order, matching
+        # words in this index alone (it covers every column the text query reads): scanning it
+        # is several times faster than scanning the table's wide rows.
+        Index("ix_versions_search", "is_latest", "namespace", "name", "class_word", "search_text"),
+        Index("ix_versions_ref", "namespace", "name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    concept_id: Mapped[int] = mapped_column(ForeignKey("concepts.id"))
+    namespace: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(128))
+    digest: Mapped[str] = mapped_column(ForeignKey("manifests.digest"), index=True)
+    yanked: Mapped[bool] = mapped_column(Boolean, default=False)
+    yank_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The highest non-yanked version of its concept (what search and Hub ``main`` show).
+    is_latest: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Search fields, lowercased where matching ignores case.
+    class_word: Mapped[str] = mapped_column(String(256), index=True)
+    tags: Mapped[str] = mapped_column(Text, default="")  # lowercased, one per line
+    base_model_hash: Mapped[str] = mapped_column(String(71), index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    search_text: Mapped[str] = mapped_column(Text, default="")
+
+
+class ManifestData(Base):
+    """A version's canonical manifest bytes. Kept out of ``versions`` so that the rows search
+    scans stay narrow (a manifest of a real model lists dozens of targets: kilobytes)."""
+
+    __tablename__ = "manifests"
+
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class VersionTag(Base):
+    __tablename__ = "version_tags"
+    __table_args__ = (Index("ix_version_tags_tag", "tag", "version_id"),)
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(256), primary_key=True)
+
+
+class Blob(Base):
+    """An upload that finished and was verified. ``uploaded_at`` is refreshed by every upload of
+    the same content, so a client that uploads and then pushes is never raced by gc."""
+
+    __tablename__ = "blobs"
+
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class VersionBlob(Base):
+    __tablename__ = "version_blobs"
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest"), primary_key=True, index=True)
+
+
+class Token(Base):
+    """An API token, stored only as the sha256 of its secret."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id"))
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    namespace: Mapped[Namespace] = relationship()
+
+
+class RegistryState(Base):
+    """A single row whose ``generation`` grows with every change of what is published.
+
+    Every publishing transaction updates it first: that makes publishing transactions serialise
+    on every database (SQLite takes its write lock, PostgreSQL this row's lock), and it gives the
+    index listing a cheap ETag.
+    """
+
+    __tablename__ = "registry_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    # WAL: readers never block the writer; FULL: a committed version survives a power cut too.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the tables created (SQLite: WAL, foreign keys on).
+
+    Args:
+        url: a SQLAlchemy database URL.
+
+    Returns:
+        The engine.
+
+    Example:
+        >>> engine = make_engine("sqlite:///" + str(tmp_path / "r.db"))  # doctest: +SKIP
+    """
+    # Up to 40 connections: as many as the worker threads (anyio's default) that may each hold
+    # one while a request runs, so no request waits for the pool.
+    engine = create_engine(url, pool_size=10, max_overflow=30)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    Base.metadata.create_all(engine)
+    # Two servers starting at once may both insert the row: the second one's insert just fails.
+    with contextlib.suppress(IntegrityError), sessionmaker(engine).begin() as session:
+        if session.get(RegistryState, 1) is None:
+            session.add(RegistryState(id=1, generation=0))
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker:
+    """Sessions that keep loaded values after commit (responses are built after it)."""
+    return sessionmaker(engine, expire_on_commit=False)

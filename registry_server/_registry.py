@@ -1,0 +1,733 @@
+"""What the registry does, independent of HTTP: look up, publish, yank, search, list, upload.
+
+Routes (:mod:`registry_server._api`, :mod:`registry_server._hub`) parse requests and call these
+functions; every deliberate failure is an :class:`~registry_server._errors.ApiError`.
+
+Publishing is validated first (schema, URL, blobs present with their sizes, the mask decodes and
+matches the manifest), outside any lock; then one short transaction inserts the version, its blob
+links and search fields. The transaction starts by bumping ``registry_state.generation``, which
+serialises publishing transactions on every database, so "is this version new?" and "which
+version is the latest?" are answered without races.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import and_, case, delete, exists, literal, or_, select, tuple_, update
+from sqlalchemy.engine import CursorResult, Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+
+from conesreg._manifest import IndexEntry, Manifest, parse_manifest
+from conesreg._mask import decode_mask, read_mask_info
+from conesreg._names import check_name
+from conesreg._versions import parse_version, sort_releases
+from conesreg.errors import InvalidReferenceError, ManifestError, MaskError
+
+from ._auth import Caller
+from ._db import (
+    Blob,
+    Concept,
+    ManifestData,
+    Namespace,
+    RegistryState,
+    Version,
+    VersionBlob,
+    VersionTag,
+    make_engine,
+    session_factory,
+    utcnow,
+)
+from ._errors import ApiError
+from ._settings import Settings
+from ._storage import DIGEST_RE, BlobStorage, FileBlobStorage, Upload
+
+#: Search pages hold at most this many results.
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The settings, database and blob store one server (or admin command) works on."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: BlobStorage
+
+
+def open_registry(settings: Settings) -> Registry:
+    """Open (and create if needed) the database and blob store that ``settings`` name.
+
+    Example:
+        >>> reg = open_registry(Settings(data=tmp_path))  # doctest: +SKIP
+    """
+    settings.data.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    return Registry(
+        settings=settings,
+        engine=engine,
+        sessions=session_factory(engine),
+        storage=FileBlobStorage(settings.blob_dir),
+    )
+
+
+# -- validation of path parameters ---------------------------------------------------------------
+def check_names(namespace: str, name: str) -> None:
+    """400 unless both are valid name segments (this also refuses '..', '/', '%', uppercase)."""
+    try:
+        check_name(namespace, what="namespace")
+        check_name(name)
+    except InvalidReferenceError as e:
+        raise ApiError(400, "invalid_name", f"{e.message} ({e.hint})") from None
+
+
+def canonical_version(text: str) -> str:
+    """The version as manifests spell it; 400 unless it is a full semver version."""
+    try:
+        return str(parse_version(text))
+    except InvalidReferenceError as e:
+        raise ApiError(400, "invalid_version", f"{e.message} ({e.hint})") from None
+
+
+def check_digest(text: str) -> str:
+    if not DIGEST_RE.match(text):
+        raise ApiError(
+            400, "invalid_digest", f"{text[:80]!r} is not a digest: write sha256:<64 lowercase hex>"
+        )
+    return text
+
+
+# -- reading -------------------------------------------------------------------------------------
+def _private_namespaces() -> Any:
+    return select(Namespace.name).where(Namespace.private.is_(True))
+
+
+def visible(caller: Caller) -> ColumnElement[bool]:
+    """SQL condition: the version row is in a namespace ``caller`` may read."""
+    return or_(
+        Version.namespace.not_in(_private_namespaces()),
+        Version.namespace.in_(caller.readable_private),
+    )
+
+
+def concept_not_found(namespace: str, name: str) -> ApiError:
+    # The same error for "never published" and "private, not yours": nothing leaks.
+    return ApiError(
+        404,
+        "concept_not_found",
+        f"no concept {namespace}/{name} here: check the spelling with GET /v1/search",
+    )
+
+
+def find_concept(session: Session, caller: Caller, namespace: str, name: str) -> Concept:
+    """The concept, if ``caller`` may see it; else 404 (400 for invalid names)."""
+    check_names(namespace, name)
+    row = session.execute(
+        select(Concept, Namespace.private)
+        .join(Namespace, Concept.namespace_id == Namespace.id)
+        .where(Namespace.name == namespace, Concept.name == name)
+    ).first()
+    if row is None or not caller.can_read(namespace, private=row[1]):
+        raise concept_not_found(namespace, name)
+    return row[0]
+
+
+def concept_versions(session: Session, concept: Concept) -> list[Version]:
+    """Every version of ``concept`` (yanked included), in ascending semver order."""
+    rows = session.scalars(select(Version).where(Version.concept_id == concept.id)).all()
+    return sort_releases(list(rows))
+
+
+def find_version(
+    session: Session, caller: Caller, namespace: str, name: str, version: str
+) -> Version:
+    """One version, if visible; 404 naming what is missing."""
+    concept = find_concept(session, caller, namespace, name)
+    wanted = canonical_version(version)
+    row = session.scalar(
+        select(Version).where(Version.concept_id == concept.id, Version.version == wanted)
+    )
+    if row is None:
+        raise ApiError(
+            404,
+            "version_not_found",
+            f"no version {wanted} of {namespace}/{name}: list them with "
+            f"GET /v1/concepts/{namespace}/{name}/versions",
+        )
+    return row
+
+
+def find_manifest(session: Session, caller: Caller, digest: str) -> Version:
+    """A visible version whose manifest has ``digest``; else 404."""
+    check_digest(digest)
+    row = session.scalar(select(Version).where(Version.digest == digest, visible(caller)).limit(1))
+    if row is None:
+        raise ApiError(404, "manifest_not_found", f"no manifest {digest} here")
+    return row
+
+
+def blob_readable(session: Session, caller: Caller, digest: str, *, head: bool) -> int:
+    """The size of blob ``digest`` if ``caller`` may read it, else 404.
+
+    Readable means listed by a version ``caller`` may read. A HEAD by the holder of a push token
+    also sees unpublished uploads, so that a client can skip uploading what is already here.
+    """
+    check_digest(digest)
+    linked = exists(
+        select(VersionBlob.digest)
+        .join(Version, Version.id == VersionBlob.version_id)
+        .where(VersionBlob.digest == digest, visible(caller))
+    )
+    ok = session.scalar(select(linked))
+    if not ok and head and caller.scope in ("push", "admin"):
+        ok = session.get(Blob, digest) is not None
+    size = session.scalar(select(Blob.size).where(Blob.digest == digest)) if ok else None
+    if size is None:
+        raise ApiError(
+            404,
+            "blob_not_found",
+            f"no blob {digest} here: upload it with PUT /v1/blobs/{digest}?namespace=NS",
+        )
+    return size
+
+
+class _ManifestCache:
+    """Parsed manifests by digest (they never change), least recently used dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self._items: OrderedDict[str, Manifest] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Manifest | None:
+        with self._lock:
+            if digest in self._items:
+                self._items.move_to_end(digest)
+                return self._items[digest]
+            return None
+
+    def put(self, digest: str, manifest: Manifest) -> None:
+        with self._lock:
+            self._items[digest] = manifest
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_MANIFESTS = _ManifestCache(8192)
+
+
+def manifest_bytes(session: Session, digest: str) -> bytes:
+    """The canonical manifest bytes of a published version."""
+    data = session.scalar(select(ManifestData.data).where(ManifestData.digest == digest))
+    if data is None:  # a version row always has its manifest (same transaction, foreign key)
+        raise LookupError(f"manifest {digest} is missing from the database")
+    return data
+
+
+def manifests_of(session: Session, rows: Sequence[Version]) -> dict[str, Manifest]:
+    """The parsed manifests of ``rows``, by digest (one query for those not cached)."""
+    found = {r.digest: m for r in rows if (m := _MANIFESTS.get(r.digest)) is not None}
+    missing = {r.digest for r in rows} - set(found)
+    if missing:
+        query = select(ManifestData.digest, ManifestData.data).where(
+            ManifestData.digest.in_(missing)
+        )
+        for digest, data in session.execute(query):
+            # The digest check also catches a damaged database row.
+            found[digest] = parse_manifest(data, expected_digest=digest)
+            _MANIFESTS.put(digest, found[digest])
+    return found
+
+
+def manifest_of(session: Session, row: Version) -> Manifest:
+    return manifests_of(session, [row])[row.digest]
+
+
+def entries_json(session: Session, rows: Sequence[Version], registry: str) -> list[dict[str, Any]]:
+    """The versions' :class:`IndexEntry` JSON: exactly what ``LocalSource`` lists."""
+    manifests = manifests_of(session, rows)
+    return [
+        IndexEntry.of(
+            manifests[row.digest], registry=registry, yanked=row.yanked, reason=row.yank_reason
+        ).model_dump(mode="json")
+        for row in rows
+    ]
+
+
+# -- publishing -----------------------------------------------------------------------------------
+def validate_manifest(body: bytes, *, namespace: str, name: str, version: str) -> Manifest:
+    """Parse a pushed manifest and check it against the URL it was pushed to.
+
+    Raises:
+        ApiError: 400 malformed JSON or a URL mismatch, 422 a schema failure.
+    """
+    try:
+        json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(
+            400, "malformed_json", "the manifest is not valid JSON: send the canonical manifest"
+        ) from None
+    try:
+        manifest = parse_manifest(body)
+    except ManifestError as e:
+        raise ApiError(422, "invalid_manifest", f"{e.message} ({e.hint})") from None
+    wanted = f"{namespace}/{name}@{canonical_version(version)}"
+    got = f"{manifest.namespace}/{manifest.name}@{manifest.version}"
+    if got != wanted:
+        raise ApiError(
+            400, "url_mismatch", f"the manifest is {got} but was pushed to {wanted}: fix the URL"
+        )
+    return manifest
+
+
+def check_blobs(reg: Registry, session: Session, manifest: Manifest) -> None:
+    """Every blob is uploaded with its size; the mask decodes to what the manifest says.
+
+    Raises:
+        ApiError: 400 blob missing or of the wrong size, 422 a mask that does not fit.
+    """
+    digests = [b.digest for b in manifest.blobs]
+    rows = session.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(digests)))
+    known = {digest for digest, _ in rows}
+    for blob in manifest.blobs:
+        stored = reg.storage.size(blob.digest) if blob.digest in known else None
+        if stored is None:
+            raise ApiError(
+                400,
+                "blob_unknown",
+                f"blob {blob.digest} ({blob.path}) is not uploaded: "
+                f"PUT /v1/blobs/{blob.digest}?namespace={manifest.namespace} first",
+            )
+        if stored != blob.size:
+            raise ApiError(
+                400,
+                "blob_size_mismatch",
+                f"blob {blob.digest} ({blob.path}) has {stored} bytes, the manifest says "
+                f"{blob.size}: fix the manifest",
+            )
+    _check_mask(reg, manifest)
+
+
+def _check_mask(reg: Registry, manifest: Manifest) -> None:
+    ref = manifest.blob(manifest.mask.blob)
+    with reg.storage.open_read(ref.digest) as f:
+        data = f.read(ref.size + 1)
+    if "sha256:" + hashlib.sha256(data).hexdigest() != ref.digest:
+        raise ApiError(
+            400, "blob_unknown", f"the stored mask {ref.digest} is damaged: upload it again"
+        )
+
+    def bad(message: str) -> ApiError:
+        return ApiError(422, "invalid_mask", f"{message}: push the mask `conesreg find` wrote")
+
+    try:
+        info = read_mask_info(data)
+    except MaskError as e:
+        raise bad(e.message) from None
+    if info.encoding != manifest.mask.encoding:
+        raise bad(f"the mask is {info.encoding}, the manifest says {manifest.mask.encoding}")
+    numels = {t.name: t.numel for t in manifest.base_model.targets}
+    for param, numel in info.numels.items():
+        if numels.get(param) != numel:
+            raise bad(
+                f"the mask gives {param!r} {numel} scalars, the base model {numels.get(param)}"
+            )
+    actual = {k: v for k, v in info.counts.items() if v}
+    declared = {k: v for k, v in manifest.mask.counts.items() if v}
+    if actual != declared:
+        raise bad(f"the mask selects {sum(actual.values())} neurons, not the counts it declares")
+    try:
+        # Only now: the sizes are the model's, so a forged header cannot make us allocate more.
+        decode_mask(data)
+    except MaskError as e:
+        raise bad(e.message) from None
+
+
+def _lock(session: Session) -> None:
+    """Start a publishing transaction: bump the generation (and so take the writer's lock)."""
+    session.execute(
+        update(RegistryState)
+        .where(RegistryState.id == 1)
+        .values(generation=RegistryState.generation + 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _update_latest(session: Session, concept_id: int) -> None:
+    rows = session.execute(
+        select(Version.id, Version.version, Version.yanked).where(Version.concept_id == concept_id)
+    ).all()
+    live = sort_releases([r for r in rows if not r.yanked])
+    latest = live[-1].id if live else -1
+    session.execute(
+        update(Version)
+        .where(Version.concept_id == concept_id)
+        .values(is_latest=case((Version.id == latest, True), else_=False))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _search_fields(manifest: Manifest) -> dict[str, Any]:
+    md = manifest.metadata
+    tags = sorted({t.lower() for t in md.tags})
+    hay = [manifest.name, manifest.namespace, md.class_word, md.description, *md.tags]
+    return {
+        "class_word": md.class_word.lower(),
+        "tags": "\n".join(tags),
+        "base_model_hash": manifest.base_model.hash,
+        "description": md.description,
+        "search_text": " ".join(hay).lower(),
+    }
+
+
+def publish(reg: Registry, manifest: Manifest) -> tuple[Version, bool]:
+    """Validate the blobs of ``manifest`` and commit it as a new version.
+
+    Returns:
+        The version row and True if it was created, False if this exact content was there.
+
+    Raises:
+        ApiError: 400/422 from :func:`check_blobs`, 409 the version exists with other content.
+    """
+    with reg.sessions() as session:
+        existing = _existing(session, manifest)
+        if existing is not None:  # answered before the (possibly slow) mask check
+            return _same_or_conflict(existing, manifest), False
+        check_blobs(reg, session, manifest)
+        session.rollback()  # end the read snapshot before taking the lock
+        try:
+            _lock(session)
+            ns = session.scalar(select(Namespace).where(Namespace.name == manifest.namespace))
+            if ns is None:
+                raise ApiError(404, "namespace_not_found", f"no namespace {manifest.namespace}")
+            existing = _existing(session, manifest)
+            if existing is not None:  # pushed concurrently while we validated
+                session.rollback()
+                return _same_or_conflict(existing, manifest), False
+            concept = session.scalar(
+                select(Concept).where(Concept.namespace_id == ns.id, Concept.name == manifest.name)
+            )
+            if concept is None:
+                concept = Concept(namespace_id=ns.id, name=manifest.name)
+                session.add(concept)
+                session.flush()
+            if session.get(ManifestData, manifest.digest) is None:
+                session.add(ManifestData(digest=manifest.digest, data=manifest.canonical_json()))
+            row = Version(
+                concept_id=concept.id,
+                namespace=manifest.namespace,
+                name=manifest.name,
+                version=manifest.version,
+                digest=manifest.digest,
+                **_search_fields(manifest),
+            )
+            session.add(row)
+            session.flush()
+            session.add_all(
+                VersionBlob(version_id=row.id, digest=d) for d in {b.digest for b in manifest.blobs}
+            )
+            session.add_all(
+                VersionTag(version_id=row.id, tag=t)
+                for t in {t.lower() for t in manifest.metadata.tags}
+            )
+            session.flush()
+            _update_latest(session, concept.id)
+            session.commit()
+        except IntegrityError:
+            # The only constraint left to fail is a blob link: gc removed a long-unreferenced
+            # upload between our check and the insert.
+            session.rollback()
+            raise ApiError(
+                400, "blob_unknown", "a blob was collected while pushing: upload the blobs again"
+            ) from None
+        except BaseException:
+            session.rollback()
+            raise
+        session.refresh(row)
+        return row, True
+
+
+def _existing(session: Session, manifest: Manifest) -> Version | None:
+    return session.scalar(
+        select(Version).where(
+            Version.namespace == manifest.namespace,
+            Version.name == manifest.name,
+            Version.version == manifest.version,
+        )
+    )
+
+
+def _same_or_conflict(existing: Version, manifest: Manifest) -> Version:
+    if existing.digest == manifest.digest:
+        return existing
+    raise ApiError(
+        409,
+        "version_exists",
+        f"{manifest.id}@{manifest.version} is published with other content "
+        f"({existing.digest[:19]}..., yours {manifest.digest[:19]}...): "
+        "published versions never change, push a new version number",
+    )
+
+
+def set_yanked(
+    reg: Registry,
+    caller: Caller,
+    namespace: str,
+    name: str,
+    version: str,
+    *,
+    yanked: bool,
+    reason: str | None = None,
+) -> Version:
+    """Yank or unyank a version (its content never changes) and recompute the latest."""
+    with reg.sessions() as session:
+        row = find_version(session, caller, namespace, name, version)
+        session.rollback()
+        try:
+            _lock(session)
+            session.execute(
+                update(Version)
+                .where(Version.id == row.id)
+                .values(yanked=yanked, yank_reason=reason if yanked else None)
+                .execution_options(synchronize_session=False)
+            )
+            _update_latest(session, row.concept_id)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        session.refresh(row)
+        return row
+
+
+# -- uploads --------------------------------------------------------------------------------------
+def commit_upload(reg: Registry, upload: Upload) -> bool:
+    """Verify ``upload``, move it into place, then record it; True if the blob is new here.
+
+    The file is published before its row is written (so a slow fsync never holds the database's
+    writer lock). If gc collects an old orphan copy of the same blob in between, the row may
+    outlive the file: the next push then reports the blob missing and the client uploads it
+    again. Published versions are never affected: their blobs' rows are linked, and gc deletes
+    a file only together with an unlinked row.
+
+    Raises:
+        DigestMismatchError: the bytes do not hash to the digest; nothing is kept.
+    """
+    digest = upload.digest
+    with reg.sessions() as session:
+        existed = session.get(Blob, digest) is not None and reg.storage.exists(digest)
+    upload.commit()
+    with reg.sessions() as session:
+        try:
+            result = session.execute(
+                update(Blob)
+                .where(Blob.digest == digest)
+                .values(uploaded_at=utcnow(), size=upload.received)
+                .execution_options(synchronize_session=False)
+            )
+            refreshed = cast("CursorResult[Any]", result).rowcount
+            if not refreshed:
+                session.add(Blob(digest=digest, size=upload.received, uploaded_at=utcnow()))
+            session.commit()
+        except IntegrityError:  # the same blob committed concurrently: it is here now
+            session.rollback()
+        except BaseException:
+            session.rollback()
+            raise
+    return not existed
+
+
+# -- search ---------------------------------------------------------------------------------------
+def _encode_cursor(score: int, namespace: str, name: str) -> str:
+    raw = json.dumps([score, namespace, name], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        score, namespace, name = json.loads(raw)
+        if isinstance(score, int) and isinstance(namespace, str) and isinstance(name, str):
+            return score, namespace, name
+    except (ValueError, TypeError, binascii.Error):
+        pass
+    raise ApiError(
+        400, "invalid_cursor", "the cursor is not one this server gave: start without it"
+    )
+
+
+def search(
+    session: Session,
+    caller: Caller,
+    *,
+    query: str = "",
+    tags: Sequence[str] = (),
+    base_model_hash: str | None = None,
+    class_word: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Version], str | None]:
+    """The latest non-yanked version of each matching concept, best match first.
+
+    Matching is ``LocalSource``'s: every query term must occur in the name, namespace, class
+    word, description or a tag (case-insensitive); a term equal to the name or the class word
+    scores 10, any other 2; filters are exact (tags and class word ignore case). Ties are in
+    (namespace, name) order, which with the score makes the keyset that cursors continue from.
+
+    Returns:
+        The rows of this page and the cursor of the next (None on the last page).
+    """
+    terms = query.lower().split()
+    score: ColumnElement[int] = literal(1)
+    for term in terms:
+        hit = or_(Version.name == term, Version.class_word == term)
+        score = score + case((hit, 10), else_=2)
+    # Keys first (from the covering index), whole rows for this page only.
+    stmt = select(Version.id, Version.namespace, Version.name, score.label("score")).where(
+        Version.is_latest.is_(True), visible(caller)
+    )
+    for term in terms:
+        stmt = stmt.where(Version.search_text.contains(term, autoescape=True))
+    for tag in {t.lower() for t in tags}:
+        stmt = stmt.where(
+            exists().where(VersionTag.version_id == Version.id, VersionTag.tag == tag)
+        )
+    if base_model_hash:
+        stmt = stmt.where(Version.base_model_hash == base_model_hash)
+    if class_word:
+        stmt = stmt.where(Version.class_word == class_word.lower())
+    if cursor:
+        s, ns, nm = _decode_cursor(cursor)
+        after = tuple_(Version.namespace, Version.name) > tuple_(literal(ns), literal(nm))
+        stmt = stmt.where(or_(score < s, and_(score == s, after)) if terms else after)
+    order = [Version.namespace, Version.name]
+    stmt = stmt.order_by(score.desc(), *order) if terms else stmt.order_by(*order)
+    keys = session.execute(stmt.limit(limit + 1)).all()
+    by_id = {
+        row.id: row
+        for row in session.scalars(
+            select(Version).where(Version.id.in_([k.id for k in keys[:limit]]))
+        )
+    }
+    page = [by_id[k.id] for k in keys[:limit]]
+    if len(keys) <= limit:
+        return page, None
+    last = keys[limit - 1]
+    return page, _encode_cursor(int(last.score), last.namespace, last.name)
+
+
+# -- index listing ---------------------------------------------------------------------------------
+def index_etag(session: Session, caller: Caller) -> str:
+    """Changes whenever the listing ``caller`` gets can change (cheap: one row)."""
+    generation = session.scalar(select(RegistryState.generation).where(RegistryState.id == 1))
+    key = f"{generation}:{','.join(caller.readable_private)}"
+    return '"index-' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
+
+
+def index_listing(session: Session, caller: Caller) -> dict[str, Any]:
+    """Every visible concept with every version's number, digest and yank state."""
+    rows = session.execute(
+        select(Version.namespace, Version.name, Version.version, Version.digest, Version.yanked)
+        .where(visible(caller))
+        .order_by(Version.namespace, Version.name)
+    ).all()
+    concepts: list[dict[str, Any]] = []
+    for (namespace, name), group in _grouped(rows):
+        versions = sort_releases(group)
+        concepts.append(
+            {
+                "namespace": namespace,
+                "name": name,
+                "versions": [
+                    {"version": v.version, "digest": v.digest, "yanked": v.yanked} for v in versions
+                ],
+            }
+        )
+    return {"concepts": concepts}
+
+
+def _grouped(rows: Iterable[Any]) -> Iterable[tuple[tuple[str, str], list[Any]]]:
+    current: tuple[str, str] | None = None
+    group: list[Any] = []
+    for r in rows:
+        key = (r.namespace, r.name)
+        if key != current and group:
+            yield current, group  # type: ignore[misc]
+            group = []
+        current = key
+        group.append(r)
+    if group:
+        yield current, group  # type: ignore[misc]
+
+
+# -- garbage collection ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GcReport:
+    """What one gc pass removed."""
+
+    orphan_blobs: int
+    stray_files: int
+    stale_uploads: int
+
+
+def collect_garbage(reg: Registry, *, older_than: float) -> GcReport:
+    """Delete blobs no version references that were uploaded more than ``older_than`` s ago,
+    files older than that the database does not know (a server killed between moving a file
+    into place and recording it), and uploads idle longer than ``min(older_than, chunk
+    timeout)`` (an upload in progress writes at least that often, or is dropped).
+
+    A referenced blob is never deleted: its row is deleted only while unlinked, in a transaction
+    that re-checks, and the file only with the row; a push racing that transaction fails on the
+    blob link's foreign key instead of publishing a version without its blob.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than)
+    unix_now = now.timestamp()
+    uploads = reg.storage.remove_stale_uploads(
+        unix_now - min(older_than, reg.settings.chunk_timeout_seconds)
+    )
+    unreferenced = ~exists().where(VersionBlob.digest == Blob.digest)
+    with reg.sessions() as session:
+        candidates = session.scalars(
+            select(Blob.digest).where(Blob.uploaded_at < cutoff, unreferenced)
+        ).all()
+    orphans = 0
+    for batch in _batches(candidates, 200):
+        with reg.sessions() as session, session.begin():
+            gone = session.scalars(
+                delete(Blob)
+                .where(Blob.digest.in_(batch), Blob.uploaded_at < cutoff, unreferenced)
+                .returning(Blob.digest)
+            ).all()
+            for digest in gone:  # before the commit: a crash leaves a row, never a dangling link
+                reg.storage.delete(digest)
+            orphans += len(gone)
+    stray = 0
+    old_files = list(reg.storage.stored_before(unix_now - older_than))
+    for batch in _batches(old_files, 200):
+        with reg.sessions() as session:
+            known = set(session.scalars(select(Blob.digest).where(Blob.digest.in_(batch))))
+        for digest in batch:
+            if digest not in known:
+                # A row-less file is no version's blob (links need rows). At worst this is an
+                # old copy an upload is replacing right now; its push then asks for it again.
+                reg.storage.delete(digest)
+                stray += 1
+    return GcReport(orphan_blobs=orphans, stray_files=stray, stale_uploads=uploads)
+
+
+def _batches(items: Sequence[str], n: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), n):
+        yield list(items[i : i + n])

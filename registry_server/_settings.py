@@ -1,0 +1,89 @@
+"""Server settings: one frozen pydantic model, read from ``CONESREG_SERVER_*`` once, here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import user_data_dir
+from pydantic import BaseModel, ConfigDict, Field
+
+_ENV_PREFIX = "CONESREG_SERVER_"
+#: Settings that may come from the environment, by field name (``CONESREG_SERVER_<NAME>``).
+_ENV_FIELDS = (
+    "data",
+    "database_url",
+    "max_blob_bytes",
+    "max_manifest_bytes",
+    "orphan_age_seconds",
+    "chunk_timeout_seconds",
+    "registry_name",
+)
+
+
+class Settings(BaseModel):
+    """Where the server keeps its data and the limits it enforces.
+
+    Example:
+        >>> s = Settings(data=Path("/srv/conesreg"))
+        >>> s.effective_database_url
+        'sqlite:////srv/conesreg/registry.db'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: Path = Field(
+        default_factory=lambda: Path(user_data_dir("conesreg")) / "server",
+        description="folder of the SQLite database (by default) and the blob store",
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite at DATA/registry.db"
+    )
+    max_blob_bytes: int = Field(default=256 << 20, gt=0)
+    max_manifest_bytes: int = Field(default=1 << 20, gt=0)
+    orphan_age_seconds: float = Field(
+        default=24 * 3600,
+        ge=0,
+        description="uploaded blobs that no version references are deleted after this long",
+    )
+    chunk_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="an upload that sends nothing for this long is dropped"
+    )
+    registry_name: str = Field(
+        default="server",
+        description="the `registry` field of index entries (clients replace it by their alias)",
+    )
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in use (the SQLite default spelled out)."""
+        return self.database_url or f"sqlite:///{self.data / 'registry.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data / "blobs"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Settings from ``CONESREG_SERVER_<FIELD>`` variables, then ``overrides`` (not None).
+
+        Args:
+            overrides: field values that win over the environment (None means "not given").
+
+        Returns:
+            The validated settings.
+
+        Raises:
+            pydantic.ValidationError: a value of the wrong type or out of range.
+
+        Example:
+            >>> Settings.from_env(data=Path("/tmp/reg")).data
+            PosixPath('/tmp/reg')
+        """
+        values: dict[str, object] = {}
+        for name in _ENV_FIELDS:
+            raw = os.environ.get(_ENV_PREFIX + name.upper())
+            if raw:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)

@@ -1,0 +1,199 @@
+"""Blob storage: where the bytes of masks, previews and other blobs live, by sha256.
+
+The interface is deliberately narrow (an S3 store will implement it later): an upload is opened
+for an expected digest, written in chunks (hashed on the way), then committed, which verifies
+the digest and makes the blob visible at once or not at all. Reads are plain seekable files.
+The database, not the store, says which blobs are published (see :mod:`registry_server._db`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+_TMP_PREFIX = ".tmp-"
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class DigestMismatchError(ValueError):
+    """The uploaded bytes do not hash to the digest they were uploaded under."""
+
+    def __init__(self, expected: str, actual: str, size: int) -> None:
+        super().__init__(f"content hashes to {actual} ({size} bytes), not {expected}")
+        self.expected, self.actual, self.size = expected, actual, size
+
+
+class Upload(Protocol):
+    """One blob being received. Use as a context manager: leaving it uncommitted aborts it."""
+
+    digest: str
+    #: Bytes written so far.
+    received: int
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def commit(self) -> None:
+        """Verify the digest and publish the blob atomically.
+
+        Raises:
+            DigestMismatchError: nothing is kept.
+        """
+        ...
+
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> Upload: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class BlobStorage(Protocol):
+    """What the server needs from a blob store."""
+
+    def open_upload(self, digest: str) -> Upload: ...
+
+    def open_read(self, digest: str) -> BinaryIO:
+        """A seekable binary file. Raises FileNotFoundError if the blob is absent."""
+        ...
+
+    def size(self, digest: str) -> int | None:
+        """The blob's size, or None if absent."""
+        ...
+
+    def exists(self, digest: str) -> bool: ...
+
+    def delete(self, digest: str) -> None:
+        """Remove the blob if present."""
+        ...
+
+    def stored_before(self, cutoff: float) -> Iterator[str]:
+        """Digests of blobs last written before ``cutoff`` (a Unix time), for gc."""
+        ...
+
+    def remove_stale_uploads(self, cutoff: float) -> int:
+        """Delete uploads abandoned before ``cutoff`` (a killed server, a dropped client)."""
+        ...
+
+
+class _FileUpload:
+    """A temp file in the blob's final folder, hashed while written."""
+
+    def __init__(self, final: Path, digest: str) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=final.parent)
+        self._file = os.fdopen(fd, "wb")
+        self._tmp = Path(name)
+        self._final = final
+        self._hash = hashlib.sha256()
+        self._done = False
+        self.digest = digest
+        self.received = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self._file.write(chunk)
+        self.received += len(chunk)
+
+    def commit(self) -> None:
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self.digest:
+            self.abort()
+            raise DigestMismatchError(self.digest, actual, self.received)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        # Replacing an existing copy is harmless (same bytes, verified) and heals a damaged one.
+        os.replace(self._tmp, self._final)
+        _fsync_dir(self._final.parent)
+        self._done = True
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> _FileUpload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself must survive a power cut; not every platform can open a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class FileBlobStorage:
+    """Blobs as files under ``root/sha256/<first 2 hex>/<64 hex>``.
+
+    Example:
+        >>> store = FileBlobStorage(tmp_path)  # doctest: +SKIP
+        >>> with store.open_upload(digest) as up:  # doctest: +SKIP
+        ...     up.write(data)
+        ...     up.commit()
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, digest: str) -> Path:
+        if not DIGEST_RE.match(digest):  # the only way a path is built: never from user text
+            raise ValueError(f"not a sha256 digest: {digest!r}")
+        h = digest.removeprefix("sha256:")
+        return self.root / "sha256" / h[:2] / h
+
+    def open_upload(self, digest: str) -> _FileUpload:
+        return _FileUpload(self.path(digest), digest)
+
+    def open_read(self, digest: str) -> BinaryIO:
+        return open(self.path(digest), "rb")
+
+    def size(self, digest: str) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def stored_before(self, cutoff: float) -> Iterator[str]:
+        base = self.root / "sha256"
+        for p in base.glob("??/*") if base.is_dir() else ():
+            if p.name.startswith(_TMP_PREFIX):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if p.stat().st_mtime < cutoff and DIGEST_RE.match("sha256:" + p.name):
+                    yield "sha256:" + p.name
+
+    def remove_stale_uploads(self, cutoff: float) -> int:
+        removed = 0
+        base = self.root / "sha256"
+        for p in base.glob(f"??/{_TMP_PREFIX}*") if base.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    removed += 1
+        return removed
+
+
+def now() -> float:
+    """The storage clock (Unix time), for ``cutoff`` arguments."""
+    return time.time()

@@ -1,0 +1,106 @@
+"""The FastAPI application and the server entry point."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
+
+from . import _api, _hub
+from ._errors import install_handlers, log
+from ._registry import collect_garbage, open_registry
+from ._settings import Settings
+
+#: Seconds an idle keep-alive connection is held open (uvicorn's default is 5).
+KEEP_ALIVE_SECONDS = 5
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The registry server as an ASGI app; the database and blob store are opened now.
+
+    At startup (the ASGI lifespan), orphan blobs older than ``settings.orphan_age_seconds`` and
+    abandoned uploads are collected.
+
+    Args:
+        settings: where the data lives and the limits (default: from the environment).
+
+    Returns:
+        The FastAPI application.
+
+    Example:
+        >>> from fastapi.testclient import TestClient
+        >>> with TestClient(create_app(Settings(data=tmp_path))) as client:  # doctest: +SKIP
+        ...     client.get("/v1/index").json()
+        {'concepts': []}
+    """
+    settings = settings or Settings.from_env()
+    reg = open_registry(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        report = await run_in_threadpool(
+            collect_garbage, reg, older_than=settings.orphan_age_seconds
+        )
+        log.info("startup gc: %s", report)
+        yield
+        reg.engine.dispose()
+
+    app = FastAPI(
+        title="conesreg registry",
+        version="1",
+        summary="Concept neurons of diffusion models: publish, list, search, download.",
+        lifespan=lifespan,
+    )
+    app.state.registry = reg
+    install_handlers(app)
+    # /v1 first: the Hub's catch-all /{ns}/{name}/resolve/... must never shadow it.
+    app.include_router(_api.router)
+    app.include_router(_hub.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in _api.EXTRA_SCHEMAS:
+                extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(extra.pop("$defs", {}))
+                components[model.__name__] = extra
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def serve(settings: Settings | None = None, *, host: str = "127.0.0.1", port: int = 8750) -> None:
+    """Run the server until interrupted (uvicorn, one process).
+
+    Args:
+        settings: as for :func:`create_app`.
+        host: the interface to listen on.
+        port: the TCP port.
+
+    Example:
+        >>> serve(Settings(data=Path("/srv/conesreg")), port=8750)  # doctest: +SKIP
+    """
+    import uvicorn
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        # Idle connections go after a few seconds; uploads that stall are dropped by the
+        # per-chunk timeout (settings.chunk_timeout_seconds), so neither pins the server.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=10,
+        limit_concurrency=1000,
+        server_header=False,
+        log_level="info",
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,117 @@
+"""Downloads: byte ranges, HEAD, ETags and 304s, the index listing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import make_draft
+from server_helpers import Server, push_draft, running_server
+
+from conesreg._manifest import Manifest
+
+
+@pytest.fixture
+def pushed(tmp_path: Path) -> Iterator[tuple[Server, Manifest, bytes]]:
+    with running_server(tmp_path) as s:
+        draft = make_draft(tmp_path / "d")
+        manifest, r = push_draft(s.client, draft, version="1.0.0", token=s.token)
+        assert r.status_code == 201
+        yield s, manifest, (draft / "mask.safetensors").read_bytes()
+
+
+def test_blob_get_head_and_ranges(pushed: tuple[Server, Manifest, bytes]) -> None:
+    server, manifest, data = pushed
+    c, url, n = server.client, f"/v1/blobs/{manifest.mask.blob}", len(data)
+    r = c.get(url)
+    assert r.status_code == 200 and r.content == data
+    assert r.headers["etag"] == f'"{manifest.mask.blob}"'
+    assert r.headers["content-length"] == str(n) and r.headers["accept-ranges"] == "bytes"
+
+    r = c.head(url)
+    assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == str(n)
+
+    for header, (start, end) in {
+        "bytes=0-9": (0, 9),
+        "bytes=10-": (10, n - 1),
+        f"bytes=5-{n + 100}": (5, n - 1),
+        "bytes=-7": (n - 7, n - 1),
+        f"bytes=-{n + 5}": (0, n - 1),
+    }.items():
+        r = c.get(url, headers={"Range": header})
+        assert r.status_code == 206, header
+        assert r.content == data[start : end + 1], header
+        assert r.headers["content-range"] == f"bytes {start}-{end}/{n}"
+        assert r.headers["content-length"] == str(end - start + 1)
+
+    for header in (f"bytes={n}-", f"bytes={n + 10}-{n + 20}", "bytes=-0"):
+        r = c.get(url, headers={"Range": header})
+        assert r.status_code == 416, header
+        assert r.headers["content-range"] == f"bytes */{n}"
+        assert r.json()["error"]["code"] == "range_not_satisfiable"
+    # Several ranges, junk or a reversed range: the whole blob (RFC 9110 lets us ignore Range).
+    for header in ("bytes=0-1,5-6", "lines=1-2", "bytes=9-3", "bytes=" + "9" * 40 + "-"):
+        r = c.get(url, headers={"Range": header})
+        assert (r.status_code, r.content) == (200, data), header
+    # If-Range with another ETag: the whole blob; with ours, the range.
+    r = c.get(url, headers={"Range": "bytes=0-3", "If-Range": '"other"'})
+    assert r.status_code == 200
+    r = c.get(url, headers={"Range": "bytes=0-3", "If-Range": f'"{manifest.mask.blob}"'})
+    assert r.status_code == 206
+
+
+def test_etags_and_304(pushed: tuple[Server, Manifest, bytes]) -> None:
+    server, manifest, _ = pushed
+    c = server.client
+    for url, etag in [
+        (f"/v1/blobs/{manifest.mask.blob}", f'"{manifest.mask.blob}"'),
+        ("/v1/concepts/acme/dog/versions/1.0.0/manifest", f'"{manifest.digest}"'),
+        (f"/v1/manifests/{manifest.digest}", f'"{manifest.digest}"'),
+    ]:
+        assert c.get(url).headers["etag"] == etag
+        for sent in (etag, f"W/{etag}", f'"x", {etag}', "*"):
+            r = c.get(url, headers={"If-None-Match": sent})
+            assert r.status_code == 304 and r.content == b"", (url, sent)
+            assert r.headers["etag"] == etag
+        assert c.get(url, headers={"If-None-Match": '"stale"'}).status_code == 200
+
+
+def test_index_listing_and_its_etag(pushed: tuple[Server, Manifest, bytes], tmp_path: Path) -> None:
+    server, manifest, _ = pushed
+    c = server.client
+    r = c.get("/v1/index")
+    assert r.json() == {
+        "concepts": [
+            {
+                "namespace": "acme",
+                "name": "dog",
+                "versions": [{"version": "1.0.0", "digest": manifest.digest, "yanked": False}],
+            }
+        ]
+    }
+    etag = r.headers["etag"]
+    assert c.get("/v1/index", headers={"If-None-Match": etag}).status_code == 304
+
+    # Publishing and yanking change it; versions are in semver order (1.10 after 1.9).
+    for i, v in enumerate(["1.10.0", "1.9.0"]):
+        push_draft(c, make_draft(tmp_path / f"e{i}", seed=i + 1), version=v, token=server.token)
+    r = c.get("/v1/index", headers={"If-None-Match": etag})
+    assert r.status_code == 200 and r.headers["etag"] != etag
+    assert [v["version"] for v in r.json()["concepts"][0]["versions"]] == [
+        "1.0.0",
+        "1.9.0",
+        "1.10.0",
+    ]
+    etag = r.headers["etag"]
+    c.post("/v1/concepts/acme/dog/versions/1.9.0/yank", headers=server.headers)
+    r = c.get("/v1/index", headers={"If-None-Match": etag})
+    assert r.status_code == 200 and r.json()["concepts"][0]["versions"][1]["yanked"] is True
+    # A refused or no-op re-push does not change it (the draft's new timestamp may or may not
+    # fall in the same second as the first push's).
+    etag = r.headers["etag"]
+    _, again = push_draft(
+        c, make_draft(tmp_path / "e0", seed=1), version="1.10.0", token=server.token
+    )
+    assert again.status_code in (200, 409)
+    assert c.get("/v1/index", headers={"If-None-Match": etag}).status_code == 304
