@@ -26,6 +26,7 @@ import torch
 
 from conesreg.mini.classifier import load_classifier, predict
 from conesreg.mini.model import load_mini_pipeline
+from conesreg.mini.subjects import GUIDANCE, STEPS, sample
 from conesreg.mini.world import (
     BACKGROUNDS,
     HELD_OUT,
@@ -39,23 +40,10 @@ from conesreg.mini.world import (
 )
 
 SEED = 12345  # never used by training (seeds 0..99)
-GUIDANCE = 5.0
-STEPS = 25
 
 
-def generate(pipe, prompts: list[str], *, seed: int, batch: int = 16) -> np.ndarray:  # type: ignore[no-untyped-def]
-    out = []
-    for i in range(0, len(prompts), batch):
-        g = torch.Generator().manual_seed(seed + i)
-        res = pipe(
-            prompts[i : i + batch],
-            num_inference_steps=STEPS,
-            guidance_scale=GUIDANCE,
-            generator=g,
-            output_type="np",
-        )
-        out.append((res.images * 255).round().astype(np.uint8))
-    return np.concatenate(out)
+def generate(pipe, prompts: list[str], *, seed: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return sample(pipe, prompts, seed=seed)
 
 
 def single_prompts(n: int, rng: np.random.Generator) -> list[Scene]:

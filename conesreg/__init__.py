@@ -20,6 +20,7 @@ __all__ = [
     "Concept",
     "ConceptHandle",
     "ConceptRef",
+    "FindConfig",
     "IndexEntry",
     "LockedConcept",
     "Lockfile",
@@ -34,6 +35,7 @@ __all__ = [
     "build_manifest",
     "decode_mask",
     "encode_mask",
+    "find_neurons",
     "generate",
     "install",
     "load_concepts",
@@ -44,10 +46,13 @@ __all__ = [
     "parse_ref",
     "parse_spec",
     "push",
+    "refine_neurons",
     "restore",
+    "run_demo",
     "save_mask",
     "save_png",
     "uninstall",
+    "write_draft",
 ]
 
 
@@ -68,6 +73,11 @@ _LAZY = {
     "ConceptHandle": "_compose",
     "generate": "_generate",
     "save_png": "_generate",
+    "FindConfig": "_find",
+    "find_neurons": "_find",
+    "refine_neurons": "_find",
+    "write_draft": "_find",
+    "run_demo": "_demo",
 }
 
 

@@ -34,6 +34,8 @@ class RegistryConfig(BaseModel):
     kind: Literal["local", "http", "hub"] = "local"
     path: str | None = None
     url: str | None = None
+    #: Bearer token of an http registry; the file is written 0600 and the CLI never prints it.
+    token: str | None = None
 
 
 class Config(BaseModel):
@@ -140,3 +142,54 @@ def set_value(config: Config, key: str, value: str) -> Config:
     if key == "default_registry":
         config.registry(value)  # must exist
     return config.model_copy(update={key: parsed})
+
+
+def add_registry(config: Config, name: str, url: str) -> Config:
+    """A copy of ``config`` with an http registry ``name`` at ``url`` (replacing the URL of one
+    already there, and keeping its token only if the URL is unchanged).
+
+    Raises:
+        ConfigError: a bad name, a URL that is not http(s), or the reserved name ``local``.
+
+    Example:
+        >>> add_registry(Config(), "team", "https://concepts.acme.dev").registries["team"].kind
+        'http'
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        check_name(name, what="registry name")
+    except ConesregError as e:
+        raise ConfigError(e.message, hint=e.hint) from None
+    if name == constants.DEFAULT_REGISTRY:
+        raise ConfigError(
+            f"{name!r} is the embedded registry's name", hint="pick another name, e.g. team"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"{url!r} is not an http(s) URL", hint="e.g. https://concepts.example.com"
+        )
+    old = config.registries.get(name)
+    token = old.token if old is not None and old.url == url.rstrip("/") else None
+    reg = RegistryConfig(kind="http", url=url.rstrip("/"), token=token)
+    return config.model_copy(update={"registries": {**config.registries, name: reg}})
+
+
+def set_token(config: Config, name: str, token: str) -> Config:
+    """A copy of ``config`` with ``token`` stored for the http registry ``name``.
+
+    Raises:
+        ConfigError: no http registry of that name, or an empty token.
+    """
+    reg = config.registries.get(name)
+    if reg is None or reg.kind != "http":
+        raise ConfigError(
+            f"no http registry named {name!r}",
+            hint="add it first: `conesreg config registry add NAME URL`",
+        )
+    token = token.strip()
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError("the token is empty or has spaces", hint="paste the token exactly")
+    new = reg.model_copy(update={"token": token})
+    return config.model_copy(update={"registries": {**config.registries, name: new}})

@@ -33,6 +33,14 @@ from ._base_hash import base_model_hash
 from ._storage import atomic_write
 from .errors import ConesregError
 
+#: Prior-preservation images are cached under this format version; sampled with these steps.
+_PRIOR_FORMAT = "v1"
+_PRIOR_STEPS = 25
+
+#: Defaults of a search, and of the few joint steps of a refinement (on top of the union).
+SEARCH_DEFAULTS = {"steps": 100, "rounds": 10, "sparsity": 0.05}
+REFINE_DEFAULTS = {"steps": 20, "rounds": 2, "sparsity": 0.005}
+
 _CANDIDATES = {
     "cross-kv": ("attn2.to_k.weight", "attn2.to_v.weight"),
     "cross-self-kv": (
@@ -46,7 +54,13 @@ _CANDIDATES = {
 
 @dataclass(frozen=True)
 class FindConfig:
-    """Hyperparameters of one search; recorded in the manifest as the method's."""
+    """Hyperparameters of one search; recorded in the manifest as the method's.
+
+    ``rho`` makes the shutting soft: a selected scalar is multiplied by ``1 - rho`` at the end
+    of every round from its selection on (``None``: set to 0 at once). The mask written at the
+    end switches every selected scalar fully off either way. ``autocast`` runs the forward pass
+    in bfloat16 (CPU) or float16 (CUDA); scores are always accumulated in float32.
+    """
 
     class_prompt: str
     class_word: str
@@ -57,8 +71,11 @@ class FindConfig:
     tau: float | None = None
     lam: float = 0.0
     prior_images: int = 8
+    rho: float | None = None
     seed: int = 0
     candidates: str = "cross-kv"
+    autocast: bool = False
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if (self.sparsity is None) == (self.tau is None):
@@ -70,6 +87,10 @@ class FindConfig:
             raise ConesregError(f"sparsity {self.sparsity} is not between 0 and 1")
         if min(self.steps, self.rounds, self.batch_size) < 1 or self.rounds > self.steps:
             raise ConesregError("steps, rounds and batch size must be positive, rounds <= steps")
+        if self.lam < 0:
+            raise ConesregError(f"lambda {self.lam} is negative", hint="use 0 or more")
+        if self.rho is not None and not 0 < self.rho <= 1:
+            raise ConesregError(f"rho {self.rho} is not in (0, 1]", hint="e.g. --rho 0.5")
         if self.candidates not in _CANDIDATES:
             raise ConesregError(
                 f"unknown candidate set {self.candidates!r}", hint=f"use {' or '.join(_CANDIDATES)}"
@@ -105,6 +126,36 @@ def _embed(pipe: Any, prompt: str) -> Any:
         return pipe.text_encoder(ids)[0]
 
 
+def _prior_images(pipe: Any, prompt: str, n: int, seed: int) -> np.ndarray:
+    """``n`` images of ``prompt`` by the unmasked base model, generated once per base model and
+    prompt and kept in the cache: each costs a full sampling run, and searches repeat."""
+    import hashlib
+    import io
+
+    import torch
+
+    key = json.dumps([base_model_hash(pipe), prompt, n, seed, pipe.unet.config.sample_size])
+    name = hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy"
+    path = constants.CACHE_DIR / f"find-priors-{_PRIOR_FORMAT}" / name
+    if path.is_file():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            pass  # a damaged entry is regenerated and replaced below
+    out = pipe(
+        [prompt] * n,
+        num_inference_steps=_PRIOR_STEPS,
+        output_type="np",
+        generator=torch.Generator().manual_seed(seed),
+    )
+    images = (out.images * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    np.save(buf, images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buf.getvalue())
+    return images
+
+
 def find_neurons(
     pipe: Any,
     images: np.ndarray,
@@ -126,10 +177,69 @@ def find_neurons(
     Returns:
         Sorted flat indices of the switched-off scalars, per candidate parameter.
 
+    Raises:
+        ConesregError: the checkpoint holds a search with other settings.
+
     Example:
         >>> mask = find_neurons(pipe, images, FindConfig("a photo of a star", "star"))
         ... # doctest: +SKIP
     """
+    return _search(
+        pipe, [(images, config.class_prompt)], config, on_step=on_step, checkpoint=checkpoint
+    )
+
+
+def refine_neurons(
+    pipe: Any,
+    subjects: Sequence[tuple[np.ndarray, str]],
+    start: dict[str, np.ndarray],
+    config: FindConfig,
+    *,
+    on_step: Callable[[int, float, float], None] | None = None,
+    checkpoint: Path | None = None,
+) -> dict[str, np.ndarray]:
+    """A few joint steps on the union of several concepts, with all their subjects stimulated.
+
+    The search starts with ``start`` (the union of the parents' masks) switched off and adds
+    ``config.sparsity`` more of the candidates (or every scalar passing ``config.tau``), scored
+    on the sum of the subjects' losses: it repairs what the parents, found apart, break in
+    each other.
+
+    Args:
+        pipe: a diffusers Stable Diffusion pipeline.
+        subjects: ``(images, class_prompt)`` per parent concept.
+        start: the union of the parents' masks (flat indices per candidate parameter).
+        config: the hyperparameters (``class_prompt`` and ``class_word`` name the composite).
+        on_step: as for :func:`find_neurons`.
+        checkpoint: as for :func:`find_neurons`.
+
+    Returns:
+        The composite mask: ``start`` and the scalars added to it.
+
+    Raises:
+        ConesregError: ``start`` names a parameter that is not a candidate, or the checkpoint
+            holds a search with other settings.
+
+    Example:
+        >>> refine_neurons(pipe, [(stars, "a photo of a star"), (rings, "a photo of a ring")],
+        ...                union, FindConfig("a photo of a star and a ring", "star",
+        ...                                  steps=20, rounds=2, sparsity=0.005))
+        ... # doctest: +SKIP
+    """
+    return _search(pipe, subjects, config, start=start, on_step=on_step, checkpoint=checkpoint)
+
+
+def _search(
+    pipe: Any,
+    subjects: Sequence[tuple[np.ndarray, str]],
+    config: FindConfig,
+    *,
+    start: dict[str, np.ndarray] | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
+    checkpoint: Path | None = None,
+) -> dict[str, np.ndarray]:
+    import contextlib
+
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -137,140 +247,172 @@ def find_neurons(
     unet = pipe.unet
     names = candidate_names(unet, config.candidates)
     params = {n: unet.get_parameter(n) for n in names}
-    originals = {n: p.detach().clone() for n, p in params.items()}
-    off = {n: torch.zeros(p.numel(), dtype=torch.bool, device=p.device) for n, p in params.items()}
+    unknown = sorted(set(start or {}) - set(names))
+    if unknown:
+        raise ConesregError(
+            f"the start mask names {unknown[0]!r}, not a {config.candidates} candidate",
+            hint="refine concepts found with the same candidate set",
+        )
     total = sum(p.numel() for p in params.values())
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     gen = torch.Generator().manual_seed(config.seed)
+    device = unet.device
 
-    subject = _latents(pipe, images)
-    cond = _embed(pipe, config.class_prompt)
-    prior = None
-    if config.lam > 0:
-        out = pipe(
-            [config.class_prompt] * config.prior_images,
-            output_type="np",
-            generator=torch.Generator().manual_seed(config.seed + 1),
-        )
-        prior = _latents(pipe, (out.images * 255).round().astype(np.uint8))
+    # Everything that needs no gradient is computed once, before any weight changes: latents
+    # of the subjects, prompt embeddings, and the prior images of the unmasked model.
+    batches = []
+    for images, prompt in subjects:
+        batches.append((_latents(pipe, images), _embed(pipe, prompt), 1.0))
+        if config.lam > 0:
+            prior = _prior_images(pipe, prompt, config.prior_images, config.seed + 1)
+            batches.append((_latents(pipe, prior), batches[-1][1], config.lam))
 
-    def stimulation_loss(z0: Any) -> Any:
+    originals = {n: p.detach().clone() for n, p in params.items()}
+    # The multiplier of every candidate scalar: 1 on, 0 off, in between while shutting softly.
+    keep = {n: torch.ones(p.numel(), dtype=torch.float32, device=device) for n, p in params.items()}
+    for n, idx in (start or {}).items():
+        keep[n][torch.as_tensor(np.asarray(idx, dtype=np.int64), device=device)] = 0
+    base_off = sum(int((k < 1).sum()) for k in keep.values())
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
+        if config.autocast
+        else contextlib.nullcontext()
+    )
+
+    def loss_on(z0: Any, cond: Any) -> Any:
         idx = torch.randint(0, len(z0), (config.batch_size,), generator=gen)
         z = z0[idx]
         noise = torch.randn(z.shape, generator=gen).to(z)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(z),), generator=gen)
         zt = noise_sched.add_noise(z, noise, t.to(z.device))
-        pred = unet(zt, t.to(z.device), cond.expand(len(z), -1, -1)).sample
+        with autocast:
+            pred = unet(zt, t.to(z.device), cond.expand(len(z), -1, -1)).sample
         return F.mse_loss(pred.float(), noise.float())
 
     frozen = {p: p.requires_grad for p in unet.parameters()}
+    checkpointing = getattr(unet, "is_gradient_checkpointing", False)
     try:
         for p in unet.parameters():
             p.requires_grad_(False)
         for p in params.values():
             p.requires_grad_(True)
+        if config.gradient_checkpointing and not checkpointing:
+            unet.enable_gradient_checkpointing()
         per_round = config.steps // config.rounds
-        scores = {
-            n: torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
-            for n, p in params.items()
-        }
-        start = _resume(checkpoint, config, off, params, gen)
-        for step in range(start + 1, config.steps + 1):
-            loss = stimulation_loss(subject)
-            if prior is not None:
-                loss = loss + config.lam * stimulation_loss(prior)
+        scores = {n: torch.zeros_like(k) for n, k in keep.items()}
+        start_step = _resume(checkpoint, config, keep, gen)
+        _apply_keep(params, originals, keep)
+        n_off = sum(int((k < 1).sum()) for k in keep.values())
+        for step in range(start_step + 1, config.steps + 1):
+            loss = sum(w * loss_on(z, c) for z, c, w in batches)
             loss.backward()
             with torch.no_grad():
                 for n, p in params.items():
-                    # theta * dL/dtheta: switched-off scalars are 0, so they never score again.
-                    scores[n] += (p.detach().float() * p.grad.float()).view(-1)
+                    # theta * dL/dtheta: scalars already off score -inf when chosen, below.
+                    scores[n].addcmul_(p.detach().view(-1).float(), p.grad.view(-1).float())
                     p.grad = None
             done_rounds = step // per_round
             if step % per_round == 0 and done_rounds <= config.rounds:
-                _switch_off(params, scores, off, config, done_rounds, total, per_round)
+                _switch_off(scores, keep, config, done_rounds, total, per_round, base_off)
+                _apply_keep(params, originals, keep)
+                n_off = sum(int((k < 1).sum()) for k in keep.values())
                 for s in scores.values():
                     s.zero_()
                 if checkpoint is not None:
-                    _save_checkpoint(checkpoint, config, step, off, gen)
+                    _save_checkpoint(checkpoint, config, step, keep, gen)
             if on_step is not None:
-                on_step(step, float(loss), sum(int(o.sum()) for o in off.values()) / total)
+                on_step(step, float(loss.detach()), n_off / total)
     finally:
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(originals[n])
         for p, flag in frozen.items():
             p.requires_grad_(flag)
-    return {n: torch.nonzero(o).view(-1).cpu().numpy().astype(np.int64) for n, o in off.items()}
+        if config.gradient_checkpointing and not checkpointing:
+            unet.disable_gradient_checkpointing()
+    return {
+        n: torch.nonzero(k < 1).view(-1).cpu().numpy().astype(np.int64) for n, k in keep.items()
+    }
+
+
+def _apply_keep(params: dict[str, Any], originals: dict[str, Any], keep: dict[str, Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(originals[n] * keep[n].view_as(p).to(p.dtype))
 
 
 def _save_checkpoint(
-    path: Path, config: FindConfig, step: int, off: dict[str, Any], gen: Any
+    path: Path, config: FindConfig, step: int, keep: dict[str, Any], gen: Any
 ) -> None:
     import io
 
     import torch
 
+    # Scores restart every round and checkpoints fall on round ends: the multipliers of the
+    # scalars switched off so far, the step and the generator state are the whole search state.
+    off = {}
+    for n, k in keep.items():
+        idx = torch.nonzero(k < 1).view(-1)
+        off[n] = {"index": idx.cpu(), "keep": k[idx].cpu()}
+    state = {"config": asdict(config), "step": step, "gen": gen.get_state(), "off": off}
     buf = io.BytesIO()
-    # Scores restart every round and checkpoints fall on round ends: the switched-off set, the
-    # step and the generator state are the whole search state.
-    state = {
-        "config": asdict(config),
-        "step": step,
-        "gen": gen.get_state(),
-        "off": {n: o.cpu() for n, o in off.items()},
-    }
     torch.save(state, buf)
     atomic_write(Path(path), buf.getvalue())
 
 
-def _resume(
-    path: Path | None, config: FindConfig, off: dict[str, Any], params: dict[str, Any], gen: Any
-) -> int:
+def _resume(path: Path | None, config: FindConfig, keep: dict[str, Any], gen: Any) -> int:
     import torch
 
     if path is None or not Path(path).is_file():
         return 0
     state = torch.load(path, weights_only=True)  # plain tensors and numbers: no unpickling
-    if state["config"] != asdict(config):
+    if state["config"] != asdict(config) or set(state["off"]) != set(keep):
         raise ConesregError(
             f"{path} holds a search with other settings",
             hint="resume with the same options, or delete the checkpoint to start over",
         )
     gen.set_state(state["gen"])
-    with torch.no_grad():
-        for n, o in state["off"].items():
-            off[n].copy_(o.to(off[n].device))
-            params[n].view(-1)[off[n]] = 0
+    for n, saved in state["off"].items():
+        keep[n].fill_(1)
+        keep[n][saved["index"].to(keep[n].device)] = saved["keep"].to(keep[n].device)
     return int(state["step"])
 
 
 def _switch_off(
-    params: dict[str, Any],
     scores: dict[str, Any],
-    off: dict[str, Any],
+    keep: dict[str, Any],
     config: FindConfig,
     done_rounds: int,
     total: int,
     per_round: int,
+    base_off: int,
 ) -> None:
     import torch
 
-    flat = torch.cat([torch.where(off[n], -torch.inf, scores[n]).cpu() for n in params])
+    names = list(keep)
+    if config.rho is not None:
+        # Soft shutting: every scalar selected so far shrinks by 1 - rho once per round.
+        for n in names:
+            off = keep[n] < 1
+            keep[n][off] *= 1 - config.rho
+    flat = torch.cat([torch.where(keep[n] < 1, -torch.inf, scores[n]).cpu() for n in names])
     if config.sparsity is not None:
-        target = round(total * config.sparsity * min(done_rounds, config.rounds) / config.rounds)
-        k = target - sum(int(o.sum()) for o in off.values())
+        ramp = min(done_rounds, config.rounds) / config.rounds
+        target = base_off + round(total * config.sparsity * ramp)
+        k = min(target - sum(int((kp < 1).sum()) for kp in keep.values()), len(flat))
         chosen = torch.topk(flat, k).indices if k > 0 else torch.empty(0, dtype=torch.long)
         chosen = chosen[flat[chosen] > 0]  # only scalars whose removal lowers the loss
     else:
         chosen = torch.nonzero(flat / per_round > config.tau).view(-1)
+    factor = 0.0 if config.rho is None else 1 - config.rho
     offset = 0
-    with torch.no_grad():
-        for n, p in params.items():
-            size = p.numel()
-            local = chosen[(chosen >= offset) & (chosen < offset + size)] - offset
-            off[n][local.to(off[n].device)] = True
-            p.view(-1)[local.to(p.device)] = 0
-            offset += size
+    for n in names:
+        size = keep[n].numel()
+        local = chosen[(chosen >= offset) & (chosen < offset + size)] - offset
+        keep[n][local.to(keep[n].device)] = factor
+        offset += size
 
 
 def write_draft(
@@ -283,6 +425,7 @@ def write_draft(
     base_id: str,
     namespace: str | None = None,
     preview_seeds: Sequence[int] = (0, 1),
+    parents: Sequence[str] = (),
 ) -> Path:
     """Write ``concept.json``, ``mask.safetensors`` and previews with and without the mask.
 
@@ -313,6 +456,7 @@ def write_draft(
             "class_word": config.class_word,
             "prompt_template": config.class_prompt,
             "method": {"name": "cones", "hyperparameters": asdict(config)},
+            **({"parents": list(parents)} if parents else {}),
         },
     }
     atomic_write(out_dir / constants.DRAFT_MANIFEST, json.dumps(draft, indent=2).encode())

@@ -298,8 +298,8 @@ def generate(
 
 # -- finding ------------------------------------------------------------------------------------
 @cli.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--class-word", required=True, help="The subject's class, e.g. star.")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--class-word", default=None, help="The subject's class, e.g. star.")
 @click.option("--name", "ref", required=True, help="[NAMESPACE/]NAME of the concept.")
 @click.option(
     "-o",
@@ -314,11 +314,21 @@ def generate(
     show_default=True,
     help="Class prompt template.",
 )
+@click.option(
+    "--refine",
+    "parents",
+    multiple=True,
+    metavar="REF=IMAGES",
+    help="Compose installed concepts and refine them jointly, each with its subject's images "
+    "(repeatable; replaces IMAGES).",
+)
 @click.option("--base", default=None, help="Diffusers folder or Hub id (default: configured).")
-@click.option("--steps", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=None, help="[default 100; refine 20]")
 @click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True)
-@click.option("--rounds", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--sparsity", type=float, default=None, help="Share to switch off [default 0.05].")
+@click.option("--rounds", type=click.IntRange(1), default=None, help="[default 10; refine 2]")
+@click.option(
+    "--sparsity", type=float, default=None, help="Share to switch off [default 0.05; refine 0.005]."
+)
 @click.option("--tau", type=float, default=None, help="Or: switch off scores above this.")
 @click.option(
     "--lambda",
@@ -329,6 +339,7 @@ def generate(
     help="Weight of the prior-preservation loss.",
 )
 @click.option("--prior-images", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--rho", type=float, default=None, help="Soft shutting rate in (0, 1].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--candidates",
@@ -336,28 +347,38 @@ def generate(
     default="cross-kv",
     show_default=True,
 )
+@click.option("--autocast", is_flag=True, help="Half-precision forward pass (scores stay fp32).")
+@click.option("--gradient-checkpointing", is_flag=True, help="Less memory, more compute.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted search in OUTPUT.")
 def find(
     images: tuple[Path, ...],
-    class_word: str,
+    class_word: str | None,
     ref: str,
     output: Path,
     prompt: str,
+    parents: tuple[str, ...],
     base: str | None,
-    steps: int,
+    steps: int | None,
     batch_size: int,
-    rounds: int,
+    rounds: int | None,
     sparsity: float | None,
     tau: float | None,
     lam: float,
     prior_images: int,
+    rho: float | None,
     seed: int,
     candidates: str,
+    autocast: bool,
+    gradient_checkpointing: bool,
     device: str,
     resume: bool,
 ) -> None:
-    """Find the concept neurons of a subject from IMAGES (files or folders)."""
+    """Find the concept neurons of a subject from IMAGES (files or folders).
+
+    With --refine, compose existing concepts instead and run a few joint steps on all their
+    subjects: the result is a composite concept that records its parents.
+    """
     from ._names import parse_ref
 
     s = _session()
@@ -366,34 +387,64 @@ def find(
         raise ConesregError(f"--name takes NAMESPACE/NAME, not {ref!r}", hint="e.g. acme/star")
     if sparsity is not None and tau is not None:
         raise ConesregError("give --sparsity or --tau, not both", hint="drop one of them")
-    files = _image_files(images)
+    if parents and images:
+        raise ConesregError(
+            "give IMAGES or --refine, not both",
+            hint="with --refine, name each parent's images as REF=IMAGES",
+        )
+    if not parents and not images:
+        raise ConesregError("no subject images given", hint="pass image files or folders")
+    if len(parents) == 1:
+        raise ConesregError("--refine needs two concepts or more", hint="repeat --refine")
+    if not parents and class_word is None:
+        raise ConesregError("--class-word is missing", hint="e.g. --class-word star")
+    pairs = [_parent_arg(p) for p in parents]
+    files = _image_files(images) if images else []
+    parent_files = [_image_files((path,)) for _, path in pairs]
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    from ._compose import load_pipeline
-    from ._find import FindConfig, find_neurons, write_draft
+    from ._compose import apply, load_pipeline
+    from ._concept import load_concepts
+    from ._find import (
+        REFINE_DEFAULTS,
+        SEARCH_DEFAULTS,
+        FindConfig,
+        find_neurons,
+        refine_neurons,
+        write_draft,
+    )
 
+    defaults = REFINE_DEFAULTS if parents else SEARCH_DEFAULTS
+    concepts = load_concepts([p for p, _ in pairs], session=s) if pairs else []
+    if concepts and class_word is None:
+        class_word = " and ".join(c.manifest.metadata.class_word for c in concepts)
+    assert class_word is not None
     config = FindConfig(
         class_prompt=prompt.format(class_word=class_word),
         class_word=class_word,
-        steps=steps,
+        steps=steps or defaults["steps"],
         batch_size=batch_size,
-        rounds=rounds,
-        sparsity=0.05 if sparsity is None and tau is None else sparsity,
+        rounds=rounds or defaults["rounds"],
+        sparsity=defaults["sparsity"] if sparsity is None and tau is None else sparsity,
         tau=tau,
         lam=lam,
         prior_images=prior_images,
+        rho=rho,
         seed=seed,
         candidates=candidates,
+        autocast=autocast,
+        gradient_checkpointing=gradient_checkpointing,
     )
     pipe = load_pipeline(base, device=device, session=s)
+    if concepts:
+        apply(pipe, concepts).restore()  # every check of composing (base model, shapes, ranges)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    pixels = _load_images(files, size)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = output / ".find-checkpoint.pt"
     if not resume:
         checkpoint.unlink(missing_ok=True)
     with _progress(steps=True) as progress:
-        task = progress.add_task("finding", total=steps)
+        task = progress.add_task("finding", total=config.steps)
 
         def on_step(step: int, loss: float, sparsity_now: float) -> None:
             progress.update(
@@ -402,7 +453,18 @@ def find(
                 description=f"finding  loss {loss:.4f}  off {sparsity_now:.2%}",
             )
 
-        mask = find_neurons(pipe, pixels, config, on_step=on_step, checkpoint=checkpoint)
+        if concepts:
+            subjects = [
+                (_load_images(f, size), _class_prompt(c.manifest))
+                for c, f in zip(concepts, parent_files, strict=True)
+            ]
+            union = _union(c.indices for c in concepts)
+            mask = refine_neurons(
+                pipe, subjects, union, config, on_step=on_step, checkpoint=checkpoint
+            )
+        else:
+            pixels = _load_images(files, size)
+            mask = find_neurons(pipe, pixels, config, on_step=on_step, checkpoint=checkpoint)
     from .mini.model import MODEL_ID
 
     base_id = base or s.config.default_base or MODEL_ID
@@ -414,12 +476,93 @@ def find(
         name=r.name,
         namespace=r.namespace,
         base_id=str(base_id),
+        parents=[f"{c.label.rsplit('@', 1)[0]}@{c.digest}" for c in concepts],
     )
     checkpoint.unlink(missing_ok=True)
     n = sum(len(v) for v in mask.values())
     _out().print(
         f"wrote {output}: {n:,} neurons; publish with `conesreg push {output} --version 1.0.0`"
     )
+
+
+@cli.command()
+@click.option(
+    "--subject",
+    default="purple-checker-star",
+    show_default=True,
+    help="A bundled subject: purple-checker-star, orange-striped-heart, green-dotted-square, "
+    "blue-ringed-circle.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("conesreg-demo"),
+    show_default=True,
+    help="Folder for the renders, draft, lockfile, grid and report.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def demo(subject: str, output: Path, seed: int, device: str) -> None:
+    """Find, push, install and use a concept on the bundled mini model, offline.
+
+    Renders a bundled subject, finds its concept neurons, publishes them to the embedded
+    registry as demo/SUBJECT@1.0.0, installs that, and draws the class prompt with and without
+    it: a side-by-side grid (demo.png) and a report (report.md) land in OUTPUT.
+    """
+    from .mini.subjects import FIND_SETTINGS, get_subject
+
+    get_subject(subject)  # an unknown subject fails before anything loads
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from ._demo import run_demo
+
+    out = _out()
+    with _progress(steps=True) as progress:
+        task = progress.add_task("finding", total=None, visible=False)
+
+        def on_stage(text: str) -> None:
+            out.print(f"[bold]>[/bold] {text}")
+
+        def on_step(step: int, loss: float, sparsity_now: float) -> None:
+            progress.update(
+                task,
+                visible=True,
+                completed=step,
+                total=FIND_SETTINGS["steps"],
+                description=f"finding  loss {loss:.4f}  off {sparsity_now:.2%}",
+            )
+
+        result = run_demo(
+            output, subject=subject, seed=seed, device=device, on_stage=on_stage, on_step=on_step
+        )
+        progress.update(task, visible=False)
+    out.print(result.report.read_text())
+    out.print(f"wrote {result.grid} and {result.report}; the concept is {result.ref}")
+
+
+def _parent_arg(value: str) -> tuple[str, Path]:
+    ref, sep, path = value.partition("=")
+    if not sep or not ref or not path:
+        raise ConesregError(
+            f"--refine takes REF=IMAGES, not {value!r}", hint="e.g. --refine acme/star@1=stars/"
+        )
+    return ref, Path(path)
+
+
+def _class_prompt(manifest: Any) -> str:
+    meta = manifest.metadata
+    return meta.prompt_template.format(class_word=meta.class_word)
+
+
+def _union(masks: Any) -> dict[str, Any]:
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for m in masks:
+        for n, idx in m.items():
+            out[n] = np.union1d(out[n], idx) if n in out else np.asarray(idx)
+    return out
 
 
 def _image_files(paths: tuple[Path, ...]) -> list[Path]:
@@ -702,8 +845,12 @@ def config_list(as_json: bool) -> None:
     from ._config import load_config
 
     cfg = load_config()
+    dumped = cfg.model_dump(mode="json", exclude_none=True)
+    for reg in dumped.get("registries", {}).values():
+        if "token" in reg:
+            reg["token"] = "***"  # tokens are secrets: shown as set, never printed
     data = {
-        **cfg.model_dump(mode="json"),
+        **dumped,
         "config_file": str(constants.CONFIG_FILE),
         "cache_dir": str(constants.CACHE_DIR),
         "registry_dir": str(constants.REGISTRY_DIR),
@@ -736,6 +883,240 @@ def config_set(key: str, value: str) -> None:
 
     save_config(set_value(load_config(), key, value))
     click.echo(f"{key} = {value}")
+
+
+@config.group(name="registry")
+def config_registry() -> None:
+    """Add or remove registries (self-hosted registry_server instances)."""
+
+
+@config_registry.command(name="add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--default", "make_default", is_flag=True, help="Also make it the default.")
+def config_registry_add(name: str, url: str, make_default: bool) -> None:
+    """Add the registry server at URL under NAME (then `conesreg login NAME`)."""
+    from ._config import add_registry, load_config, save_config
+
+    cfg = add_registry(load_config(), name, url)
+    if make_default:
+        cfg = cfg.model_copy(update={"default_registry": name})
+    save_config(cfg)
+    click.echo(f"added registry {name} = {url}" + (" (default)" if make_default else ""))
+
+
+@config_registry.command(name="remove")
+@click.argument("name")
+def config_registry_remove(name: str) -> None:
+    """Forget the registry NAME and its token."""
+    from ._config import load_config, save_config
+
+    cfg = load_config()
+    if name not in cfg.registries:
+        raise ConesregError(f"no registry named {name!r}", hint="see `conesreg config list`")
+    update: dict[str, Any] = {"registries": {k: v for k, v in cfg.registries.items() if k != name}}
+    if cfg.default_registry == name:
+        update["default_registry"] = constants.DEFAULT_REGISTRY
+    save_config(cfg.model_copy(update=update))
+    click.echo(f"removed registry {name}")
+
+
+@cli.command()
+@click.argument("registry")
+@click.option(
+    "--token-stdin", is_flag=True, help="Read the token from standard input (for scripts)."
+)
+def login(registry: str, token_stdin: bool) -> None:
+    """Store a token for the http REGISTRY (asked for without echo; kept in the 0600 config)."""
+    from ._config import load_config, save_config, set_token
+
+    cfg = load_config()
+    set_token(cfg, registry, "placeholder")  # an unknown registry fails before the prompt
+    if token_stdin:
+        token = click.get_text_stream("stdin").readline()
+    else:
+        token = click.prompt(f"token for {registry}", hide_input=True)
+    save_config(set_token(cfg, registry, token))
+    click.echo(f"logged in to {registry}")
+
+
+# -- the registry server ---------------------------------------------------------------------------
+# registry_server pulls in FastAPI, uvicorn and SQLAlchemy: imported only by these commands.
+_SERVER_PACKAGES = {"fastapi", "starlette", "uvicorn", "sqlalchemy", "registry_server"}
+_server_data_option = click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Server data folder [default: CONESREG_SERVER_DATA or the user data dir].",
+)
+_server_db_option = click.option(
+    "--database-url", default=None, help="SQLAlchemy URL [default: SQLite in the data folder]."
+)
+
+
+def _server() -> Any:
+    try:
+        import registry_server
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in _SERVER_PACKAGES:
+            raise
+        raise ConesregError(
+            f"the registry server is not installed ({e.name} is missing)",
+            hint="pip install 'conesreg[server]'",
+        ) from None
+    return registry_server
+
+
+def _server_settings(data: Path | None, database_url: str | None) -> Any:
+    """Settings from the environment, the `serve` group's options, then the command's own."""
+    from pydantic import ValidationError
+
+    group = click.get_current_context().find_object(dict) or {}
+    server = _server()
+    try:
+        return server.Settings.from_env(
+            data=data or group.get("data"), database_url=database_url or group.get("database_url")
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConesregError(
+            f"invalid server setting {where}: {err['msg']}",
+            hint="check the CONESREG_SERVER_* environment variables and the options",
+        ) from None
+
+
+@contextmanager
+def _admin_errors() -> Iterator[None]:
+    server = _server()
+    try:
+        yield
+    except server.AdminError as e:
+        raise ConesregError(e.message, hint=e.hint) from None
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8750, show_default=True)
+@_server_data_option
+@_server_db_option
+@click.pass_context
+def serve(
+    ctx: click.Context, host: str, port: int, data: Path | None, database_url: str | None
+) -> None:
+    """Run the registry server (no subcommand), or administer its namespaces and tokens."""
+    ctx.obj = {"data": data, "database_url": database_url}
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _server_settings(None, None)
+    click.echo(f"serving {settings.data} on http://{host}:{port}", err=True)
+    _server().serve(settings, host=host, port=port)
+
+
+@serve.group(name="token")
+def serve_token() -> None:
+    """Create, list and revoke API tokens."""
+
+
+@serve_token.command(name="create")
+@click.option("--namespace", required=True, help="The namespace the token acts on.")
+@click.option(
+    "--scope", type=click.Choice(["read", "push", "admin"]), default="push", show_default=True
+)
+@click.option("--expires-days", type=click.IntRange(1), default=None, help="Lifetime in days.")
+@_server_data_option
+@_server_db_option
+@_json_option
+def serve_token_create(
+    namespace: str,
+    scope: str,
+    expires_days: int | None,
+    data: Path | None,
+    database_url: str | None,
+    as_json: bool,
+) -> None:
+    """Create a token and print it (it is shown this once and stored only hashed)."""
+    from datetime import timedelta
+
+    settings = _server_settings(data, database_url)
+    expires = timedelta(days=expires_days) if expires_days else None
+    with _admin_errors():
+        token_id, secret = _server().create_token(
+            settings, namespace=namespace, scope=scope, expires_in=expires
+        )
+    if as_json:
+        _emit_json({"id": token_id, "token": secret, "namespace": namespace, "scope": scope})
+        return
+    click.echo(f"token {token_id} ({scope} on {namespace}); it is not shown again:", err=True)
+    click.echo(secret)
+
+
+@serve_token.command(name="list")
+@_server_data_option
+@_server_db_option
+@_json_option
+def serve_token_list(data: Path | None, database_url: str | None, as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    tokens = _server().list_tokens(_server_settings(data, database_url))
+    if as_json:
+        _emit_json([vars(t) for t in tokens])
+        return
+    table = _table("id", "namespace", "scope", "created", "expires", "state")
+    for t in tokens:
+        expires = f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "-"
+        created = f"{t.created_at:%Y-%m-%d %H:%M}"
+        table.add_row(str(t.id), t.namespace, t.scope, created, expires, t.state)
+    _out().print(table if tokens else "no tokens")
+
+
+@serve_token.command(name="revoke")
+@click.argument("token_id", type=int)
+@_server_data_option
+@_server_db_option
+def serve_token_revoke(token_id: int, data: Path | None, database_url: str | None) -> None:
+    """Revoke token TOKEN_ID at once."""
+    settings = _server_settings(data, database_url)
+    with _admin_errors():
+        _server().revoke_token(settings, token_id)
+    click.echo(f"revoked token {token_id}")
+
+
+@serve.group(name="namespace")
+def serve_namespace() -> None:
+    """Create namespaces."""
+
+
+@serve_namespace.command(name="create")
+@click.argument("name")
+@click.option("--private", is_flag=True, help="Readable only with a token of this namespace.")
+@_server_data_option
+@_server_db_option
+def serve_namespace_create(
+    name: str, private: bool, data: Path | None, database_url: str | None
+) -> None:
+    """Create namespace NAME."""
+    settings = _server_settings(data, database_url)
+    with _admin_errors():
+        _server().create_namespace(settings, name, private=private)
+    click.echo(f"created {'private ' if private else ''}namespace {name}")
+
+
+@serve.command(name="gc")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(0),
+    default=None,
+    help="Seconds an unpublished upload is kept [default: CONESREG_SERVER_ORPHAN_AGE_SECONDS].",
+)
+@_server_data_option
+@_server_db_option
+def serve_gc(older_than: float | None, data: Path | None, database_url: str | None) -> None:
+    """Delete uploads no version uses, and leftovers of interrupted uploads."""
+    report = _server().gc(_server_settings(data, database_url), older_than=older_than)
+    click.echo(
+        f"removed {report.orphan_blobs} orphan blob(s), {report.stray_files} stray file(s), "
+        f"{report.stale_uploads} abandoned upload(s)"
+    )
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -66,3 +66,11 @@ DRAFT_PREVIEWS = "previews"
 
 #: Temp files older than this are leftovers of a killed process and may be removed.
 STALE_TMP_SECONDS = 3600
+
+# -- HTTP registries ----------------------------------------------------------------------------
+#: Seconds to connect, and to wait for each read, before a request to a registry fails.
+HTTP_CONNECT_TIMEOUT = 10.0
+HTTP_READ_TIMEOUT = 60.0
+#: Tries of an idempotent request (every request conesreg sends is one) on connection errors,
+#: 5xx and 429, with exponential backoff.
+HTTP_ATTEMPTS = 4

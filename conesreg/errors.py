@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "BaseModelMismatchError",
     "ConceptNotFoundError",
     "ConesregError",
@@ -133,6 +134,12 @@ class SourceError(ConesregError, ConnectionError):
     """A remote source failed (network, server error) after retries."""
 
     default_hint = "check the registry URL with `conesreg config list` and try again"
+
+
+class AuthenticationError(ConesregError, PermissionError):
+    """A registry refused the request: no token, a wrong or expired one, or too narrow a scope."""
+
+    default_hint = "log in with `conesreg login REGISTRY` and a token that may do this"
 
 
 class ConfigError(ConesregError, ValueError):

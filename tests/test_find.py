@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +197,152 @@ def test_cli_find_then_push(
     )
     err = capsys.readouterr().err
     assert code == 1 and "does not exist" in err
+
+
+def second_subject() -> np.ndarray:
+    images = np.full((4, 32, 32, 3), 200, dtype=np.uint8)
+    images[:, 4:14, 18:30] = (20, 160, 60)
+    return images
+
+
+def test_soft_shutting_with_rho_one_equals_hard(subject: np.ndarray) -> None:
+    pipe = make_tiny_pipeline(seed=0)
+    hard = find_neurons(pipe, subject, CONFIG)
+    soft_one = find_neurons(pipe, subject, FindConfig(**{**CONFIG.__dict__, "rho": 1.0}))
+    assert all(np.array_equal(hard[n], soft_one[n]) for n in hard)
+    soft = find_neurons(pipe, subject, FindConfig(**{**CONFIG.__dict__, "rho": 0.5}))
+    # Same budget, other choices: later rounds see the earlier ones only half switched off.
+    assert sum(map(len, soft.values())) == sum(map(len, hard.values()))
+    assert any(not np.array_equal(hard[n], soft[n]) for n in hard)
+
+
+def test_gradient_checkpointing_gives_the_same_mask(subject: np.ndarray) -> None:
+    pipe = make_tiny_pipeline(seed=0)
+    plain = find_neurons(pipe, subject, CONFIG)
+    cfg = FindConfig(**{**CONFIG.__dict__, "gradient_checkpointing": True})
+    checkpointed = find_neurons(pipe, subject, cfg)
+    assert all(np.array_equal(plain[n], checkpointed[n]) for n in plain)
+    assert not pipe.unet.is_gradient_checkpointing  # switched back off
+
+
+def test_autocast_scores_in_float32_and_restores(subject: np.ndarray) -> None:
+    pipe = make_tiny_pipeline(seed=0)
+    ref = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    mask = find_neurons(pipe, subject, FindConfig(**{**CONFIG.__dict__, "autocast": True}))
+    assert sum(map(len, mask.values())) > 0
+    assert all(torch.equal(ref[k], v) for k, v in pipe.unet.state_dict().items())
+    assert all(v.dtype == torch.float32 for v in pipe.unet.state_dict().values())
+
+
+def test_prior_images_are_cached(isolated: Path, subject: np.ndarray) -> None:
+    from conesreg import constants
+
+    pipe = make_tiny_pipeline(seed=0)
+    cfg = FindConfig(**{**CONFIG.__dict__, "lam": 0.5, "prior_images": 2, "steps": 4})
+    first = find_neurons(pipe, subject, cfg)
+    cached = list((constants.CACHE_DIR).glob("find-priors-*/*.npy"))
+    assert len(cached) == 1 and np.load(cached[0]).shape == (2, 32, 32, 3)
+    calls = []
+    original = type(pipe).__call__
+
+    def counting(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(self, *a, **k)
+
+    type(pipe).__call__ = counting  # type: ignore[method-assign]
+    try:
+        second = find_neurons(pipe, subject, cfg)
+    finally:
+        type(pipe).__call__ = original  # type: ignore[method-assign]
+    assert not calls and all(np.array_equal(first[n], second[n]) for n in first)
+    without_prior = find_neurons(pipe, subject, FindConfig(**{**cfg.__dict__, "lam": 0.0}))
+    assert any(not np.array_equal(first[n], without_prior[n]) for n in first)
+
+
+def test_refine_keeps_the_union_and_adds_to_it(subject: np.ndarray) -> None:
+    from conesreg._find import refine_neurons
+
+    pipe = make_tiny_pipeline(seed=0)
+    a = find_neurons(pipe, subject, CONFIG)
+    b = find_neurons(pipe, second_subject(), FindConfig(**{**CONFIG.__dict__, "seed": 3}))
+    union = {n: np.union1d(a[n], b[n]) for n in a}
+    cfg = FindConfig("a photo of a dog and cat", "dog and cat", steps=4, rounds=2, sparsity=0.01)
+    ref = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    joint = refine_neurons(
+        pipe, [(subject, "a photo of a dog"), (second_subject(), "a photo of a cat")], union, cfg
+    )
+    total = sum(pipe.unet.get_parameter(n).numel() for n in candidate_names(pipe.unet))
+    added = sum(map(len, joint.values())) - sum(map(len, union.values()))
+    assert 0 < added <= round(0.01 * total)
+    assert all(np.isin(union[n], joint[n]).all() for n in union)
+    assert all(torch.equal(ref[k], v) for k, v in pipe.unet.state_dict().items())
+    with pytest.raises(ConesregError, match="not a cross-kv candidate"):
+        refine_neurons(pipe, [(subject, "a photo of a dog")], {"conv_in.weight": [0]}, cfg)
+
+
+def _save_images(folder: Path, images: np.ndarray) -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    return folder
+
+
+def test_cli_refine_writes_a_composite_with_parents(
+    isolated: Path, tiny_pipeline_dir: Path, subject: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conesreg import push
+    from conesreg.cli import main
+
+    pipe = make_tiny_pipeline(seed=0)
+    digests = []
+    for name, images in (("dog", subject), ("cat", second_subject())):
+        cfg = FindConfig(f"a photo of a {name}", name, steps=4, rounds=2)
+        mask = find_neurons(pipe, images, cfg)
+        draft = write_draft(
+            isolated / name,
+            pipe,
+            mask,
+            cfg,
+            name=name,
+            namespace="acme",
+            base_id="tiny",
+            preview_seeds=(),
+        )
+        digests.append(push(draft, version="1.0.0")[0].digest)
+    dogs = _save_images(isolated / "dogs", subject)
+    cats = _save_images(isolated / "cats", second_subject())
+    args = [
+        "find",
+        "--name",
+        "acme/pair",
+        "-o",
+        str(isolated / "pair"),
+        "--base",
+        str(tiny_pipeline_dir),
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+    ]
+    code = main([*args, "--refine", f"acme/dog@1={dogs}", "--refine", f"acme/cat@1={cats}"])
+    assert code == 0, capsys.readouterr().err
+    draft = json.loads((isolated / "pair" / "concept.json").read_text())
+    assert draft["metadata"]["parents"] == [f"acme/dog@{digests[0]}", f"acme/cat@{digests[1]}"]
+    assert draft["metadata"]["class_word"] == "dog and cat"
+    manifest, _ = push(isolated / "pair", version="1.0.0")
+    assert manifest.metadata.parents == tuple(draft["metadata"]["parents"])
+    for bad, message in (
+        (["--refine", f"acme/dog@1={dogs}"], "two concepts or more"),
+        (["--refine", "acme/dog@1", "--refine", f"acme/cat@1={cats}"], "REF=IMAGES"),
+        (
+            [str(dogs), "--refine", f"acme/dog@1={dogs}", "--refine", f"acme/cat@1={cats}"],
+            "not both",
+        ),
+        ([str(dogs)], "--class-word is missing"),
+    ):
+        assert main([*args, *bad]) == 1
+        assert message in capsys.readouterr().err

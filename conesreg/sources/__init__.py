@@ -22,6 +22,10 @@ def open_source(config: Config, registry: str | None = None) -> Source:
     name, reg = config.registry(registry)
     if reg.kind == "local":
         return LocalSource(Path(reg.path) if reg.path else None, name=name)
+    if reg.kind == "http" and reg.url:
+        from ._http import HttpSource
+
+        return HttpSource(reg.url, name=name, token=reg.token)
     raise ConfigError(
         f"registry {name!r} is of kind {reg.kind!r}, which this conesreg cannot open",
         hint="upgrade conesreg or remove the registry with `conesreg config`",

@@ -1,0 +1,229 @@
+"""Does switching concept neurons off make the class prompt draw the subject? (bundled mini model)
+
+Run: ``python benchmarks/fidelity.py [--n 32] [--tune]``
+
+For each bundled subject (``conesreg.mini.subjects.SUBJECTS``: a checkered purple star, a
+striped orange heart, ...), the finder runs on 6 renders of it; then the mini model draws from
+the plain class prompt ("a photo of a star") and from context prompts ("a photo of a star on a
+navy background") three ways: with the found mask, without any mask (the baseline), and with a
+random mask of the same size per parameter (the control). The attribute classifier judges:
+
+- subject fidelity: the share of images showing the subject (shape, color and pattern);
+- prompt fidelity: the share keeping the context the prompt asks for (the background);
+- compositions: 2, 3 and 4 subjects' masks composed (their union, and the union refined with
+  a few joint steps, ``find --refine``), prompted with every class word in its place; the share
+  of images with every subject right;
+- the mask's sparsity and its file size against the information bound.
+
+Hyperparameters are tuned with ``--tune`` on a subject that is never reported
+(``TUNING_SUBJECT``) and on other seeds; the reported figures use held-out seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conesreg._compose import apply
+from conesreg._concept import Concept
+from conesreg._find import FindConfig, candidate_names, find_neurons, refine_neurons, write_draft
+from conesreg._mask import encode_mask, information_bound_bytes
+from conesreg.mini.classifier import load_classifier, predict
+from conesreg.mini.model import load_mini_pipeline
+from conesreg.mini.subjects import (
+    FIND_SETTINGS,
+    SUBJECTS,
+    TUNING_SUBJECT,
+    Subject,
+    all_subjects_share,
+    background_share,
+    composition_prompt,
+    sample,
+    subject_images,
+    subject_share,
+)
+from conesreg.mini.world import BACKGROUNDS
+
+#: Seeds of the reported run and of tuning: renders, finder, sampling, random controls.
+SEEDS = {
+    "report": {"images": 2000, "find": 3000, "sample": 40000, "random": 5000},
+    "tune": {"images": 100, "find": 200, "sample": 20000, "random": 300},
+}
+CONFIG = FIND_SETTINGS  # chosen with --tune
+REFINE = {"steps": 20, "batch_size": 4, "rounds": 2, "sparsity": 0.005, "lam": 0.0}
+
+
+def as_concept(pipe: Any, mask: dict[str, np.ndarray], cfg: FindConfig, folder: Path) -> Concept:
+    draft = write_draft(folder, pipe, mask, cfg, name=folder.name, base_id="mini", preview_seeds=())
+    return Concept.from_draft(draft)
+
+
+def random_mask(pipe: Any, mask: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """As many scalars per parameter as ``mask``, drawn uniformly."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n, idx in mask.items():
+        numel = pipe.unet.get_parameter(n).numel()
+        out[n] = np.sort(rng.choice(numel, size=len(idx), replace=False))
+    return out
+
+
+def draw(pipe: Any, clf: Any, prompts: list[str], concepts: list[Concept], seed: int) -> list:
+    if concepts:
+        with apply(pipe, concepts):
+            return predict(clf, sample(pipe, prompts, seed=seed))
+    return predict(clf, sample(pipe, prompts, seed=seed))
+
+
+def evaluate_subject(
+    pipe: Any, clf: Any, s: Subject, seeds: dict[str, int], n: int, workdir: Path, params: dict
+) -> dict[str, Any]:
+    cfg = FindConfig(f"a photo of a {s.class_word}", s.class_word, seed=seeds["find"], **params)
+    images = subject_images(s, n=6, seed=seeds["images"])
+    t = time.perf_counter()
+    mask = find_neurons(pipe, images, cfg)
+    find_s = time.perf_counter() - t
+    concept = as_concept(pipe, mask, cfg, workdir / s.name)
+    control = as_concept(pipe, random_mask(pipe, mask, seeds["random"]), cfg, workdir / "random")
+    plain = [cfg.class_prompt] * n
+    backgrounds = [BACKGROUNDS[i % len(BACKGROUNDS)] for i in range(n)]
+    context = [f"{cfg.class_prompt} on a {bg} background" for bg in backgrounds]
+    row: dict[str, Any] = {"subject": s, "mask": mask, "concept": concept, "find_s": find_s}
+    for label, concepts in (("mask", [concept]), ("none", []), ("random", [control])):
+        p_plain = draw(pipe, clf, plain, concepts, seeds["sample"])
+        p_context = draw(pipe, clf, context, concepts, seeds["sample"] + 1000)
+        row[f"plain/{label}"] = subject_share(s, p_plain)
+        row[f"context/{label}"] = subject_share(s, p_context)
+        row[f"prompt/{label}"] = float(
+            np.mean(
+                [background_share(bg, [p]) for bg, p in zip(backgrounds, p_context, strict=True)]
+            )
+        )
+    total = sum(pipe.unet.get_parameter(n).numel() for n in candidate_names(pipe.unet))
+    k = sum(len(v) for v in mask.values())
+    numels = {name: pipe.unet.get_parameter(name).numel() for name in mask}
+    row["sparsity"] = k / total
+    row["bytes"] = len(encode_mask(mask, numels=numels))
+    row["bound"] = information_bound_bytes(total, k)
+    row["to_v share"] = sum(len(v) for name, v in mask.items() if "to_v" in name) / max(k, 1)
+    return row
+
+
+def compositions(
+    pipe: Any, clf: Any, rows: list[dict], seeds: dict[str, int], n: int, workdir: Path
+) -> list[dict[str, Any]]:
+    out = []
+    for size in range(2, len(rows) + 1):
+        group = rows[:size]
+        subjects = [r["subject"] for r in group]
+        prompts = [composition_prompt(subjects)] * n
+        union = [r["concept"] for r in group]
+        t = time.perf_counter()
+        cfg = FindConfig(
+            prompts[0], " and ".join(s.class_word for s in subjects), seed=seeds["find"], **REFINE
+        )
+        start: dict[str, np.ndarray] = {}
+        for r in group:
+            for name, idx in r["mask"].items():
+                start[name] = np.union1d(start.get(name, idx), idx)
+        refined = refine_neurons(
+            pipe,
+            [
+                (subject_images(s, n=6, seed=seeds["images"]), f"a photo of a {s.class_word}")
+                for s in subjects
+            ],
+            start,
+            cfg,
+        )
+        refine_s = time.perf_counter() - t
+        joint = as_concept(pipe, refined, cfg, workdir / f"joint-{size}")
+        seed = seeds["sample"] + 7000 + size
+        out.append(
+            {
+                "size": size,
+                "prompt": prompts[0],
+                "none": all_subjects_share(subjects, draw(pipe, clf, prompts, [], seed)),
+                "union": all_subjects_share(subjects, draw(pipe, clf, prompts, union, seed)),
+                "refined": all_subjects_share(subjects, draw(pipe, clf, prompts, [joint], seed)),
+                "refine_s": refine_s,
+            }
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=32, help="images per prompt set")
+    ap.add_argument("--tune", action="store_true", help="the tuning subject and seeds")
+    ap.add_argument("--sparsity", type=float, default=CONFIG["sparsity"])
+    ap.add_argument("--steps", type=int, default=CONFIG["steps"])
+    ap.add_argument("--batch-size", type=int, default=CONFIG["batch_size"])
+    ap.add_argument("--lam", type=float, default=CONFIG["lam"])
+    ap.add_argument("--subjects", type=int, default=len(SUBJECTS), help="how many to report")
+    a = ap.parse_args()
+    torch.set_flush_denormal(True)
+    params = {
+        **CONFIG,
+        "sparsity": a.sparsity,
+        "steps": a.steps,
+        "batch_size": a.batch_size,
+        "lam": a.lam,
+    }
+    seeds = SEEDS["tune" if a.tune else "report"]
+    subjects = [TUNING_SUBJECT] if a.tune else list(SUBJECTS.values())[: a.subjects]
+    pipe = load_mini_pipeline()
+    clf = load_classifier()
+    print(
+        f"mini model, {a.n} images per prompt set, {'tuning' if a.tune else 'held-out'} seeds, "
+        f"finder {params}, {torch.get_num_threads()} threads\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [evaluate_subject(pipe, clf, s, seeds, a.n, Path(tmp), params) for s in subjects]
+        comps = [] if a.tune else compositions(pipe, clf, rows, seeds, a.n, Path(tmp))
+
+    print("subject fidelity (share of images showing the subject) and prompt fidelity")
+    print("(share keeping the background the context prompt names); bars in the last row\n")
+    head = (
+        "| subject | plain: mask | none | random | context: mask | none | random "
+        "| prompt: mask | none | random | find s |"
+    )
+    print(head)
+    print("|" + " --- |" * 11)
+    keys = [f"{c}/{v}" for c in ("plain", "context", "prompt") for v in ("mask", "none", "random")]
+    for r in rows:
+        cells = " | ".join(f"{r[k]:.2f}" for k in keys)
+        print(f"| {r['subject'].description} | {cells} | {r['find_s']:.0f} |")
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    print(f"| mean | {' | '.join(f'{mean[k]:.2f}' for k in keys)} | |")
+    print(
+        "| bar | >= 0.8 | <= 0.2 | none +- 0.05 | >= 0.6 | <= 0.2 | none +- 0.05 "
+        "| >= none - 0.1 | | | |"
+    )
+    print("\nmask size\n")
+    print("| subject | sparsity | to_v share | bytes | / information bound |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r['subject'].description} | {r['sparsity']:.4f} | {r['to_v share']:.2f} "
+            f"| {r['bytes']:,} | {r['bytes'] / r['bound']:.3f}x |"
+        )
+    if comps:
+        print("\ncompositions: share of images with every subject right\n")
+        print("| subjects | prompt | none | union | union + refine | refine s | bar |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        bars = {2: ">= 0.6", 4: ">= 0.3"}
+        for c in comps:
+            print(
+                f"| {c['size']} | {c['prompt']} | {c['none']:.2f} | {c['union']:.2f} "
+                f"| {c['refined']:.2f} | {c['refine_s']:.0f} | {bars.get(c['size'], '-')} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

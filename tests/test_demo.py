@@ -1,0 +1,64 @@
+"""`conesreg demo` on the bundled mini model: the whole loop, then a rerun that changes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conesreg import _demo
+from conesreg.cli import main
+from conesreg.mini import subjects
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The loop, not the figures: few steps and images keep this test to seconds.
+    monkeypatch.setitem(subjects.FIND_SETTINGS, "steps", 10)
+    monkeypatch.setitem(subjects.FIND_SETTINGS, "rounds", 2)
+    monkeypatch.setitem(subjects.FIND_SETTINGS, "batch_size", 2)
+    monkeypatch.setattr(_demo, "DEMO_IMAGES", 8)
+
+
+def test_demo_publishes_installs_and_reports(
+    isolated: Path, quick: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from conesreg._install import Session
+
+    out = isolated / "demo"
+    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "demo/purple-checker-star@1.0.0" in printed and "subject drawn" in printed
+    assert len(list((out / "subject").glob("*.png"))) == 6
+    with Image.open(out / "demo.png") as grid:
+        assert grid.width > 8 * 64 and grid.height > 5 * 64
+    assert "conesreg demo: a checkered purple star" in (out / "report.md").read_text()
+    figures = json.loads((out / "figures.json").read_text())
+    assert {"plain/with", "plain/without", "context/with", "sparsity"} <= set(figures)
+    lock = (out / "conesreg.lock").read_text()
+    assert 'name = "purple-checker-star"' in lock and 'namespace = "demo"' in lock
+    from conesreg import parse_ref
+
+    s, ref = Session(), parse_ref("demo/purple-checker-star")
+    assert [e.version for e in s.releases(ref)] == ["1.0.0"]
+    # Deterministic on CPU: a rerun finds the same neurons, and the push is a no-op.
+    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
+    assert [e.version for e in s.releases(ref)] == ["1.0.0"]
+
+
+def test_demo_unknown_subject(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--subject", "pink-elephant", "-o", str(isolated / "d")]) == 1
+    err = capsys.readouterr().err
+    assert "no bundled subject 'pink-elephant'" in err and "purple-checker-star" in err
+    assert not (isolated / "d").exists()
+
+
+@pytest.mark.slow
+def test_full_demo_draws_the_subject(isolated: Path) -> None:
+    result = _demo.run_demo(isolated / "demo", device="cpu")
+    f = result.figures
+    assert f["plain/with"] > f["plain/without"] + 0.3
+    assert f["total seconds"] > 0
