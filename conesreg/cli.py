@@ -251,17 +251,8 @@ def generate(
 
     err = Console(stderr=True)
     with err.status("loading the base model and concepts"):
-        # Library chatter (optional-dependency notices, loading bars) is not for our users;
-        # set before the first import of transformers/diffusers, which read them then.
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
+        _quiet_libraries()
         from ._compose import load_pipeline
-
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
         from ._generate import generate as run_generate
         from ._generate import save_png
 
@@ -401,8 +392,7 @@ def find(
     pairs = [_parent_arg(p) for p in parents]
     files = _image_files(images) if images else []
     parent_files = [_image_files((path,)) for _, path in pairs]
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    _quiet_libraries()
     from ._compose import apply, load_pipeline
     from ._concept import load_concepts
     from ._find import (
@@ -513,8 +503,7 @@ def demo(subject: str, output: Path, seed: int, device: str) -> None:
     from .mini.subjects import FIND_SETTINGS, get_subject
 
     get_subject(subject)  # an unknown subject fails before anything loads
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    _quiet_libraries()
     from ._demo import run_demo
 
     out = _out()
@@ -1120,6 +1109,18 @@ def serve_gc(older_than: float | None, data: Path | None, database_url: str | No
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _quiet_libraries() -> None:
+    """Library chatter (optional-dependency notices, loading bars) is not for our users. The
+    variables are set before the first import of transformers/diffusers, which read them then."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _table(*columns: str) -> Any:
     from rich.table import Table
 
