@@ -58,7 +58,7 @@ class HttpSource:
         if r.status_code == 404:
             raise ConceptNotFoundError(f"{namespace}/{name} is not in registry {self.name!r}")
         self._check(r)
-        return [IndexEntry.model_validate(v) for v in r.json()["versions"]]
+        return [self._entry(v) for v in r.json()["versions"]]
 
     def manifest(self, namespace: str, name: str, version: str) -> bytes:
         path = f"/v1/concepts/{_q(namespace)}/{_q(name)}/versions/{_q(version)}/manifest"
@@ -127,11 +127,15 @@ class HttpSource:
             r = self._request("GET", "/v1/search", params=page)
             self._check(r)
             body = r.json()
-            results += [IndexEntry.model_validate(v) for v in body["results"]]
+            results += [self._entry(v) for v in body["results"]]
             cursor = body.get("next_cursor")
             if not cursor:
                 break
         return results[:limit]
+
+    def _entry(self, data: dict[str, Any]) -> IndexEntry:
+        # The server does not know the alias this client calls it by; entries carry the alias.
+        return IndexEntry.model_validate({**data, "registry": self.name})
 
     # -- writing ---------------------------------------------------------------------------------
     def push(self, manifest: Manifest, files: Mapping[str, Path]) -> bool:
