@@ -32,7 +32,14 @@ import torch
 
 from conesreg._compose import apply
 from conesreg._concept import Concept
-from conesreg._find import FindConfig, candidate_names, find_neurons, refine_neurons, write_draft
+from conesreg._find import (
+    REFINE_DEFAULTS,
+    FindConfig,
+    candidate_names,
+    find_neurons,
+    refine_neurons,
+    write_draft,
+)
 from conesreg._mask import encode_mask, information_bound_bytes
 from conesreg.mini.classifier import load_classifier, predict
 from conesreg.mini.model import load_mini_pipeline
@@ -56,7 +63,7 @@ SEEDS = {
     "tune": {"images": 100, "find": 200, "sample": 20000, "random": 300},
 }
 CONFIG = FIND_SETTINGS  # chosen with --tune
-REFINE = {"steps": 20, "batch_size": 4, "rounds": 2, "sparsity": 0.005, "lam": 0.0}
+REFINE = REFINE_DEFAULTS  # what `conesreg find --refine` does
 
 
 def as_concept(pipe: Any, mask: dict[str, np.ndarray], cfg: FindConfig, folder: Path) -> Concept:

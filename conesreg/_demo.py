@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from ._names import parse_ref
 from ._storage import atomic_write
 from .errors import ImmutableVersionError
 
@@ -171,8 +170,10 @@ def _push_free_version(push: Any, draft: Path) -> Any:
             return manifest
         except ImmutableVersionError:
             continue
-    ref = parse_ref(json.loads((draft / "concept.json").read_text())["name"])
-    raise ImmutableVersionError(f"no free demo version left for {ref.name}")
+    raise ImmutableVersionError(
+        "demo versions 1.0.0 to 1.0.99 are all taken",
+        hint="yank or remove old demo concepts, or point CONESREG_REGISTRY_DIR elsewhere",
+    )
 
 
 def _save_grid(path: Path, rows: list[tuple[str, np.ndarray]]) -> None:
