@@ -38,6 +38,7 @@ from conesreg._find import (
     candidate_names,
     find_neurons,
     refine_neurons,
+    union_masks,
     write_draft,
 )
 from conesreg._mask import encode_mask, information_bound_bytes
@@ -135,10 +136,7 @@ def compositions(
         cfg = FindConfig(
             prompts[0], " and ".join(s.class_word for s in subjects), seed=seeds["find"], **REFINE
         )
-        start: dict[str, np.ndarray] = {}
-        for r in group:
-            for name, idx in r["mask"].items():
-                start[name] = np.union1d(start.get(name, idx), idx)
+        start = union_masks(r["mask"] for r in group)
         refined = refine_neurons(
             pipe,
             [

@@ -21,7 +21,7 @@ subject. The finder
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,20 @@ def refine_neurons(
         ... # doctest: +SKIP
     """
     return _search(pipe, subjects, config, start=start, on_step=on_step, checkpoint=checkpoint)
+
+
+def union_masks(masks: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The union of several masks (sorted flat indices per parameter): where --refine starts.
+
+    Example:
+        >>> union_masks([{"w": np.array([1, 3])}, {"w": np.array([2, 3])}])["w"].tolist()
+        [1, 2, 3]
+    """
+    out: dict[str, np.ndarray] = {}
+    for mask in masks:
+        for name, idx in mask.items():
+            out[name] = np.union1d(out[name], idx) if name in out else np.unique(idx)
+    return out
 
 
 def _search(

@@ -401,6 +401,7 @@ def find(
         FindConfig,
         find_neurons,
         refine_neurons,
+        union_masks,
         write_draft,
     )
 
@@ -448,7 +449,7 @@ def find(
                 (_load_images(f, size), _class_prompt(c.manifest))
                 for c, f in zip(concepts, parent_files, strict=True)
             ]
-            union = _union(c.indices for c in concepts)
+            union = union_masks(c.indices for c in concepts)
             mask = refine_neurons(
                 pipe, subjects, union, config, on_step=on_step, checkpoint=checkpoint
             )
@@ -542,16 +543,6 @@ def _parent_arg(value: str) -> tuple[str, Path]:
 def _class_prompt(manifest: Any) -> str:
     meta = manifest.metadata
     return meta.prompt_template.format(class_word=meta.class_word)
-
-
-def _union(masks: Any) -> dict[str, Any]:
-    import numpy as np
-
-    out: dict[str, Any] = {}
-    for m in masks:
-        for n, idx in m.items():
-            out[n] = np.union1d(out[n], idx) if n in out else np.asarray(idx)
-    return out
 
 
 def _image_files(paths: tuple[Path, ...]) -> list[Path]:
