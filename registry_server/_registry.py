@@ -19,11 +19,11 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, case, delete, exists, literal, or_, select, tuple_, update
+from sqlalchemy import and_, case, delete, exists, func, literal, or_, select, tuple_, update
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -58,6 +58,17 @@ MAX_PAGE = 500
 
 
 @dataclass(frozen=True)
+class Facets:
+    """What the browse page offers as filters: the most used tags and every base model."""
+
+    #: ``(tag, concepts)``, most used first.
+    tags: list[tuple[str, int]]
+    #: ``(hash, id, concepts)``, most used first. The id (free text in manifests) is read from
+    #: one manifest per hash: the hash identifies a base model, the id only labels it.
+    base_models: list[tuple[str, str, int]]
+
+
+@dataclass(frozen=True)
 class Registry:
     """The settings, database and blob store one server (or admin command) works on."""
 
@@ -65,6 +76,10 @@ class Registry:
     engine: Engine
     sessions: sessionmaker[Session]
     storage: BlobStorage
+    #: The browse page's filters per (generation, private namespaces readable): see `facets`.
+    facet_cache: dict[tuple[int, tuple[str, ...]], Facets] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 def open_registry(settings: Settings) -> Registry:
@@ -626,6 +641,51 @@ def search(
         return page, None
     last = keys[limit - 1]
     return page, _encode_cursor(int(last.score), last.namespace, last.name)
+
+
+# -- facets (the browse page's filters) -----------------------------------------------------------
+# Counting over every concept takes ~0.15 s per facet at 100,000 concepts, and the answer only
+# changes when something is published or yanked (both bump the generation).
+_FACETS_LOCK = threading.Lock()
+
+
+def facets(reg: Registry, session: Session, caller: Caller, *, tags: int = 30) -> Facets:
+    """The filters of the concepts ``caller`` can see (latest versions), cached per generation."""
+    generation = session.scalar(select(RegistryState.generation).where(RegistryState.id == 1))
+    key = (int(generation or 0), caller.readable_private)
+    with _FACETS_LOCK:
+        if key in reg.facet_cache:
+            return reg.facet_cache[key]
+    n = func.count()
+    tag_rows = session.execute(
+        select(VersionTag.tag, n)
+        .join(Version, Version.id == VersionTag.version_id)
+        .where(Version.is_latest.is_(True), visible(caller))
+        .group_by(VersionTag.tag)
+        .order_by(n.desc(), VersionTag.tag)
+        .limit(tags)
+    ).all()
+    base_rows = session.execute(
+        select(Version.base_model_hash, func.min(Version.id), n)
+        .where(Version.is_latest.is_(True), visible(caller))
+        .group_by(Version.base_model_hash)
+        .order_by(n.desc(), Version.base_model_hash)
+    ).all()
+    samples = session.scalars(select(Version).where(Version.id.in_([r[1] for r in base_rows])))
+    by_id = {v.id: v for v in samples}
+    manifests = manifests_of(session, list(by_id.values()))
+    result = Facets(
+        tags=[(tag, int(count)) for tag, count in tag_rows],
+        base_models=[
+            (h, manifests[by_id[vid].digest].base_model.id, int(count))
+            for h, vid, count in base_rows
+        ],
+    )
+    with _FACETS_LOCK:
+        for old in [k for k in reg.facet_cache if k[0] != key[0]]:
+            del reg.facet_cache[old]  # older generations are never asked for again
+        reg.facet_cache[key] = result
+    return result
 
 
 # -- index listing ---------------------------------------------------------------------------------

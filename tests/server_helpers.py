@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +84,41 @@ def put_manifest(
 ) -> httpx.Response:
     url = f"/v1/concepts/{manifest.namespace}/{manifest.name}/versions/{manifest.version}"
     return client.put(url, content=body, headers=auth(token))
+
+
+#: A concept for `publish_table`: name, namespace, class word, tags, description, base hash
+#: (None: the default test hash).
+ConceptRow = tuple[str, str, str, tuple[str, ...], str, str | None]
+
+
+def publish_table(
+    client: httpx.Client | TestClient,
+    tmp: Path,
+    rows: list[ConceptRow],
+    *,
+    tokens: dict[str, str],
+    versions: tuple[str, ...] = ("1.0.0", "1.1.0"),
+    preview: Callable[[int], bytes] | None = None,
+) -> None:
+    """Push every row at every version (seed = row index; ``preview(i)``: its preview bytes)."""
+    from helpers import make_draft
+
+    for i, (name, ns, cw, tags, desc, base) in enumerate(rows):
+        draft = make_draft(
+            tmp / name,
+            name=name,
+            namespace=ns,
+            class_word=cw,
+            tags=tags,
+            description=desc,
+            seed=i,
+            **({"base_hash": base} if base else {}),
+        )
+        if preview is not None:
+            (draft / "previews" / "sample-0.png").write_bytes(preview(i))
+        for v in versions:
+            _, r = push_draft(client, draft, version=v, token=tokens[ns])
+            assert r.status_code == 201, r.text
 
 
 # -- a server in a subprocess ------------------------------------------------------------------

@@ -1,16 +1,13 @@
-"""Search: filters, relevance order, keyset pagination, and speed on 100,000 concepts."""
+"""Search: filters, relevance order, keyset pagination, and answers on 100,000 concepts."""
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import make_draft
-from server_helpers import Server, push_draft, running_server
+from server_helpers import Server, publish_table, running_server
 
 from conesreg.sources._local import match_score
 
@@ -37,21 +34,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with running_server(tmp) as s:
         create_namespace(s.settings, "zoo")
         _, zoo = create_token(s.settings, namespace="zoo", scope="push")
-        for i, (name, ns, cw, tags, desc, base) in enumerate(CONCEPTS):
-            draft = make_draft(
-                tmp / name,
-                name=name,
-                namespace=ns,
-                class_word=cw,
-                tags=tags,
-                description=desc,
-                seed=i,
-                **({"base_hash": base} if base else {}),
-            )
-            token = s.token if ns == "acme" else zoo
-            for v in ("1.0.0", "1.1.0"):
-                _, r = push_draft(s.client, draft, version=v, token=token)
-                assert r.status_code == 201, r.text
+        publish_table(s.client, tmp, CONCEPTS, tokens={"acme": s.token, "zoo": zoo})
         yield s
 
 
@@ -122,7 +105,9 @@ def test_bad_search_parameters(server: Server) -> None:
 
 
 @pytest.mark.slow
-def test_search_is_fast_on_100k_concepts(tmp_path: Path) -> None:
+def test_search_at_100k_concepts(tmp_path: Path) -> None:
+    """Every benchmark query answers a bounded page of matching rows at scale (its speed is
+    benchmarks/server_search.py's to measure, not a test's)."""
     from server_search import QUERIES, seed
 
     from registry_server import Settings
@@ -131,18 +116,26 @@ def test_search_is_fast_on_100k_concepts(tmp_path: Path) -> None:
 
     reg = open_registry(Settings(data=tmp_path))
     seed(reg, 100_000)
-    timings = {}
     with reg.sessions() as session:
         for label, params in QUERIES.items():
-            runs = []
-            for _ in range(5):
-                t = time.perf_counter()
-                rows, _ = search(session, ANONYMOUS, **params)
-                entries_json(session, rows, "server")
-                runs.append(time.perf_counter() - t)
-            timings[label] = statistics.median(runs)
-            assert rows or label.startswith("none"), label
+            rows, cursor = search(session, ANONYMOUS, **params)
+            entries = entries_json(session, rows, "server")
+            assert len(entries) == len(rows) <= params.get("limit", 50), label
+            assert bool(rows) != label.startswith("none"), label
+            for entry in entries:
+                text = " ".join(
+                    [
+                        entry["name"],
+                        entry["namespace"],
+                        entry["class_word"],
+                        *entry["tags"],
+                        entry.get("description") or "",
+                    ]
+                ).lower()
+                assert all(term in text for term in params.get("query", "").split()), label
+                if "base_model_hash" in params:
+                    assert entry["base_model_hash"] == params["base_model_hash"], label
+            if cursor:  # the next page continues after this one
+                more, _ = search(session, ANONYMOUS, **params, cursor=cursor)
+                assert not {r.id for r in more} & {r.id for r in rows}, label
     reg.engine.dispose()
-    print({k: f"{v * 1000:.1f} ms" for k, v in timings.items()})
-    # The target is 50 ms on an idle machine (benchmarks/server_search.py); this box is shared.
-    assert max(timings.values()) < 0.25, timings

@@ -1,0 +1,150 @@
+"""The browse pages: server-rendered HTML (Jinja2) over the same registry functions as the API.
+
+``/`` is the index (a search box, filters by tag and base model, cursor pages) and
+``/concepts/{namespace}/{name}`` a concept's page (versions, manifest details, previews, sizes,
+yank state, the install command). Pages read as an anonymous caller unless the request carries a
+token, exactly as the API does, so private namespaces never show in a browser.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from . import _registry as r
+from ._deps import CtxDep, NameP, NamespaceP
+from ._errors import ApiError
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+#: Concepts per index page.
+PAGE_SIZE = 24
+
+
+def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, context, status_code=status)
+
+
+def _error_page(request: Request, exc: ApiError) -> HTMLResponse:
+    title = "Not found" if exc.status == 404 else "Bad request"
+    return _page(request, "error.html", exc.status, title=title, message=exc.message)
+
+
+@router.get("/", response_class=HTMLResponse)
+def index(
+    request: Request,
+    ctx: CtxDep,
+    q: Annotated[str, Query(max_length=200)] = "",
+    tag: Annotated[str, Query(max_length=256)] = "",
+    base: Annotated[str, Query(max_length=71)] = "",
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> HTMLResponse:
+    """The index: latest versions matching the search, best match first."""
+    try:
+        rows, next_cursor = r.search(
+            ctx.session,
+            ctx.caller,
+            query=q,
+            tags=[tag] if tag else (),
+            base_model_hash=base or None,
+            limit=PAGE_SIZE,
+            cursor=cursor,
+        )
+    except ApiError as exc:  # a cursor from an old link: start over rather than fail
+        if exc.code != "invalid_cursor":
+            raise
+        rows, next_cursor = r.search(ctx.session, ctx.caller, query=q, limit=PAGE_SIZE)
+    manifests = r.manifests_of(ctx.session, rows)
+    cards = []
+    for row in rows:
+        m = manifests[row.digest]
+        preview = next((b for b in m.blobs if b.digest in m.metadata.previews), None)
+        cards.append(
+            {
+                "namespace": row.namespace,
+                "name": row.name,
+                "version": row.version,
+                "class_word": m.metadata.class_word,
+                "description": m.metadata.description,
+                "tags": m.metadata.tags,
+                "base_model": m.base_model.id,
+                "preview": _file_url(row.namespace, row.name, row.version, preview.path)
+                if preview
+                else None,
+            }
+        )
+    filters = {"q": q, "tag": tag, "base": base}
+    next_url = browse_query(**filters, cursor=next_cursor) if next_cursor else None
+    return _page(
+        request,
+        "index.html",
+        title="conesreg registry",
+        cards=cards,
+        filters=filters,
+        facets=r.facets(ctx.reg, ctx.session, ctx.caller),
+        next_url=next_url,
+        first_page=cursor is None,
+    )
+
+
+@router.get("/concepts/{namespace}/{name}", response_class=HTMLResponse)
+def concept(
+    request: Request,
+    namespace: NamespaceP,
+    name: NameP,
+    ctx: CtxDep,
+    version: Annotated[str | None, Query(max_length=128)] = None,
+) -> HTMLResponse:
+    """A concept: the chosen version (default: the latest non-yanked) and every other."""
+    try:
+        found = r.find_concept(ctx.session, ctx.caller, namespace, name)
+        rows = r.concept_versions(ctx.session, found)
+        if version is not None:
+            row = r.find_version(ctx.session, ctx.caller, namespace, name, version)
+        else:
+            row = next((v for v in rows if v.is_latest), rows[-1])
+    except ApiError as exc:
+        return _error_page(request, exc)
+    m = r.manifest_of(ctx.session, row)
+    previews = [
+        _file_url(namespace, name, row.version, b.path)
+        for b in m.blobs
+        if b.digest in m.metadata.previews
+    ]
+    alias = ctx.reg.settings.registry_name
+    base_url = str(request.base_url).rstrip("/")
+    return _page(
+        request,
+        "concept.html",
+        title=f"{namespace}/{name}@{row.version}",
+        row=row,
+        versions=list(reversed(rows)),
+        manifest=m,
+        previews=previews,
+        total_size=sum(b.size for b in m.blobs),
+        sparsity=m.mask.selected / m.mask.total if m.mask.total else 0.0,
+        install=[
+            f"conesreg config registry add {alias} {base_url}",
+            f"conesreg install {alias}/{namespace}/{name}@{row.version}",
+        ],
+    )
+
+
+def _file_url(namespace: str, name: str, version: str, path: str) -> str:
+    # The Hub-compatible file route serves each file with its manifest media type.
+    return f"/{namespace}/{name}/resolve/v{version}/{path}"
+
+
+def browse_query(**params: str | None) -> str:
+    """The index URL with the non-empty ``params`` (links that keep the other filters)."""
+    kept = {k: v for k, v in params.items() if v}
+    return "/?" + urlencode(kept) if kept else "/"
+
+
+templates.env.globals["browse_query"] = browse_query
