@@ -136,10 +136,11 @@ class Process:
 
 
 def start_process(
-    data: Path, *, env: dict[str, str] | None = None, timeout: float = 120
+    data: Path, *, env: dict[str, str] | None = None, timeout: float = 120, port: int | None = None
 ) -> Process:
-    """``python -m registry_server`` on a free loopback port; returns once it answers."""
-    port = free_port()
+    """``python -m registry_server`` on ``port`` (default: a free loopback port); returns once it
+    answers."""
+    port = port or free_port()
     log = data.parent / f"server-{port}.log"
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     with open(log, "wb") as out:

@@ -92,7 +92,9 @@ class HttpSource:
                             hint="retry the command",
                         )
                     self._check(r)
-                    for chunk in r.iter_bytes(_CHUNK):
+                    # Pieces as they arrive (not fixed-size chunks): after a cut, what was
+                    # received is written and counted, so the resume loses nothing.
+                    for chunk in r.iter_bytes():
                         out.write(chunk)
                         written += len(chunk)
                 return
