@@ -13,8 +13,9 @@ from conesreg import constants
 from conesreg._manifest import IndexEntry, Manifest
 
 from . import _registry as r
-from ._auth import Caller, require_push
+from ._auth import Caller, authenticate, is_anonymous, require_push
 from ._deps import (
+    BearerDep,
     CallerDep,
     Ctx,
     CtxDep,
@@ -112,11 +113,26 @@ def list_versions(namespace: NamespaceP, name: NameP, ctx: CtxDep) -> JSONRespon
     },
     summary="A version's canonical manifest bytes",
 )
-def get_manifest(
-    namespace: NamespaceP, name: NameP, version: VersionP, request: Request, ctx: CtxDep
+async def get_manifest(
+    namespace: NamespaceP, name: NameP, version: VersionP, request: Request, _: BearerDep
 ) -> Response:
-    row = r.find_version(ctx.session, ctx.caller, namespace, name, version)
-    return _manifest_response(request, ctx, row)
+    # The hottest request: a public version seen before is answered from memory on the event
+    # loop; anything else (first sight, a token, a private namespace) asks the database.
+    reg = registry_of(request)
+    authorization = request.headers.get("authorization")
+    hit = r.cached_manifest(reg, namespace, name, version) if is_anonymous(authorization) else None
+    if hit is None:
+        hit = await run_in_threadpool(_load_manifest, reg, authorization, namespace, name, version)
+    return _manifest_bytes_response(request, *hit)
+
+
+def _load_manifest(
+    reg: r.Registry, authorization: str | None, namespace: str, name: str, version: str
+) -> tuple[str, bytes]:
+    with reg.sessions() as session:
+        caller = authenticate(session, authorization)
+        ref = r.find_version_ref(reg, session, caller, namespace, name, version)
+        return ref.digest, r.manifest_bytes(session, ref.digest)
 
 
 @router.get(
@@ -134,11 +150,14 @@ def get_manifest_by_digest(digest: DigestP, request: Request, ctx: CtxDep) -> Re
 
 
 def _manifest_response(request: Request, ctx: Ctx, row: Any) -> Response:
-    etag = f'"{row.digest}"'
+    return _manifest_bytes_response(request, row.digest, r.manifest_bytes(ctx.session, row.digest))
+
+
+def _manifest_bytes_response(request: Request, digest: str, data: bytes) -> Response:
+    etag = f'"{digest}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    data = r.manifest_bytes(ctx.session, row.digest)
     return Response(data, media_type=constants.MEDIA_TYPE_MANIFEST, headers=headers)
 
 

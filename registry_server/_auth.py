@@ -61,17 +61,28 @@ class Caller:
 ANONYMOUS = Caller()
 
 
+def _our_token(authorization: str | None) -> str | None:
+    """The ``crs_`` secret of a Bearer header, else None. Anything else (no header, another
+    scheme, a Hugging Face token the Hub client sends on its own) reads as anonymous, so that
+    such a login never breaks public reads."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    secret = secret.strip()
+    return secret if scheme.lower() == "bearer" and secret.startswith(TOKEN_PREFIX) else None
+
+
+def is_anonymous(authorization: str | None) -> bool:
+    """Whether a request with this ``Authorization`` header is anonymous (no database needed)."""
+    return _our_token(authorization) is None
+
+
 def authenticate(session: Session, authorization: str | None) -> Caller:
     """The caller for an ``Authorization`` header value (None: anonymous).
 
     Raises:
         ApiError: 401 when a ``crs_`` token is given but unknown, expired or revoked.
     """
-    scheme, _, secret = (authorization or "").partition(" ")
-    secret = secret.strip()
-    if scheme.lower() != "bearer" or not secret.startswith(TOKEN_PREFIX):
-        # Not one of ours (no header, another scheme, a Hugging Face token that the Hub client
-        # sends on its own): anonymous, so that such a login never breaks public reads.
+    secret = _our_token(authorization)
+    if secret is None:
         return ANONYMOUS
     digest = hash_token(secret)
     row = session.execute(

@@ -15,7 +15,8 @@ from ._registry import Registry
 
 # Declared for the OpenAPI document; the header itself is read by `authenticate`.
 _bearer = HTTPBearer(auto_error=False, description="a token from `conesreg serve token create`")
-_Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+#: Declares the bearer scheme on a route that reads the header itself (async: no worker thread).
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 
 
 # -- request context ------------------------------------------------------------------------------
@@ -30,14 +31,14 @@ def registry_of(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def get_ctx(request: Request, _: _Bearer) -> Iterator[Ctx]:
+def get_ctx(request: Request, _: BearerDep) -> Iterator[Ctx]:
     """A database session and the authenticated caller (401 for a bad token)."""
     reg = registry_of(request)
     with reg.sessions() as session:
         yield Ctx(reg, session, authenticate(session, request.headers.get("authorization")))
 
 
-def get_caller(request: Request, _: _Bearer) -> Caller:
+def get_caller(request: Request, _: BearerDep) -> Caller:
     """The authenticated caller only (writes open their own sessions)."""
     with registry_of(request).sessions() as session:
         return authenticate(session, request.headers.get("authorization"))

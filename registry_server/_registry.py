@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import and_, case, delete, exists, func, literal, or_, select, tuple_, update
 from sqlalchemy.engine import CursorResult, Engine
@@ -53,6 +53,9 @@ from ._errors import ApiError
 from ._settings import Settings
 from ._storage import DIGEST_RE, BlobStorage, FileBlobStorage, Upload
 
+K = TypeVar("K")
+V = TypeVar("V")
+
 #: Search pages hold at most this many results.
 MAX_PAGE = 500
 
@@ -76,6 +79,10 @@ class Registry:
     engine: Engine
     sessions: sessionmaker[Session]
     storage: BlobStorage
+    #: Version number -> manifest digest, as the request named it: see `cached_manifest`.
+    version_refs: LRU[tuple[str, str, str], VersionRef] = field(
+        default_factory=lambda: LRU(1 << 16), compare=False, repr=False
+    )
     #: The browse page's filters per (generation, private namespaces readable): see `facets`.
     facet_cache: dict[tuple[int, tuple[str, ...]], Facets] = field(
         default_factory=dict, compare=False, repr=False
@@ -218,37 +225,93 @@ def blob_readable(session: Session, caller: Caller, digest: str, *, head: bool) 
     return size
 
 
-class _ManifestCache:
-    """Parsed manifests by digest (they never change), least recently used dropped first."""
+class LRU(Generic[K, V]):
+    """A thread-safe map that drops the least recently used item beyond ``size`` items."""
 
     def __init__(self, size: int) -> None:
-        self._items: OrderedDict[str, Manifest] = OrderedDict()
+        self._items: OrderedDict[K, V] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, digest: str) -> Manifest | None:
+    def get(self, key: K) -> V | None:
         with self._lock:
-            if digest in self._items:
-                self._items.move_to_end(digest)
-                return self._items[digest]
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
             return None
 
-    def put(self, digest: str, manifest: Manifest) -> None:
+    def put(self, key: K, value: V) -> None:
         with self._lock:
-            self._items[digest] = manifest
+            self._items[key] = value
+            self._items.move_to_end(key)
             if len(self._items) > self._size:
                 self._items.popitem(last=False)
 
 
-_MANIFESTS = _ManifestCache(8192)
+# Content-addressed, so one cache serves every registry in the process. Manifests never change.
+_MANIFESTS: LRU[str, Manifest] = LRU(8192)
+_MANIFEST_BYTES: LRU[str, bytes] = LRU(8192)
 
 
 def manifest_bytes(session: Session, digest: str) -> bytes:
     """The canonical manifest bytes of a published version."""
-    data = session.scalar(select(ManifestData.data).where(ManifestData.digest == digest))
-    if data is None:  # a version row always has its manifest (same transaction, foreign key)
-        raise LookupError(f"manifest {digest} is missing from the database")
+    data = _MANIFEST_BYTES.get(digest)
+    if data is None:
+        data = session.scalar(select(ManifestData.data).where(ManifestData.digest == digest))
+        if data is None:  # a version row always has its manifest (same transaction, foreign key)
+            raise LookupError(f"manifest {digest} is missing from the database")
+        _MANIFEST_BYTES.put(digest, data)
     return data
+
+
+# -- the manifest read path, the hottest request -------------------------------------------------
+@dataclass(frozen=True)
+class VersionRef:
+    """What a version number names: its manifest digest and whether its namespace is private.
+    Both are fixed once published (versions are immutable, a namespace's privacy is set when it
+    is created, and yanking leaves the manifest readable), so they can be cached forever."""
+
+    digest: str
+    private: bool
+
+
+def find_version_ref(
+    reg: Registry, session: Session, caller: Caller, namespace: str, name: str, version: str
+) -> VersionRef:
+    """The digest of ``namespace/name@version`` if visible to ``caller`` (404/400 as
+    :func:`find_version`), remembered for :func:`cached_manifest`."""
+    check_names(namespace, name)
+    # One query for the digest, the namespace's privacy and the manifest bytes; the precise 404
+    # (no concept, or no such version) is worked out only when it fails.
+    row = session.execute(
+        select(Version.digest, Namespace.private, ManifestData.data)
+        .join(Namespace, Namespace.name == Version.namespace)
+        .join(ManifestData, ManifestData.digest == Version.digest)
+        .where(
+            Version.namespace == namespace,
+            Version.name == name,
+            Version.version == canonical_version(version),
+        )
+    ).first()
+    if row is None or not caller.can_read(namespace, private=row.private):
+        find_version(session, caller, namespace, name, version)  # raises the right 404
+        raise concept_not_found(namespace, name)  # pragma: no cover (find_version raised)
+    _MANIFEST_BYTES.put(row.digest, row.data)
+    ref = VersionRef(digest=row.digest, private=row.private)
+    reg.version_refs.put((namespace, name, version), ref)
+    return ref
+
+
+def cached_manifest(
+    reg: Registry, namespace: str, name: str, version: str
+) -> tuple[str, bytes] | None:
+    """``(digest, bytes)`` of a public version's manifest if both are cached: answered without
+    the database or a worker thread. None means "ask :func:`find_version_ref`"."""
+    ref = reg.version_refs.get((namespace, name, version))
+    if ref is None or ref.private:
+        return None
+    data = _MANIFEST_BYTES.get(ref.digest)
+    return (ref.digest, data) if data is not None else None
 
 
 def manifests_of(session: Session, rows: Sequence[Version]) -> dict[str, Manifest]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import make_draft
-from server_helpers import Server, push_draft, running_server
+from server_helpers import Server, auth, push_draft, running_server
 
 from conesreg._manifest import Manifest
 
@@ -115,3 +115,38 @@ def test_index_listing_and_its_etag(pushed: tuple[Server, Manifest, bytes], tmp_
     )
     assert again.status_code in (200, 409)
     assert c.get("/v1/index", headers={"If-None-Match": etag}).status_code == 304
+
+
+def test_manifest_reads_from_memory_keep_every_rule(tmp_path: Path) -> None:
+    """The manifest path answers repeat reads from memory; what it answers must not change:
+    bytes, yanked versions still readable, private namespaces hidden from anonymous callers
+    even after their token holder read them, 404s and 400s as before."""
+    from registry_server import create_namespace, create_token
+
+    with running_server(tmp_path) as s:
+        create_namespace(s.settings, "secret", private=True)
+        _, secret = create_token(s.settings, namespace="secret", scope="push")
+        public = make_draft(tmp_path / "pub")
+        manifest, r = push_draft(s.client, public, version="1.0.0", token=s.token)
+        assert r.status_code == 201
+        hidden = make_draft(tmp_path / "hid", namespace="secret")
+        _, r = push_draft(s.client, hidden, version="1.0.0", token=secret)
+        assert r.status_code == 201
+        c = s.client
+        url = "/v1/concepts/acme/dog/versions/1.0.0/manifest"
+        reads = [c.get(url) for _ in range(3)]  # the first from the database, then memory
+        assert all(x.status_code == 200 and x.content == manifest.canonical_json() for x in reads)
+        r = c.post("/v1/concepts/acme/dog/versions/1.0.0/yank", json={}, headers=s.headers)
+        assert r.status_code == 200
+        assert c.get(url).content == manifest.canonical_json()  # yanked: still readable
+
+        private = "/v1/concepts/secret/dog/versions/1.0.0/manifest"
+        for _ in range(2):
+            assert c.get(private, headers=auth(secret)).status_code == 200
+            assert c.get(private).status_code == 404
+            assert c.get(private, headers=auth(s.token)).status_code == 404  # another namespace
+        assert c.get(private, headers=auth("crs_wrong")).status_code == 401
+
+        assert c.get("/v1/concepts/acme/dog/versions/2.0.0/manifest").status_code == 404
+        assert c.get("/v1/concepts/acme/cat/versions/1.0.0/manifest").status_code == 404
+        assert c.get("/v1/concepts/acme/dog/versions/one/manifest").status_code == 400
