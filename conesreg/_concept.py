@@ -18,6 +18,7 @@ from ._install import Session, install
 from ._lockfile import LockedConcept
 from ._manifest import IndexEntry, Manifest
 from .errors import MaskError
+from .sources import BlobOrigin
 
 #: Pairs of concepts sharing more than this Jaccard index of their neurons get a warning: a
 #: shared neuron serves both subjects, so heavy sharing means they will blend.
@@ -78,8 +79,10 @@ def fetch_concept(entry: IndexEntry, *, session: Session | None = None) -> Conce
     (for inspection, e.g. ``conesreg info --overlap``)."""
     s = session or Session()
     e = entry
-    manifest = s.manifest(e.registry, e.namespace, e.name, e.version, e.digest)
-    s.blob(e.registry, manifest.blob(manifest.mask.blob))
+    manifest = s.manifest(e.registry, e.namespace, e.name, e.version, e.digest, revision=e.revision)
+    mask = manifest.blob(manifest.mask.blob)
+    origin = BlobOrigin(e.namespace, e.name, e.version, mask.path, e.revision)
+    s.blob(e.registry, mask, origin=origin)
     return read_concept(manifest, s.cache)
 
 

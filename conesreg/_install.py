@@ -14,7 +14,7 @@ from ._manifest import BlobRef, IndexEntry, Manifest
 from ._names import ConceptRef, parse_ref
 from ._resolver import Resolution, resolve
 from .errors import InvalidReferenceError, LockfileError, OfflineError, StaleLockfileError
-from .sources import Source, open_source
+from .sources import BlobOrigin, Source, open_source
 
 
 class Progress(Protocol):
@@ -48,7 +48,7 @@ class Session:
     def releases(self, ref: ConceptRef) -> list[IndexEntry]:
         """Every version of ``ref``; offline, those of a remote source come from the cache."""
         source = self.source(ref.registry)
-        if source.remote and self.config.is_offline:
+        if self.is_offline(source):
             cached = [
                 e
                 for e in self.cache.entries(source.name)
@@ -60,19 +60,34 @@ class Session:
         return source.versions(ref.namespace, ref.name)
 
     def manifest(
-        self, registry: str, namespace: str, name: str, version: str, digest: str
+        self,
+        registry: str,
+        namespace: str,
+        name: str,
+        version: str,
+        digest: str,
+        *,
+        revision: str | None = None,
     ) -> Manifest:
         """The verified manifest of a version, from the cache or else from its source."""
         if not self.cache.blobs.is_intact(digest):
             self.require_online(registry, [digest])
-            data = self.source(registry).manifest(namespace, name, version)
+            src = self.source(registry)
+            data = src.manifest(namespace, name, version, revision=revision)
             self.cache.ensure(digest, lambda out: out.write(data))
         return self.cache.manifest(digest)
 
     def blob(
-        self, registry: str, blob: BlobRef, *, progress: Progress | None = None, label: str = ""
+        self,
+        registry: str,
+        blob: BlobRef,
+        *,
+        origin: BlobOrigin | None = None,
+        progress: Progress | None = None,
+        label: str = "",
     ) -> Path:
-        """The verified cache path of ``blob``, fetched from ``registry``'s source if missing."""
+        """The verified cache path of ``blob``, fetched from ``registry``'s source if missing
+        (``origin``: where the blob sits, for sources that store files by path)."""
         if self.cache.blobs.is_intact(blob.digest):
             return self.cache.blobs.path(blob.digest)
         self.require_online(registry, [blob.digest])
@@ -82,12 +97,16 @@ class Session:
         )
 
         def write(out: Any) -> None:
-            src.fetch_blob(blob.digest, _Reporting(out, progress, task))
+            src.fetch_blob(blob.digest, _Reporting(out, progress, task), origin=origin)
 
         return self.cache.ensure(blob.digest, write, size=blob.size)
 
+    def is_offline(self, source: Source) -> bool:
+        """Offline for this source: conesreg's setting, or the source's own (HF_HUB_OFFLINE)."""
+        return source.remote and (self.config.is_offline or source.offline)
+
     def require_online(self, registry: str, missing: list[str]) -> None:
-        if self.source(registry).remote and self.config.is_offline:
+        if self.is_offline(self.source(registry)):
             raise OfflineError(
                 f"offline mode is on and {len(missing)} file(s) are missing from the cache: "
                 + ", ".join(d[:19] for d in missing)
@@ -188,7 +207,7 @@ def _frozen_entry(old: Lockfile | None, ref: ConceptRef, path: Path) -> LockedCo
 
 def _lock_entry(s: Session, res: Resolution) -> LockedConcept:
     e = res.entry
-    manifest = s.manifest(e.registry, e.namespace, e.name, e.version, e.digest)
+    manifest = s.manifest(e.registry, e.namespace, e.name, e.version, e.digest, revision=e.revision)
     return LockedConcept(
         registry=e.registry,
         namespace=manifest.namespace,
@@ -199,6 +218,7 @@ def _lock_entry(s: Session, res: Resolution) -> LockedConcept:
         manifest=manifest.digest,
         base_model=manifest.base_model.hash,
         blobs=manifest.blobs,
+        revision=e.revision,
     )
 
 
@@ -210,12 +230,15 @@ def _lock_source(src: Source) -> str:
 
 def _fetch_blobs(s: Session, entry: LockedConcept, progress: Progress | None) -> None:
     e = entry
-    manifest = s.manifest(e.registry, e.namespace, e.name, e.version, e.manifest)
+    manifest = s.manifest(
+        e.registry, e.namespace, e.name, e.version, e.manifest, revision=e.revision
+    )
     missing = [b for b in manifest.blobs if not s.cache.blobs.is_intact(b.digest)]
     if missing:
         s.require_online(e.registry, [b.digest for b in missing])
     for blob in missing:
-        s.blob(e.registry, blob, progress=progress, label=f"{e.namespace}/{e.name}")
+        origin = BlobOrigin(e.namespace, e.name, e.version, blob.path, e.revision)
+        s.blob(e.registry, blob, origin=origin, progress=progress, label=f"{e.namespace}/{e.name}")
     s.cache.record(IndexEntry.of(manifest, registry=e.registry))
 
 

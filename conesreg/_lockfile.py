@@ -35,6 +35,9 @@ class LockedConcept(BaseModel):
     manifest: Digest
     base_model: Digest
     blobs: tuple[BlobRef, ...]
+    revision: str | None = Field(
+        default=None, description="the pinned source revision (a Hub commit SHA), if any"
+    )
 
     @property
     def key(self) -> str:
@@ -60,7 +63,11 @@ class Lockfile(BaseModel):
 
 
 def _checksum(concepts: tuple[LockedConcept, ...]) -> str:
-    return sha256_bytes(canonical_json([c.model_dump(mode="json") for c in concepts]))
+    # Unset optional fields are left out (TOML has no null), so adding one keeps the checksums
+    # of lockfiles written before it.
+    return sha256_bytes(
+        canonical_json([c.model_dump(mode="json", exclude_none=True) for c in concepts])
+    )
 
 
 def lockfile_path(project_dir: Path | None = None) -> Path:
@@ -99,5 +106,5 @@ def write_lockfile(path: Path, lock: Lockfile) -> None:
     """Write atomically, with a header that says not to edit it."""
     import tomli_w
 
-    data = lock.model_dump(mode="json")
+    data = lock.model_dump(mode="json", exclude_none=True)
     atomic_write(path, (_HEADER + tomli_w.dumps(data)).encode())

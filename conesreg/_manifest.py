@@ -225,6 +225,11 @@ class IndexEntry(_Model):
     total: int
     size: int
     created: datetime | None = None
+    revision: str | None = Field(
+        default=None,
+        description="the source's own pointer to this version where a version name alone can "
+        "move (a Hub commit SHA behind a tag); None where versions are immutable by construction",
+    )
 
     @property
     def id(self) -> str:

@@ -9,7 +9,7 @@ from ._lockfile import LockedConcept
 from ._manifest import IndexEntry
 from ._names import ConceptRef
 from ._versions import VersionSpec, parse_spec, select_version
-from .errors import IntegrityError
+from .errors import IntegrityError, RevisionMovedError
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ def resolve(
     Raises:
         VersionNotFoundError / YankedVersionError: nothing suitable (nearest versions listed).
         IntegrityError: the source now serves different content for a locked version.
+        RevisionMovedError: the locked version's tag now points to another revision (the Hub).
 
     Example:
         >>> resolve(parse_ref("acme/dog@^1"), source.versions("acme", "dog")).entry.version
@@ -43,6 +44,14 @@ def resolve(
     if locked is not None and locked.spec == spec.text:
         same = next((r for r in releases if r.version == locked.version), None)
         if same is not None:
+            if locked.revision and same.revision and same.revision != locked.revision:
+                raise RevisionMovedError(
+                    f"{ref.id}@{locked.version} was locked at revision {locked.revision} but "
+                    f"its tag now points to {same.revision}: the tag was moved after locking",
+                    hint="`conesreg install --frozen` installs the locked revision; to accept "
+                    "the new one after checking it, `conesreg install --upgrade "
+                    f"{ref}`",
+                )
             if same.digest != locked.manifest:
                 raise IntegrityError(
                     f"{ref.id}@{locked.version} is locked as {locked.manifest} but the registry "

@@ -633,7 +633,8 @@ def info(refs: tuple[str, ...], overlap: bool, as_json: bool) -> None:
     if len(entries) != 1:
         raise ConesregError("info shows one concept at a time", hint="add --overlap to compare")
     entry = entries[0]
-    manifest = s.manifest(entry.registry, entry.namespace, entry.name, entry.version, entry.digest)
+    e = entry
+    manifest = s.manifest(e.registry, e.namespace, e.name, e.version, e.digest, revision=e.revision)
     if as_json:
         _emit_json(
             {"entry": entry.model_dump(mode="json"), "manifest": manifest.model_dump(mode="json")}

@@ -30,6 +30,7 @@ __all__ = [
     "ManifestError",
     "MaskError",
     "OfflineError",
+    "RevisionMovedError",
     "SourceError",
     "StaleLockfileError",
     "StorageError",
@@ -98,6 +99,12 @@ class IntegrityError(ConesregError, ValueError):
     """Content whose sha256 or size is not what its manifest or file name says."""
 
     default_hint = "run `conesreg verify --fix` (or `conesreg cache prune`) and install again"
+
+
+class RevisionMovedError(IntegrityError):
+    """A locked version's tag now points to another revision (Hub tags can be moved)."""
+
+    default_hint = "`conesreg install --frozen` installs the locked revision"
 
 
 class ImmutableVersionError(ConesregError, FileExistsError):

@@ -156,10 +156,10 @@ class _CountingSource(LocalSource):
         self.counter = counter
         self.lock = threading.Lock()
 
-    def fetch_blob(self, digest: str, out) -> None:  # type: ignore[no-untyped-def]
+    def fetch_blob(self, digest: str, out, *, origin=None) -> None:  # type: ignore[no-untyped-def]
         with self.lock:
             self.counter.append(1)
-        super().fetch_blob(digest, out)
+        super().fetch_blob(digest, out, origin=origin)
 
 
 def _session_with(source: LocalSource, *, offline: bool = False) -> Session:
@@ -231,7 +231,7 @@ import sys, time
 from conesreg.sources import _local
 
 real = _local.LocalSource.fetch_blob
-def slow(self, digest, out):
+def slow(self, digest, out, *, origin=None):
     out.write(b"partial")  # half a blob in the temp file...
     print("fetching", flush=True)
     time.sleep(30)  # ...when the parent kills us

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .._config import Config
 from ..errors import ConfigError
-from ._base import Source
+from ._base import BlobOrigin, Source
 from ._local import LocalSource, match_score
 
 
@@ -32,4 +32,4 @@ def open_source(config: Config, registry: str | None = None) -> Source:
     )
 
 
-__all__ = ["LocalSource", "Source", "match_score", "open_source"]
+__all__ = ["BlobOrigin", "LocalSource", "Source", "match_score", "open_source"]

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from .._manifest import IndexEntry, Manifest
+
+
+@dataclass(frozen=True)
+class BlobOrigin:
+    """Where a blob sits in a concept version: what sources that store files by path (the Hub)
+    need in order to fetch it; digest-addressed sources ignore it."""
+
+    namespace: str
+    name: str
+    version: str
+    path: str
+    #: The pinned revision (a Hub commit SHA) if the lockfile or the listing has one.
+    revision: str | None = None
 
 
 @runtime_checkable
@@ -21,6 +35,8 @@ class Source(Protocol):
     name: str
     #: True if using it needs the network (offline mode then reads the cache instead).
     remote: bool
+    #: True if the source's own settings say offline (``HF_HUB_OFFLINE`` for the Hub).
+    offline: bool
 
     def location(self) -> str:
         """Where it is: a path or URL, as recorded in the lockfile."""
@@ -34,12 +50,15 @@ class Source(Protocol):
         """
         ...
 
-    def manifest(self, namespace: str, name: str, version: str) -> bytes:
-        """The manifest's canonical JSON bytes."""
+    def manifest(
+        self, namespace: str, name: str, version: str, *, revision: str | None = None
+    ) -> bytes:
+        """The manifest's canonical JSON bytes (at ``revision`` where versions can move)."""
         ...
 
-    def fetch_blob(self, digest: str, out: BinaryIO) -> None:
-        """Stream the blob's bytes into ``out``."""
+    def fetch_blob(self, digest: str, out: BinaryIO, *, origin: BlobOrigin | None = None) -> None:
+        """Stream the blob's bytes into ``out`` (``origin``: where it sits, for path-addressed
+        sources)."""
         ...
 
     def push(self, manifest: Manifest, files: Mapping[str, Path]) -> bool:

@@ -22,6 +22,7 @@ from ..errors import (
     SourceError,
     VersionNotFoundError,
 )
+from ._base import BlobOrigin
 
 _CHUNK = 1 << 20
 
@@ -30,6 +31,7 @@ class HttpSource:
     """A ``registry_server`` at ``url``; ``token`` authorizes pushes and private reads."""
 
     remote = True
+    offline = False
 
     def __init__(self, url: str, *, name: str, token: str | None = None) -> None:
         import httpx
@@ -60,7 +62,9 @@ class HttpSource:
         self._check(r)
         return [self._entry(v) for v in r.json()["versions"]]
 
-    def manifest(self, namespace: str, name: str, version: str) -> bytes:
+    def manifest(
+        self, namespace: str, name: str, version: str, *, revision: str | None = None
+    ) -> bytes:
         path = f"/v1/concepts/{_q(namespace)}/{_q(name)}/versions/{_q(version)}/manifest"
         r = self._request("GET", path)
         if r.status_code == 404:
@@ -70,7 +74,7 @@ class HttpSource:
         self._check(r)
         return r.content
 
-    def fetch_blob(self, digest: str, out: BinaryIO) -> None:
+    def fetch_blob(self, digest: str, out: BinaryIO, *, origin: BlobOrigin | None = None) -> None:
         """Stream the blob into ``out``; a dropped connection resumes with a Range request
         from the bytes already written instead of starting over."""
         import httpx

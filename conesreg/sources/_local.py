@@ -27,6 +27,7 @@ from .._manifest import IndexEntry, Manifest, parse_manifest, utcnow
 from .._storage import BlobStore, atomic_write, ensure_dir, file_lock, remove_stale_temps
 from .._versions import sort_releases
 from ..errors import ConceptNotFoundError, ImmutableVersionError, VersionNotFoundError
+from ._base import BlobOrigin
 
 
 class _VersionRecord(BaseModel):
@@ -48,6 +49,7 @@ class LocalSource:
     """
 
     remote = False
+    offline = False
 
     def __init__(self, root: Path | None = None, *, name: str = constants.DEFAULT_REGISTRY) -> None:
         self.root = Path(root or constants.REGISTRY_DIR) / constants.REGISTRY_FORMAT
@@ -83,13 +85,15 @@ class LocalSource:
             )
         return sort_releases([self._entry(r) for r in records.values()])
 
-    def manifest(self, namespace: str, name: str, version: str) -> bytes:
+    def manifest(
+        self, namespace: str, name: str, version: str, *, revision: str | None = None
+    ) -> bytes:
         record = self._records(namespace, name).get(version)
         if record is None:
             raise VersionNotFoundError(f"no version {version} of {namespace}/{name}")
         return self.blobs.read(record.digest)
 
-    def fetch_blob(self, digest: str, out: BinaryIO) -> None:
+    def fetch_blob(self, digest: str, out: BinaryIO, *, origin: BlobOrigin | None = None) -> None:
         path = self.blobs.path(digest)
         try:
             with open(path, "rb") as f:
