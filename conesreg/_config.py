@@ -57,7 +57,11 @@ class Config(BaseModel):
             return name, self.registries[name]
         if name == constants.DEFAULT_REGISTRY:
             return name, RegistryConfig(kind="local", path=str(constants.REGISTRY_DIR))
-        known = ", ".join(sorted({constants.DEFAULT_REGISTRY, *self.registries}))
+        if name == constants.HUB_REGISTRY:
+            return name, RegistryConfig(kind="hub")
+        known = ", ".join(
+            sorted({constants.DEFAULT_REGISTRY, constants.HUB_REGISTRY, *self.registries})
+        )
         raise ConfigError(
             f"unknown registry {name!r} (known: {known})",
             hint="add it with `conesreg config registry add NAME URL`",
@@ -144,12 +148,20 @@ def set_value(config: Config, key: str, value: str) -> Config:
     return config.model_copy(update={key: parsed})
 
 
-def add_registry(config: Config, name: str, url: str) -> Config:
-    """A copy of ``config`` with an http registry ``name`` at ``url`` (replacing the URL of one
-    already there, and keeping its token only if the URL is unchanged).
+def add_registry(
+    config: Config, name: str, url: str, *, kind: Literal["http", "hub"] = "http"
+) -> Config:
+    """A copy of ``config`` with a registry ``name`` at ``url`` (replacing the URL of one already
+    there, and keeping its token only if the URL is unchanged).
+
+    Args:
+        config: the config to extend.
+        name: the alias.
+        url: a registry_server's URL (``http``) or a Hub endpoint (``hub``).
+        kind: ``http`` for a registry_server, ``hub`` for a Hugging Face Hub endpoint.
 
     Raises:
-        ConfigError: a bad name, a URL that is not http(s), or the reserved name ``local``.
+        ConfigError: a bad name, a URL that is not http(s), or a reserved name (``local``).
 
     Example:
         >>> add_registry(Config(), "team", "https://concepts.acme.dev").registries["team"].kind
@@ -172,7 +184,7 @@ def add_registry(config: Config, name: str, url: str) -> Config:
         )
     old = config.registries.get(name)
     token = old.token if old is not None and old.url == url.rstrip("/") else None
-    reg = RegistryConfig(kind="http", url=url.rstrip("/"), token=token)
+    reg = RegistryConfig(kind=kind, url=url.rstrip("/"), token=token)
     return config.model_copy(update={"registries": {**config.registries, name: reg}})
 
 

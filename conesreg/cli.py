@@ -582,7 +582,13 @@ def _load_images(files: list[Path], size: int) -> Any:
 @click.option("--tag", "tags", multiple=True, help="Only concepts with this tag (repeatable).")
 @click.option("--base-model", default=None, help="Only concepts for this base-model hash.")
 @click.option("--class-word", default=None, help="Only concepts of this class word.")
-@click.option("--registry", default=None, help="Registry alias (default: the default registry).")
+@click.option(
+    "--registry",
+    "--source",
+    "registry",
+    default=None,
+    help="Registry alias, e.g. hf for the Hugging Face Hub (default: the default registry).",
+)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @_json_option
 def search(
@@ -686,14 +692,25 @@ def _print_overlap(s: Any, entries: list[Any], as_json: bool) -> None:
 
 @cli.command()
 @click.argument("ref")
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Also list tags that name no installable version (Hub repos), and why.",
+)
 @_json_option
-def versions(ref: str, as_json: bool) -> None:
+def versions(ref: str, everything: bool, as_json: bool) -> None:
     """List every version of a concept, yanked ones marked."""
     s = _session()
     r = s.parse(ref)
     entries = s.releases(r)
+    # Only sources whose versions are tags can have tags that are no version.
+    ignored = getattr(s.source(r.registry), "ignored", {}).get(f"{r.namespace}/{r.name}", [])
     if as_json:
-        _emit_json([e.model_dump(mode="json") for e in entries])
+        listed = [e.model_dump(mode="json") for e in entries]
+        if everything:
+            listed += [{"tag": t, "revision": c, "ignored": why} for t, c, why in ignored]
+        _emit_json(listed)
         return
     table = _table("version", "digest", "neurons", "size", "created", "state")
     for e in entries:
@@ -706,6 +723,9 @@ def versions(ref: str, as_json: bool) -> None:
             str(e.created or "-"),
             state,
         )
+    if everything:
+        for tag, commit, why in ignored:
+            table.add_row(tag, commit[:19] + "...", "-", "-", "-", f"ignored: {why}")
     _out().print(table)
 
 
@@ -874,12 +894,19 @@ def config_registry() -> None:
 @config_registry.command(name="add")
 @click.argument("name")
 @click.argument("url")
+@click.option(
+    "--kind",
+    type=click.Choice(["http", "hub"]),
+    default="http",
+    show_default=True,
+    help="http: a conesreg registry server; hub: a Hugging Face Hub endpoint.",
+)
 @click.option("--default", "make_default", is_flag=True, help="Also make it the default.")
-def config_registry_add(name: str, url: str, make_default: bool) -> None:
-    """Add the registry server at URL under NAME (then `conesreg login NAME`)."""
+def config_registry_add(name: str, url: str, kind: str, make_default: bool) -> None:
+    """Add the registry at URL under NAME (then, for a server, `conesreg login NAME`)."""
     from ._config import add_registry, load_config, save_config
 
-    cfg = add_registry(load_config(), name, url)
+    cfg = add_registry(load_config(), name, url, kind=kind)  # type: ignore[arg-type]
     if make_default:
         cfg = cfg.model_copy(update={"default_registry": name})
     save_config(cfg)

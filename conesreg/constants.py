@@ -44,6 +44,11 @@ BASE_MODEL: str | None = os.environ.get("CONESREG_BASE_MODEL") or None
 # --- names and formats -----------------------------------------------------------------------
 DEFAULT_NAMESPACE = "library"
 DEFAULT_REGISTRY = "local"
+#: The built-in alias of the Hugging Face Hub (``hf://acme/dog``). Its endpoint, token and
+#: offline switch are huggingface_hub's own (``HF_ENDPOINT``, ``HF_TOKEN`` or ``hf auth login``,
+#: ``HF_HUB_OFFLINE``), read by that library; a configured registry of kind ``hub`` may name
+#: another endpoint.
+HUB_REGISTRY = "hf"
 LOCKFILE_NAME = "conesreg.lock"
 LOCKFILE_VERSION = 1
 MANIFEST_SCHEMA_VERSION = 1

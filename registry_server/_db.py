@@ -3,7 +3,11 @@
 The database is the registry's index and its commit point: a version exists exactly when its
 row (with its blob links and search fields) is committed, in one transaction. Blob bytes live in
 the blob store (:mod:`registry_server._storage`); a ``blobs`` row says an upload finished, and the
-foreign key from ``version_blobs`` keeps a referenced blob's row from being garbage collected.
+foreign keys from ``version_blobs`` and ``hub_commit_blobs`` keep a referenced blob's row from being
+garbage collected.
+
+Repos written through the Hugging Face Hub-compatible API (:mod:`registry_server._hubrepo`) live in
+``hub_repos``, ``hub_commits`` (immutable) and ``hub_refs`` (branches and tags, which move).
 
 Tables are created on start (``create_all``); there are no migrations yet, the schema is v1.
 """
@@ -170,6 +174,62 @@ class Token(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     namespace: Mapped[Namespace] = relationship()
+
+
+class HubRepo(Base):
+    """A model repo written with ``huggingface_hub`` (create_repo, create_commit). Its
+    namespace/name is never also a native concept's: one name, one kind."""
+
+    __tablename__ = "hub_repos"
+    __table_args__ = (UniqueConstraint("namespace_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    private: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HubCommit(Base):
+    """One commit of a Hub repo: its whole tree, never changed once written."""
+
+    __tablename__ = "hub_commits"
+
+    #: 40 hex digits: the sha1 of the commit's canonical JSON (not a git hash).
+    oid: Mapped[str] = mapped_column(String(40), primary_key=True)
+    repo_id: Mapped[int] = mapped_column(ForeignKey("hub_repos.id"), index=True)
+    parent_oid: Mapped[str | None] = mapped_column(ForeignKey("hub_commits.oid"), default=None)
+    title: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: JSON: path -> {"digest": "sha256:...", "size": int, "sha1": git blob id of the content}.
+    tree: Mapped[str] = mapped_column(Text)
+    #: JSON: the YAML front matter of README.md in this tree (null: none). Parsed once, when
+    #: committed, so that listing repos by their card's tags reads the database only.
+    card: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class HubRef(Base):
+    """A branch (``main``) or a tag of a Hub repo, and the commit it points to now."""
+
+    __tablename__ = "hub_refs"
+    __table_args__ = (UniqueConstraint("repo_id", "kind", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repo_id: Mapped[int] = mapped_column(ForeignKey("hub_repos.id"))
+    kind: Mapped[str] = mapped_column(String(8))  # "branch" or "tag"
+    name: Mapped[str] = mapped_column(String(128))
+    target_oid: Mapped[str] = mapped_column(ForeignKey("hub_commits.oid"))
+    message: Mapped[str | None] = mapped_column(Text, default=None)  # a tag's message
+
+
+class HubCommitBlob(Base):
+    """The blobs a Hub commit's tree lists: gc keeps them, as it keeps ``version_blobs``."""
+
+    __tablename__ = "hub_commit_blobs"
+
+    commit_oid: Mapped[str] = mapped_column(ForeignKey("hub_commits.oid"), primary_key=True)
+    digest: Mapped[str] = mapped_column(ForeignKey("blobs.digest"), primary_key=True, index=True)
 
 
 class RegistryState(Base):

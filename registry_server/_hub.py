@@ -1,12 +1,24 @@
-"""Hugging Face Hub-compatible read endpoints, so that ``huggingface_hub`` can download concepts.
+"""Hugging Face Hub-compatible read endpoints, so that ``huggingface_hub`` can download concepts
+and Hub repos.
 
-A concept ``ns/name`` is a model repo; a revision is ``v{version}`` (or the bare version, or
-``main`` for the latest non-yanked version, or the 40-hex commit id this server derives from the
-manifest digest); its files are ``manifest.json`` (the canonical manifest) and every blob under
-its manifest path. Each file is presented as an LFS file whose sha256 is its digest, so the
-ETag the Hub client keys its cache on is the content hash. Served:
+Two kinds of model repo are served under the same routes:
 
+- a native concept ``ns/name`` (published through /v1): a revision is ``v{version}`` (or the bare
+  version, or ``main`` for the latest non-yanked version, or the 40-hex commit id this server
+  derives from the manifest digest); its files are ``manifest.json`` (the canonical manifest)
+  and every blob under its manifest path;
+- a Hub repo (written with ``huggingface_hub``, see :mod:`registry_server._hubrepo`): a revision
+  is the branch ``main``, a tag, or a commit oid (or a unique prefix of 7+ hex digits); its files
+  are that commit's tree; model info carries the ``tags`` and ``cardData`` of its README.md's
+  YAML front matter. A Hub repo the caller may not read is answered as a name never used.
+
+Each file is presented as an LFS file whose sha256 is its digest, so the ETag the Hub client keys
+its cache on is the content hash. Served:
+
+- ``GET /api/models``: Hub repos (head of ``main``), filtered by card tags, search and author;
 - ``GET /api/models/{ns}/{name}[/revision/{rev}]``: model info with ``sha`` and ``siblings``;
+- ``GET /api/models/{ns}/{name}/refs``: branches and tags with their commits;
+- ``GET /api/models/{ns}/{name}/commits/{rev}``: a revision's commits, newest first;
 - ``GET /api/models/{ns}/{name}/tree/{rev}[/{path}]``: the file tree (``recursive`` honoured);
 - ``GET|HEAD /{ns}/{name}/resolve/{rev}/{path}``: file bytes with ``X-Repo-Commit``, ``ETag``,
   ``Content-Length`` and Range support; no redirects (the bytes are served here).
@@ -19,10 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mimetypes
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -32,9 +46,10 @@ from sqlalchemy.orm import Session
 
 from conesreg._manifest import Manifest
 
+from . import _hubrepo as hr
 from . import _registry as r
 from ._auth import Caller
-from ._db import Namespace, Version
+from ._db import HubCommit, Namespace, Version
 from ._deps import Ctx, CtxDep, NameP, NamespaceP
 from ._errors import ApiError, responses
 from ._http import ranged_response
@@ -43,15 +58,18 @@ router = APIRouter()
 
 MANIFEST_FILE = "manifest.json"
 RevisionP = Annotated[
-    str, Path(description="v<version>, <version>, main or a commit id", examples=["v1.0.0"])
+    str,
+    Path(description="v<version>, <version>, main, a tag or a commit id", examples=["v1.0.0"]),
 ]
 FileP = Annotated[str, Path(description="a file of the repo", examples=["manifest.json"])]
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _HUB_CODES = {
     "concept_not_found": "RepoNotFound",
+    "repo_not_found": "RepoNotFound",
     "invalid_name": "RepoNotFound",
     "version_not_found": "RevisionNotFound",
     "invalid_version": "RevisionNotFound",
+    "revision_not_found": "RevisionNotFound",
     "entry_not_found": "EntryNotFound",
 }
 
@@ -67,6 +85,8 @@ class RepoFile:
     digest: str
     size: int
     media_type: str
+    #: The bytes are a manifest in the database (a concept's manifest.json), not a stored blob.
+    in_db: bool = False
 
     @property
     def sha256(self) -> str:
@@ -90,7 +110,7 @@ class RepoFile:
 def repo_files(row: Version, manifest: Manifest) -> list[RepoFile]:
     """``manifest.json`` first, then the blobs by path (a blob named manifest.json is hidden)."""
     size = len(manifest.canonical_json())
-    files = [RepoFile(MANIFEST_FILE, row.digest, size, "application/json")]
+    files = [RepoFile(MANIFEST_FILE, row.digest, size, "application/json", in_db=True)]
     files += [
         RepoFile(b.path, b.digest, b.size, b.media_type)
         for b in manifest.blobs
@@ -100,15 +120,19 @@ def repo_files(row: Version, manifest: Manifest) -> list[RepoFile]:
 
 
 @contextmanager
-def _hub_errors() -> Iterator[None]:
-    # The Hub client reads X-Error-Code to raise RepositoryNotFoundError and friends.
+def hub_errors(*, every_message: bool = False) -> Iterator[None]:
+    """Add the headers the Hub client reads to the :class:`ApiError` raised inside: X-Error-Code
+    (it raises RepositoryNotFoundError and friends by it) and X-Error-Message; the message on
+    every error too if ``every_message`` (the write routes: the client shows it)."""
     try:
         yield
     except ApiError as e:
-        if e.code in _HUB_CODES:
+        if e.code in _HUB_CODES or every_message:
             # Header values must be Latin-1 without line breaks: escape what the user typed.
             text = " ".join(e.message.split()).encode("ascii", "backslashreplace").decode()
-            e.headers = {**e.headers, "X-Error-Code": _HUB_CODES[e.code], "X-Error-Message": text}
+            e.headers = {**e.headers, "X-Error-Message": text}
+            if e.code in _HUB_CODES:
+                e.headers["X-Error-Code"] = _HUB_CODES[e.code]
         raise
 
 
@@ -134,25 +158,102 @@ def resolve_revision(
     return row
 
 
-def _model_info(
-    row: Version, manifest: Manifest, private: bool, files: list[RepoFile]
-) -> dict[str, Any]:
-    when = row.created_at.isoformat().replace("+00:00", "Z")
-    return {
-        "_id": commit_id(row.digest),
-        "id": f"{row.namespace}/{row.name}",
-        "modelId": f"{row.namespace}/{row.name}",
-        "author": row.namespace,
-        "sha": commit_id(row.digest),
-        "lastModified": when,
-        "createdAt": when,
-        "private": private,
+@dataclass(frozen=True)
+class Snapshot:
+    """One revision of a repo of either kind: what the read routes answer from."""
+
+    repo_id: str
+    sha: str
+    private: bool
+    created_at: datetime
+    last_modified: datetime
+    files: list[RepoFile]
+    tags: list[str]
+    library_name: str | None
+    #: The README's front matter (Hub repos only; None: none).
+    card: dict[str, Any] | None = None
+
+
+def native_snapshot(
+    session: Session, caller: Caller, namespace: str, name: str, revision: str
+) -> Snapshot:
+    """A concept's version as a repo revision (404/400 as :func:`resolve_revision`)."""
+    row = resolve_revision(session, caller, namespace, name, revision)
+    private = session.scalar(select(Namespace.private).where(Namespace.name == row.namespace))
+    manifest = r.manifest_of(session, row)
+    return Snapshot(
+        repo_id=f"{row.namespace}/{row.name}",
+        sha=commit_id(row.digest),
+        private=bool(private),
+        created_at=row.created_at,
+        last_modified=row.created_at,
+        files=repo_files(row, manifest),
+        tags=["conesreg", *manifest.metadata.tags],
+        library_name="conesreg",
+    )
+
+
+def _media_type(path: str) -> str:
+    return mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+def hub_snapshot(session: Session, repo: hr.Repo, revision: str) -> Snapshot:
+    """A Hub repo's commit that ``revision`` names (404 if none)."""
+    return commit_snapshot(repo, hr.resolve(session, repo, revision))
+
+
+def commit_snapshot(repo: hr.Repo, commit: HubCommit) -> Snapshot:
+    """A Hub repo's commit as a revision."""
+    card = hr.card_of(commit)
+    library = (card or {}).get("library_name")
+    files = [
+        RepoFile(path, e.digest, e.size, _media_type(path))
+        for path, e in sorted(hr.tree_of(commit).items())
+    ]
+    return Snapshot(
+        repo_id=repo.repo_id,
+        sha=commit.oid,
+        private=repo.private,
+        created_at=repo.created_at,
+        last_modified=commit.created_at,
+        files=files,
+        tags=hr.card_tags(card),
+        library_name=library if isinstance(library, str) else None,
+        card=card,
+    )
+
+
+def snapshot(
+    session: Session, caller: Caller, namespace: str, name: str, revision: str
+) -> Snapshot:
+    """The Hub repo's revision if ``caller`` sees a Hub repo of that name, else the concept's
+    (whose 404 is then also the answer for a private Hub repo: nothing leaks)."""
+    repo = hr.find_repo(session, caller, namespace, name)
+    if repo is not None:
+        return hub_snapshot(session, repo, revision)
+    return native_snapshot(session, caller, namespace, name, revision)
+
+
+def _when(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def model_info_json(snap: Snapshot) -> dict[str, Any]:
+    """The Hub's model info of a revision (what ``ModelInfo`` reads)."""
+    info: dict[str, Any] = {
+        "_id": snap.sha,
+        "id": snap.repo_id,
+        "modelId": snap.repo_id,
+        "author": snap.repo_id.split("/")[0],
+        "sha": snap.sha,
+        "lastModified": _when(snap.last_modified),
+        "createdAt": _when(snap.created_at),
+        "private": snap.private,
         "disabled": False,
         "gated": False,
         "downloads": 0,
         "likes": 0,
-        "library_name": "conesreg",
-        "tags": ["conesreg", *manifest.metadata.tags],
+        "tags": snap.tags,
         "siblings": [
             {
                 "rfilename": f.path,
@@ -160,18 +261,30 @@ def _model_info(
                 "blobId": f.blob_id(),
                 "lfs": {"sha256": f.sha256, **f.lfs()},
             }
-            for f in files
+            for f in snap.files
         ],
     }
+    if snap.library_name is not None:
+        info["library_name"] = snap.library_name
+    if snap.card is not None:
+        info["cardData"] = snap.card
+    return info
 
 
-def _model_info_response(ctx: Ctx, namespace: str, name: str, revision: str) -> JSONResponse:
-    with _hub_errors():
-        row = resolve_revision(ctx.session, ctx.caller, namespace, name, revision)
-    private = ctx.session.scalar(select(Namespace.private).where(Namespace.name == row.namespace))
-    manifest = r.manifest_of(ctx.session, row)
-    files = repo_files(row, manifest)
-    return JSONResponse(_model_info(row, manifest, bool(private), files))
+def _expanded(info: dict[str, Any], expand: list[str] | None) -> dict[str, Any]:
+    # As on the Hub: with expand, only the properties asked for (and the ids) are returned.
+    if not expand:
+        return info
+    keep = {"_id", "id", *expand}
+    return {k: v for k, v in info.items() if k in keep}
+
+
+def _model_info_response(
+    ctx: Ctx, namespace: str, name: str, revision: str, expand: list[str] | None
+) -> JSONResponse:
+    with hub_errors():
+        snap = snapshot(ctx.session, ctx.caller, namespace, name, revision)
+    return JSONResponse(_expanded(model_info_json(snap), expand))
 
 
 _INFO: dict[int | str, dict[str, Any]] = {
@@ -180,9 +293,16 @@ _INFO: dict[int | str, dict[str, Any]] = {
 }
 
 
+_Expand = Annotated[
+    list[str] | None, Query(description="return only these properties (and the ids)")
+]
+
+
 @router.get("/api/models/{namespace}/{name}", responses=_INFO, summary="Hub: model info (main)")
-def model_info(namespace: NamespaceP, name: NameP, ctx: CtxDep) -> JSONResponse:
-    return _model_info_response(ctx, namespace, name, "main")
+def model_info(
+    namespace: NamespaceP, name: NameP, ctx: CtxDep, expand: _Expand = None
+) -> JSONResponse:
+    return _model_info_response(ctx, namespace, name, "main", expand)
 
 
 @router.get(
@@ -191,9 +311,66 @@ def model_info(namespace: NamespaceP, name: NameP, ctx: CtxDep) -> JSONResponse:
     summary="Hub: model info at a revision",
 )
 def model_info_at(
-    namespace: NamespaceP, name: NameP, revision: RevisionP, ctx: CtxDep
+    namespace: NamespaceP, name: NameP, revision: RevisionP, ctx: CtxDep, expand: _Expand = None
 ) -> JSONResponse:
-    return _model_info_response(ctx, namespace, name, revision)
+    return _model_info_response(ctx, namespace, name, revision, expand)
+
+
+@router.get(
+    "/api/models",
+    responses={200: {"description": "Hub model infos"}, **responses(401, 422)},
+    summary="Hub: list Hub repos (head of main) by card tags, search and author",
+)
+def list_models(
+    ctx: CtxDep,
+    tags: Annotated[
+        list[str] | None,
+        Query(alias="filter", description="repeatable; every one must be a tag of the card"),
+    ] = None,
+    search: Annotated[str | None, Query(max_length=1000, description="part of the id")] = None,
+    author: Annotated[str | None, Query(description="the namespace")] = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    card_data: Annotated[bool, Query(alias="cardData")] = False,
+    full: Annotated[bool, Query(description="include the files (siblings)")] = False,
+    expand: _Expand = None,
+) -> JSONResponse:
+    found = hr.list_repos(
+        ctx.session, ctx.caller, tags=tags or [], search=search, author=author, limit=limit
+    )
+    infos = []
+    for repo, head in found:
+        info = model_info_json(commit_snapshot(repo, head))
+        # As on the Hub, a listing carries the card and the files only when asked.
+        if not (card_data or full):
+            info.pop("cardData", None)
+        if not full:
+            info.pop("siblings")
+        infos.append(_expanded(info, expand) if expand else info)
+    return JSONResponse(infos)
+
+
+def _ref(kind: str, name: str, oid: str) -> dict[str, str]:
+    return {"name": name, "ref": f"refs/{kind}/{name}", "targetCommit": oid}
+
+
+@router.get(
+    "/api/models/{namespace}/{name}/refs",
+    responses={200: {"description": "Hub refs"}, **responses(400, 401, 404, 422)},
+    summary="Hub: branches and tags (a concept: main and v<version> for every version)",
+)
+def list_refs(namespace: NamespaceP, name: NameP, ctx: CtxDep) -> JSONResponse:
+    with hub_errors():
+        repo = hr.find_repo(ctx.session, ctx.caller, namespace, name)
+        if repo is not None:
+            rows = hr.refs(ctx.session, repo)
+            branches = [_ref("heads", x.name, x.target_oid) for x in rows if x.kind == "branch"]
+            tags = [_ref("tags", x.name, x.target_oid) for x in rows if x.kind == "tag"]
+        else:
+            concept = r.find_concept(ctx.session, ctx.caller, namespace, name)
+            versions = r.concept_versions(ctx.session, concept)
+            branches = [_ref("heads", "main", commit_id(v.digest)) for v in versions if v.is_latest]
+            tags = [_ref("tags", f"v{v.version}", commit_id(v.digest)) for v in versions]
+    return JSONResponse({"branches": branches, "converts": [], "tags": tags, "pullRequests": []})
 
 
 def _tree(
@@ -223,17 +400,44 @@ def _tree(
     return sorted(entries.values(), key=lambda e: e["path"]), found
 
 
+@router.get(
+    "/api/models/{namespace}/{name}/commits/{revision}",
+    responses={200: {"description": "Hub commits, newest first"}, **responses(400, 401, 404, 422)},
+    summary="Hub: the commits of a revision (a concept: its versions up to that one)",
+)
+def list_commits(
+    namespace: NamespaceP, name: NameP, revision: RevisionP, ctx: CtxDep
+) -> JSONResponse:
+    with hub_errors():
+        repo = hr.find_repo(ctx.session, ctx.caller, namespace, name)
+        if repo is not None:
+            commits = hr.history(ctx.session, repo, hr.resolve(ctx.session, repo, revision))
+            items = [_commit(c.oid, c.title, c.message, c.created_at) for c in commits]
+        else:
+            row = resolve_revision(ctx.session, ctx.caller, namespace, name, revision)
+            concept = r.find_concept(ctx.session, ctx.caller, namespace, name)
+            versions = r.concept_versions(ctx.session, concept)
+            upto = versions[: [v.id for v in versions].index(row.id) + 1]
+            items = [
+                _commit(commit_id(v.digest), f"v{v.version}", "", v.created_at)
+                for v in reversed(upto)
+            ]
+    return JSONResponse(items)
+
+
+def _commit(oid: str, title: str, message: str, when: datetime) -> dict[str, Any]:
+    return {"id": oid, "title": title, "message": message, "date": _when(when), "authors": []}
+
+
 def _tree_response(
     ctx: Ctx, namespace: str, name: str, revision: str, folder: str, recursive: bool
 ) -> JSONResponse:
-    with _hub_errors():
-        row = resolve_revision(ctx.session, ctx.caller, namespace, name, revision)
-        entries, found = _tree(
-            repo_files(row, r.manifest_of(ctx.session, row)), folder, recursive=recursive
-        )
+    with hub_errors():
+        snap = snapshot(ctx.session, ctx.caller, namespace, name, revision)
+        entries, found = _tree(snap.files, folder, recursive=recursive)
         if not found:
             raise ApiError(404, "entry_not_found", f"no folder {folder} in {namespace}/{name}")
-    return JSONResponse(entries, headers={"X-Repo-Commit": commit_id(row.digest)})
+    return JSONResponse(entries, headers={"X-Repo-Commit": snap.sha})
 
 
 _TREE: dict[int | str, dict[str, Any]] = {
@@ -311,23 +515,25 @@ def resolve(
     request: Request,
     ctx: CtxDep,
 ) -> Response:
-    with _hub_errors():
-        row = resolve_revision(ctx.session, ctx.caller, namespace, name, revision)
-        files = {f.path: f for f in repo_files(row, r.manifest_of(ctx.session, row))}
+    with hub_errors():
+        snap = snapshot(ctx.session, ctx.caller, namespace, name, revision)
+        files = {f.path: f for f in snap.files}
         if path not in files:
+            # With the commit, as the Hub does: the client then remembers the file is absent.
             raise ApiError(
                 404,
                 "entry_not_found",
                 f"no file {path} in {namespace}/{name} at {revision}: files are "
-                f"{', '.join(sorted(files))}",
+                f"{', '.join(sorted(files)[:50])}",
+                headers={"X-Repo-Commit": snap.sha},
             )
     f = files[path]
-    data = r.manifest_bytes(ctx.session, row.digest) if path == MANIFEST_FILE else b""
+    data = r.manifest_bytes(ctx.session, f.digest) if f.in_db else b""
     ctx.session.close()
     storage = ctx.reg.storage
 
     def open_file() -> Any:
-        return io.BytesIO(data) if f.path == MANIFEST_FILE else storage.open_read(f.digest)
+        return io.BytesIO(data) if f.in_db else storage.open_read(f.digest)
 
     return ranged_response(
         request,
@@ -335,5 +541,5 @@ def resolve(
         etag=f'"{f.sha256}"',
         open_file=open_file,
         media_type=f.media_type,
-        headers={"X-Repo-Commit": commit_id(row.digest)},
+        headers={"X-Repo-Commit": snap.sha},
     )

@@ -39,6 +39,8 @@ from ._auth import Caller
 from ._db import (
     Blob,
     Concept,
+    HubCommitBlob,
+    HubRepo,
     ManifestData,
     Namespace,
     RegistryState,
@@ -490,6 +492,17 @@ def publish(reg: Registry, manifest: Manifest) -> tuple[Version, bool]:
             ns = session.scalar(select(Namespace).where(Namespace.name == manifest.namespace))
             if ns is None:
                 raise ApiError(404, "namespace_not_found", f"no namespace {manifest.namespace}")
+            # One name, one kind: checked under the writer lock, as create_repo checks concepts.
+            hub_repo = select(HubRepo.id).where(
+                HubRepo.namespace_id == ns.id, HubRepo.name == manifest.name
+            )
+            if session.scalar(hub_repo) is not None:
+                raise ApiError(
+                    409,
+                    "name_taken",
+                    f"{manifest.id} is a Hub repo (written with huggingface_hub), not a concept: "
+                    "publish the concept under another name",
+                )
             existing = _existing(session, manifest)
             if existing is not None:  # pushed concurrently while we validated
                 session.rollback()
@@ -806,14 +819,15 @@ class GcReport:
 
 
 def collect_garbage(reg: Registry, *, older_than: float) -> GcReport:
-    """Delete blobs no version references that were uploaded more than ``older_than`` s ago,
-    files older than that the database does not know (a server killed between moving a file
-    into place and recording it), and uploads idle longer than ``min(older_than, chunk
-    timeout)`` (an upload in progress writes at least that often, or is dropped).
+    """Delete blobs no version or Hub commit references that were uploaded more than
+    ``older_than`` s ago, files older than that the database does not know (a server killed
+    between moving a file into place and recording it), and uploads idle longer than
+    ``min(older_than, chunk timeout)`` (an upload in progress writes at least that often, or is
+    dropped).
 
     A referenced blob is never deleted: its row is deleted only while unlinked, in a transaction
-    that re-checks, and the file only with the row; a push racing that transaction fails on the
-    blob link's foreign key instead of publishing a version without its blob.
+    that re-checks, and the file only with the row; a push or Hub commit racing that transaction
+    fails on the blob link's foreign key instead of committing without its blob.
     """
     now = utcnow()
     cutoff = now - timedelta(seconds=older_than)
@@ -821,7 +835,10 @@ def collect_garbage(reg: Registry, *, older_than: float) -> GcReport:
     uploads = reg.storage.remove_stale_uploads(
         unix_now - min(older_than, reg.settings.chunk_timeout_seconds)
     )
-    unreferenced = ~exists().where(VersionBlob.digest == Blob.digest)
+    unreferenced = and_(
+        ~exists().where(VersionBlob.digest == Blob.digest),
+        ~exists().where(HubCommitBlob.digest == Blob.digest),
+    )
     with reg.sessions() as session:
         candidates = session.scalars(
             select(Blob.digest).where(Blob.uploaded_at < cutoff, unreferenced)

@@ -15,6 +15,7 @@ _ENV_FIELDS = (
     "database_url",
     "max_blob_bytes",
     "max_manifest_bytes",
+    "max_hub_commit_bytes",
     "orphan_age_seconds",
     "chunk_timeout_seconds",
     "registry_name",
@@ -41,6 +42,11 @@ class Settings(BaseModel):
     )
     max_blob_bytes: int = Field(default=256 << 20, gt=0)
     max_manifest_bytes: int = Field(default=1 << 20, gt=0)
+    max_hub_commit_bytes: int = Field(
+        default=1 << 30,
+        gt=0,
+        description="the largest Hub commit body (NDJSON, files base64-encoded inline)",
+    )
     orphan_age_seconds: float = Field(
         default=24 * 3600,
         ge=0,

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 
-from . import _api, _browse, _hub
+from . import _api, _browse, _hub, _hub_write
 from ._errors import install_handlers, log
 from ._registry import collect_garbage, open_registry
 from ._settings import Settings
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /v1 and the pages first: the Hub's /{ns}/{name}/resolve/... must never shadow them.
     app.include_router(_api.router)
     app.include_router(_browse.router)
+    app.include_router(_hub_write.router)
     app.include_router(_hub.router)
 
     def openapi() -> dict[str, Any]:

@@ -26,6 +26,10 @@ def open_source(config: Config, registry: str | None = None) -> Source:
         from ._http import HttpSource
 
         return HttpSource(reg.url, name=name, token=reg.token)
+    if reg.kind == "hub":
+        from ._hub import HubSource
+
+        return HubSource(name=name, endpoint=reg.url, token=reg.token)
     raise ConfigError(
         f"registry {name!r} is of kind {reg.kind!r}, which this conesreg cannot open",
         hint="upgrade conesreg or remove the registry with `conesreg config`",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -113,7 +113,7 @@ class LocalSource:
         class_word: str | None = None,
         limit: int = 50,
     ) -> list[IndexEntry]:
-        hits: list[tuple[int, IndexEntry]] = []
+        latest_of_each: list[IndexEntry] = []
         concepts = self.root / "concepts"
         for folder in sorted(concepts.glob("*/*")) if concepts.is_dir() else ():
             live = [
@@ -123,14 +123,15 @@ class LocalSource:
             ]
             if not live:
                 continue
-            latest = sort_releases([self._entry(r) for _, r in live])[-1]
-            score = match_score(
-                latest, query, tags=tags, base_model_hash=base_model_hash, class_word=class_word
-            )
-            if score > 0:
-                hits.append((score, latest))
-        hits.sort(key=lambda h: (-h[0], h[1].id))
-        return [entry for _, entry in hits[:limit]]
+            latest_of_each.append(sort_releases([self._entry(r) for _, r in live])[-1])
+        return rank_matches(
+            latest_of_each,
+            query,
+            tags=tags,
+            base_model_hash=base_model_hash,
+            class_word=class_word,
+            limit=limit,
+        )
 
     # -- writing ---------------------------------------------------------------------------------
     def push(self, manifest: Manifest, files: Mapping[str, Path]) -> bool:
@@ -202,3 +203,27 @@ def match_score(
             return 0
         score += 10 if term in (entry.name, entry.class_word.lower()) else 2
     return score
+
+
+def rank_matches(
+    entries: Iterable[IndexEntry],
+    query: str,
+    *,
+    tags: Sequence[str] = (),
+    base_model_hash: str | None = None,
+    class_word: str | None = None,
+    limit: int = 50,
+) -> list[IndexEntry]:
+    """The ``entries`` that match (:func:`match_score` > 0), best first, ties by id."""
+    scored = [
+        (score, e)
+        for e in entries
+        if (
+            score := match_score(
+                e, query, tags=tags, base_model_hash=base_model_hash, class_word=class_word
+            )
+        )
+        > 0
+    ]
+    scored.sort(key=lambda h: (-h[0], h[1].id))
+    return [e for _, e in scored[:limit]]

@@ -1,0 +1,769 @@
+"""Hub repos: model repos written with ``huggingface_hub`` (create_repo, create_commit, tags).
+
+These functions hold the logic of the Hub write emulation; the routes are in
+:mod:`registry_server._hub_write` (writes) and :mod:`registry_server._hub` (reads).
+
+- A repo belongs to a namespace and has a name that no native concept of that namespace has
+  (one name, one kind: both sides check under the writer lock).
+- A commit is immutable: its whole tree (path -> blob digest, size and git blob id), its parent,
+  title, message and time; its oid is the sha1 of those as canonical JSON (not a git hash).
+  Creating a repo writes an initial commit holding ``.gitattributes``, as the Hub does.
+- Refs move: the branch ``main`` (the only branch) and tags. A commit moves ``main`` only if
+  its parent is still the head; every write takes the writer lock of the publish path first
+  (:func:`registry_server._registry._lock`), so that check cannot race.
+- File contents are blobs of the content-addressed store, linked from their commits
+  (``hub_commit_blobs``) so that gc keeps them; the same file is stored once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, cast
+
+import yaml
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from . import _registry as r
+from ._auth import Caller, require_push
+from ._db import Concept, HubCommit, HubCommitBlob, HubRef, HubRepo, Namespace, utcnow
+from ._errors import ApiError
+
+#: The one branch of every Hub repo.
+BRANCH = "main"
+README = "README.md"
+#: What a new repo's initial commit holds, as on the Hub (patterns of files git would keep in
+#: LFS there; this server stores every file the same way).
+_LFS_SUFFIXES = "bin ckpt gguf h5 npy npz onnx pt pth safetensors tar zip"
+GITATTRIBUTES = b"".join(
+    f"*.{ext} filter=lfs diff=lfs merge=lfs -text\n".encode() for ext in _LFS_SUFFIXES.split()
+)
+#: The most metadata read from a README's front matter (characters, values, nesting).
+MAX_CARD_CHARS = 100_000
+_MAX_CARD_VALUES = 10_000
+_MAX_CARD_DEPTH = 32
+
+_OID_PREFIX_RE = re.compile(r"^[0-9a-fA-F]{7,40}$")
+_PARENT_RE = re.compile(r"^[0-9a-fA-F]{5,40}$")
+_FULL_OID_RE = re.compile(r"^[0-9a-fA-F]{40}$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+# -- files and trees -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of a tree: its blob, its size and its git blob id (what preupload reports)."""
+
+    digest: str
+    size: int
+    sha1: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "size": self.size, "sha1": self.sha1}
+
+
+def git_blob_id(data: bytes) -> str:
+    """The id git gives ``data`` as a blob: the Hub client compares it to skip unchanged files."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def tree_of(commit: HubCommit) -> dict[str, FileEntry]:
+    """The files of ``commit``, by path."""
+    return {path: FileEntry(**entry) for path, entry in json.loads(commit.tree).items()}
+
+
+def card_of(commit: HubCommit) -> dict[str, Any] | None:
+    """The README front matter of ``commit`` (None: no README or no front matter)."""
+    return cast("dict[str, Any] | None", json.loads(commit.card)) if commit.card else None
+
+
+def check_path(path: Any) -> str:
+    """A file path of a repo, or 400: relative, ``/``-separated, no empty, ``.``, ``..`` or
+    ``.git`` segment, no backslash or control character, at most 1000 characters."""
+    ok = isinstance(path, str) and 0 < len(path) <= 1000
+    if ok:
+        parts = path.split("/")
+        ok = not any(p in ("", ".", "..", ".git") for p in parts) and not any(
+            ch < " " or ch in "\x7f\\" for ch in path
+        )
+    if not ok:
+        raise ApiError(
+            400,
+            "invalid_path",
+            f"{str(path)[:200]!r} is not a file path of a repo: write a relative path "
+            "with / between non-empty segments (no '..', no '.git')",
+        )
+    return cast("str", path)
+
+
+def store_file(reg: r.Registry, data: bytes) -> FileEntry:
+    """Put ``data`` into the blob store (once per content) and record it as uploaded now, so
+    that gc leaves it alone until a commit links it."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with reg.storage.open_upload(digest) as upload:
+        upload.write(data)
+        r.commit_upload(reg, upload)
+    return FileEntry(digest=digest, size=len(data), sha1=git_blob_id(data))
+
+
+# -- model cards (README.md front matter) ----------------------------------------------------------
+class CardError(ValueError):
+    """A README whose YAML front matter is not a readable mapping."""
+
+
+def front_matter(text: str) -> str | None:
+    """The YAML between a README's opening ``---`` line and the next ``---`` line, or None."""
+    lines = text.lstrip("\ufeff").splitlines()
+    start = 0
+    while start < len(lines) and not lines[start].strip():
+        start += 1
+    if start == len(lines) or lines[start].rstrip() != "---":
+        return None
+    for end in range(start + 1, len(lines)):
+        if lines[end].rstrip() == "---":
+            return "\n".join(lines[start + 1 : end])
+    return None
+
+
+def parse_card(text: str) -> dict[str, Any] | None:
+    """The front matter of README text as JSON-able data (None: the README has none).
+
+    Dates become ISO strings, non-finite floats strings, so that the card always serialises.
+
+    Raises:
+        CardError: the front matter is not YAML, not a mapping, or too large.
+    """
+    yaml_text = front_matter(text)
+    if yaml_text is None:
+        return None
+    if len(yaml_text) > MAX_CARD_CHARS:
+        raise CardError(f"the metadata is longer than {MAX_CARD_CHARS} characters")
+    try:
+        data = yaml.safe_load(yaml_text)
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        raise CardError(f"the metadata is not valid YAML: {' '.join(str(e).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CardError("the metadata must be a YAML mapping (key: value lines)")
+    # Aliases can make a small document a huge tree: count what is converted.
+    return cast("dict[str, Any]", _plain(data, [_MAX_CARD_VALUES], 0))
+
+
+def _plain(value: Any, budget: list[int], depth: int) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > _MAX_CARD_DEPTH:
+        raise CardError("the metadata is too large or too deeply nested")
+    if isinstance(value, dict):
+        return {str(k): _plain(v, budget, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_plain(v, budget, depth + 1) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, date):  # datetimes too
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return str(value)
+
+
+def card_tags(card: Mapping[str, Any] | None) -> list[str]:
+    """The card's ``tags`` (a string or a list of strings), in order, without repeats."""
+    tags = (card or {}).get("tags")
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, list):
+        return []
+    return list(dict.fromkeys(t for t in tags if isinstance(t, str)))
+
+
+def _card_json(data: bytes) -> str | None:
+    try:
+        card = parse_card(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_metadata", f"{README} is not UTF-8 text") from None
+    except CardError as e:
+        raise ApiError(400, "invalid_metadata", f"invalid metadata in {README}: {e}") from None
+    return None if card is None else json.dumps(card, sort_keys=True)
+
+
+# -- repos and revisions ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Repo:
+    """A Hub repo as the routes need it (plain values: usable after its session closed)."""
+
+    id: int
+    namespace: str
+    name: str
+    #: The repo's own flag or its namespace's: either hides it from other callers.
+    private: bool
+    created_at: datetime
+
+    @property
+    def repo_id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def _repo_row(session: Session, namespace: str, name: str) -> Repo | None:
+    row = session.execute(
+        select(HubRepo, Namespace.private)
+        .join(Namespace, HubRepo.namespace_id == Namespace.id)
+        .where(Namespace.name == namespace, HubRepo.name == name)
+    ).first()
+    if row is None:
+        return None
+    repo, ns_private = row
+    return Repo(repo.id, namespace, repo.name, repo.private or ns_private, repo.created_at)
+
+
+def find_repo(session: Session, caller: Caller, namespace: str, name: str) -> Repo | None:
+    """The Hub repo ``namespace/name`` if ``caller`` may read it; None if there is none or it is
+    private and not the caller's (callers answer both exactly as for a name never used).
+
+    Raises:
+        ApiError: 400 for invalid names.
+    """
+    r.check_names(namespace, name)
+    repo = _repo_row(session, namespace, name)
+    if repo is None or not caller.can_read(namespace, private=repo.private):
+        return None
+    return repo
+
+
+def _is_concept(session: Session, namespace: str, name: str) -> bool:
+    query = (
+        select(Concept.id)
+        .join(Namespace, Concept.namespace_id == Namespace.id)
+        .where(Namespace.name == namespace, Concept.name == name)
+    )
+    return session.scalar(query) is not None
+
+
+def _native_concept(namespace: str, name: str) -> ApiError:
+    return ApiError(
+        409,
+        "name_taken",
+        f"{namespace}/{name} is a concept published through /v1, not a Hub repo: "
+        "write Hub repos under another name",
+    )
+
+
+def writable_repo(session: Session, caller: Caller, namespace: str, name: str) -> Repo:
+    """The Hub repo ``caller`` wants to write to.
+
+    Raises:
+        ApiError: 400 invalid names, 401/403 no push token of ``namespace``, 409 the name is a
+            native concept's, 404 no such repo.
+    """
+    r.check_names(namespace, name)
+    require_push(caller, namespace)
+    repo = _repo_row(session, namespace, name)
+    if repo is not None:
+        return repo
+    if _is_concept(session, namespace, name):
+        raise _native_concept(namespace, name)
+    raise ApiError(
+        404,
+        "repo_not_found",
+        f"no Hub repo {namespace}/{name} here: create it first (HfApi.create_repo)",
+    )
+
+
+def revision_not_found(repo: Repo, revision: str) -> ApiError:
+    return ApiError(
+        404,
+        "revision_not_found",
+        f"no revision {revision[:200]} in {repo.repo_id}: use a branch ({BRANCH}), a tag "
+        "or a commit oid (list them with list_repo_refs)",
+    )
+
+
+def resolve(session: Session, repo: Repo, revision: str) -> HubCommit:
+    """The commit ``revision`` names: a branch, else a tag, else a commit oid of this repo (in
+    full, or a unique prefix of at least 7 hex digits); 404 otherwise."""
+    oid = session.scalar(
+        select(HubRef.target_oid)
+        .where(HubRef.repo_id == repo.id, HubRef.name == revision)
+        .order_by(HubRef.kind)  # "branch" before "tag"
+        .limit(1)
+    )
+    if oid is None and _OID_PREFIX_RE.match(revision):
+        oids = session.scalars(
+            select(HubCommit.oid)
+            .where(HubCommit.repo_id == repo.id, HubCommit.oid.startswith(revision.lower()))
+            .limit(2)
+        ).all()
+        oid = oids[0] if len(oids) == 1 else None
+    commit = session.get(HubCommit, oid) if oid is not None else None
+    if commit is None:
+        raise revision_not_found(repo, revision)
+    return commit
+
+
+def _branch(session: Session, repo: Repo, branch: str) -> HubRef:
+    ref = session.scalar(
+        select(HubRef).where(
+            HubRef.repo_id == repo.id, HubRef.kind == "branch", HubRef.name == branch
+        )
+    )
+    if ref is None:
+        raise ApiError(
+            404,
+            "revision_not_found",
+            f"no branch {branch[:200]} in {repo.repo_id}: commits go to a branch, and this "
+            f"server's repos have one, {BRANCH}",
+        )
+    return ref
+
+
+def branch_head(session: Session, repo: Repo, branch: str) -> HubCommit:
+    """The commit ``branch`` points to (404 if it is no branch of ``repo``)."""
+    commit = session.get(HubCommit, _branch(session, repo, branch).target_oid)
+    assert commit is not None  # a ref's target is a foreign key
+    return commit
+
+
+def history(session: Session, repo: Repo, commit: HubCommit) -> list[HubCommit]:
+    """``commit`` and its ancestors, newest first."""
+    by_oid = {
+        c.oid: c for c in session.scalars(select(HubCommit).where(HubCommit.repo_id == repo.id))
+    }
+    found = [commit]
+    while (parent := found[-1].parent_oid) is not None:
+        found.append(by_oid[parent])
+    return found
+
+
+def refs(session: Session, repo: Repo) -> list[HubRef]:
+    """Every branch and tag of ``repo``: branches first, then by name."""
+    query = select(HubRef).where(HubRef.repo_id == repo.id).order_by(HubRef.kind, HubRef.name)
+    return list(session.scalars(query))
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def _new_commit(
+    session: Session,
+    repo: Repo,
+    parent: str | None,
+    tree: Mapping[str, FileEntry],
+    *,
+    title: str,
+    message: str,
+    card: str | None,
+) -> HubCommit:
+    """Insert a commit and its blob links (in the caller's transaction)."""
+    when = utcnow()
+    tree_json = {path: tree[path].to_json() for path in sorted(tree)}
+    canonical = {
+        "repo": repo.repo_id,
+        "parent": parent,
+        "tree": tree_json,
+        "title": title,
+        "message": message,
+        "time": when.isoformat(),
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    row = HubCommit(
+        oid=hashlib.sha1(text.encode()).hexdigest(),
+        repo_id=repo.id,
+        parent_oid=parent,
+        title=title,
+        message=message,
+        created_at=when,
+        tree=json.dumps(tree_json, separators=(",", ":")),
+        card=card,
+    )
+    session.add(row)
+    session.flush()
+    digests = {entry.digest for entry in tree.values()}
+    session.add_all(HubCommitBlob(commit_oid=row.oid, digest=d) for d in digests)
+    session.flush()
+    return row
+
+
+def _blob_collected() -> ApiError:
+    # Only a blob link can fail: gc removed a file stored long ago between storing and linking.
+    return ApiError(400, "blob_unknown", "a file was collected while committing: commit again")
+
+
+def create_repo(
+    reg: r.Registry, caller: Caller, namespace: str, name: str, *, private: bool
+) -> Repo:
+    """Create ``namespace/name`` with an initial commit (``.gitattributes``) on ``main``.
+
+    Raises:
+        ApiError: 400 invalid names, 401/403 no push token of ``namespace``, 409 the repo exists
+            or the name is a native concept's.
+    """
+    r.check_names(namespace, name)
+    require_push(caller, namespace)
+    attributes = store_file(reg, GITATTRIBUTES)  # before the lock: file I/O
+    with reg.sessions() as session:
+        try:
+            r._lock(session)  # the publish path's writer lock: names are checked race-free
+            ns = session.scalar(select(Namespace).where(Namespace.name == namespace))
+            if ns is None:
+                raise ApiError(404, "namespace_not_found", f"no namespace {namespace}")
+            if _is_concept(session, namespace, name):
+                raise _native_concept(namespace, name)
+            if _repo_row(session, namespace, name) is not None:
+                raise ApiError(409, "repo_exists", f"the Hub repo {namespace}/{name} exists")
+            row = HubRepo(namespace_id=ns.id, name=name, private=private, created_at=utcnow())
+            session.add(row)
+            session.flush()
+            repo = Repo(row.id, namespace, name, private or ns.private, row.created_at)
+            first = _new_commit(
+                session,
+                repo,
+                None,
+                {".gitattributes": attributes},
+                title="initial commit",
+                message="",
+                card=None,
+            )
+            session.add(HubRef(repo_id=repo.id, kind="branch", name=BRANCH, target_oid=first.oid))
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            raise _blob_collected() from None
+        except BaseException:
+            session.rollback()
+            raise
+    return repo
+
+
+@dataclass(frozen=True)
+class AddFile:
+    path: str
+    entry: FileEntry
+
+
+@dataclass(frozen=True)
+class DeletePath:
+    path: str
+    folder: bool
+
+
+def line_limit(max_file_bytes: int) -> int:
+    """The longest NDJSON line a file of ``max_file_bytes`` can make (base64 plus the JSON)."""
+    return (max_file_bytes + 2) // 3 * 4 + 4096
+
+
+class CommitPayload:
+    """The NDJSON body of a commit, fed one line at a time: a ``header`` line, then ``file``,
+    ``deletedFile`` and ``deletedFolder`` lines. Each file is stored as its line arrives, so
+    the payload holds digests, never the contents."""
+
+    def __init__(self, reg: r.Registry) -> None:
+        self.reg = reg
+        self.title: str | None = None
+        self.description = ""
+        #: The parent commit the client requires (a prefix of 5 to 40 hex digits), if any.
+        self.parent: str | None = None
+        self.ops: list[AddFile | DeletePath] = []
+        #: The card of each README.md added, by its digest.
+        self.cards: dict[str, str | None] = {}
+
+    @property
+    def has_header(self) -> bool:
+        return self.title is not None
+
+    def feed(self, line: bytes) -> None:
+        """Take one line of the body.
+
+        Raises:
+            ApiError: 400 for a malformed line, an invalid path or README metadata, an LFS
+                file; 413 for a file larger than the server's blob limit.
+        """
+        try:
+            item = json.loads(line)
+        except ValueError:
+            raise _bad_commit("a line of the body is not JSON") from None
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            raise _bad_commit('each line must be {"key": ..., "value": {...}}')
+        key, value = item.get("key"), item["value"]
+        if self.title is None:
+            if key != "header":
+                raise _bad_commit("the first line must be the header (summary, description)")
+            self._header(value)
+        elif key == "file":
+            self.ops.append(self._file(value))
+        elif key in ("deletedFile", "deletedFolder"):
+            path = value.get("path")
+            if key == "deletedFolder" and isinstance(path, str):
+                path = path.rstrip("/")
+            self.ops.append(DeletePath(check_path(path), folder=key == "deletedFolder"))
+        elif key == "lfsFile":
+            raise ApiError(
+                400,
+                "lfs_not_supported",
+                "this server takes no LFS uploads: preupload answers every file 'regular', so "
+                "send its content inline (a file line); copying LFS files is not supported",
+            )
+        else:
+            raise _bad_commit(
+                f"unknown line {str(key)[:50]!r}: expected file, deletedFile or deletedFolder"
+            )
+
+    def _header(self, value: dict[str, Any]) -> None:
+        summary, description = value.get("summary"), value.get("description") or ""
+        parent = value.get("parentCommit")
+        if not isinstance(summary, str) or not summary.strip():
+            raise _bad_commit("the header needs a summary (the commit message)")
+        if not isinstance(description, str):
+            raise _bad_commit("the header's description must be a string")
+        if parent is not None and not (isinstance(parent, str) and _PARENT_RE.match(parent)):
+            raise _bad_commit("parentCommit must be a commit oid (5 to 40 hex digits)")
+        self.title, self.description = summary, description
+        self.parent = parent.lower() if parent is not None else None
+
+    def _file(self, value: dict[str, Any]) -> AddFile:
+        path = check_path(value.get("path"))
+        content, encoding = value.get("content"), value.get("encoding", "base64")
+        if not isinstance(content, str):
+            raise _bad_commit(f"the file line of {path} has no content")
+        if encoding == "base64":
+            try:
+                data = base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError):
+                raise _bad_commit(f"the content of {path} is not base64") from None
+        elif encoding == "utf-8":
+            data = content.encode()
+        else:
+            raise _bad_commit(f"unknown encoding {str(encoding)[:20]!r} of {path}: use base64")
+        limit = self.reg.settings.max_blob_bytes
+        if len(data) > limit:
+            raise ApiError(
+                413, "too_large", f"{path} has {len(data)} bytes; this server takes {limit} at most"
+            )
+        card = _card_json(data) if path == README else None  # 400 before anything is stored
+        entry = store_file(self.reg, data)
+        if path == README:
+            self.cards[entry.digest] = card
+        return AddFile(path, entry)
+
+
+def _bad_commit(message: str) -> ApiError:
+    return ApiError(400, "invalid_commit", message)
+
+
+def _stale(repo: Repo, branch: str, head: str, parent: str) -> ApiError:
+    return ApiError(
+        412,
+        "stale_parent",
+        f"the head of {branch} in {repo.repo_id} is {head}, not the parent commit {parent} "
+        "given: someone committed meanwhile; read the new head and commit again",
+    )
+
+
+def check_head(reg: r.Registry, repo: Repo, branch: str, parent: str | None) -> None:
+    """Fail early (404 no branch, 412 stale parent) before a commit's files are stored; the
+    commit checks again under the lock."""
+    with reg.sessions() as session:
+        head = _branch(session, repo, branch).target_oid
+    if parent is not None and not head.startswith(parent):
+        raise _stale(repo, branch, head, parent)
+
+
+def _apply(
+    repo: Repo, tree: Mapping[str, FileEntry], ops: list[AddFile | DeletePath]
+) -> dict[str, FileEntry]:
+    new = dict(tree)
+    for op in ops:
+        if isinstance(op, AddFile):
+            new[op.path] = op.entry
+            continue
+        gone = [p for p in new if p.startswith(op.path + "/")] if op.folder else [op.path]
+        if not gone or any(p not in new for p in gone):
+            what = "folder" if op.folder else "file"
+            raise ApiError(
+                404, "entry_not_found", f"no {what} {op.path} in {repo.repo_id} to delete"
+            )
+        for p in gone:
+            del new[p]
+    for path in new:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in new:
+                raise ApiError(
+                    400,
+                    "invalid_path",
+                    f"{'/'.join(parts[:i])} would be both a file and the folder of {path}",
+                )
+    return new
+
+
+def commit(reg: r.Registry, repo: Repo, branch: str, payload: CommitPayload) -> HubCommit:
+    """Commit ``payload`` on ``branch``: the head's tree plus its files minus its deletions.
+
+    Raises:
+        ApiError: 400 no header or a file/folder clash, 404 no such branch or nothing to delete
+            at a path, 412 the head is not the payload's parent.
+    """
+    if payload.title is None:
+        raise _bad_commit("the body is empty: send a header line first")
+    with reg.sessions() as session:
+        try:
+            r._lock(session)  # parent == head is checked and the branch moved, race-free
+            ref = _branch(session, repo, branch)
+            if payload.parent is not None and not ref.target_oid.startswith(payload.parent):
+                raise _stale(repo, branch, ref.target_oid, payload.parent)
+            parent = session.get(HubCommit, ref.target_oid)
+            assert parent is not None  # a ref's target is a foreign key
+            old = tree_of(parent)
+            tree = _apply(repo, old, payload.ops)
+            readme = tree.get(README)
+            if readme is None:
+                card = None
+            elif old.get(README) == readme:
+                card = parent.card
+            else:
+                card = payload.cards[readme.digest]
+            row = _new_commit(
+                session,
+                repo,
+                parent.oid,
+                tree,
+                title=payload.title,
+                message=payload.description,
+                card=card,
+            )
+            ref.target_oid = row.oid
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            raise _blob_collected() from None
+        except BaseException:
+            session.rollback()
+            raise
+    return row
+
+
+def check_tag_name(tag: str) -> str:
+    """A tag name, or 400: letters, digits and ``._+-`` (starting with a letter or digit), at
+    most 128 characters, no ``..``, not ``main`` and not a 40-hex commit oid."""
+    if (
+        not _TAG_RE.match(tag)
+        or ".." in tag
+        or tag.endswith((".", ".lock"))
+        or tag == BRANCH
+        or _FULL_OID_RE.match(tag)
+    ):
+        raise ApiError(
+            400,
+            "invalid_tag",
+            f"{tag[:200]!r} is not a tag name here: use letters, digits and ._+- "
+            "(such as v1.0.0), not main and not a commit oid",
+        )
+    return tag
+
+
+def create_tag(reg: r.Registry, repo: Repo, tag: str, revision: str, message: str | None) -> HubRef:
+    """Tag the commit ``revision`` names (see :func:`resolve`).
+
+    Raises:
+        ApiError: 400 invalid tag name, 404 no such revision, 409 the tag exists (moving a tag
+            is delete and create, as on the Hub).
+    """
+    check_tag_name(tag)
+    with reg.sessions() as session:
+        try:
+            r._lock(session)
+            target = resolve(session, repo, revision)
+            exists = select(HubRef.id).where(
+                HubRef.repo_id == repo.id, HubRef.kind == "tag", HubRef.name == tag
+            )
+            if session.scalar(exists) is not None:
+                raise ApiError(
+                    409,
+                    "tag_exists",
+                    f"the tag {tag} of {repo.repo_id} exists: delete it first to move it",
+                )
+            ref = HubRef(
+                repo_id=repo.id, kind="tag", name=tag, target_oid=target.oid, message=message
+            )
+            session.add(ref)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+    return ref
+
+
+def delete_tag(reg: r.Registry, repo: Repo, tag: str) -> None:
+    """Delete a tag (404 if there is none); the commit it named stays."""
+    with reg.sessions() as session:
+        try:
+            r._lock(session)
+            result = session.execute(
+                delete(HubRef)
+                .where(HubRef.repo_id == repo.id, HubRef.kind == "tag", HubRef.name == tag)
+                .execution_options(synchronize_session=False)
+            )
+            if not cast("CursorResult[Any]", result).rowcount:
+                raise ApiError(
+                    404, "revision_not_found", f"no tag {tag[:200]} in {repo.repo_id} to delete"
+                )
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+# -- listing ---------------------------------------------------------------------------------------
+def list_repos(
+    session: Session,
+    caller: Caller,
+    *,
+    tags: list[str],
+    search: str | None,
+    author: str | None,
+    limit: int | None,
+) -> list[tuple[Repo, HubCommit]]:
+    """The Hub repos ``caller`` may read, with the head commit of ``main``, in id order: those
+    whose card has every tag of ``tags``, whose id contains ``search`` (ignoring case) and
+    whose namespace is ``author``; at most ``limit``."""
+    query = (
+        select(HubRepo, Namespace.name, Namespace.private, HubCommit)
+        .join(Namespace, HubRepo.namespace_id == Namespace.id)
+        .join(
+            HubRef,
+            and_(HubRef.repo_id == HubRepo.id, HubRef.kind == "branch", HubRef.name == BRANCH),
+        )
+        .join(HubCommit, HubCommit.oid == HubRef.target_oid)
+        .where(
+            or_(
+                and_(HubRepo.private.is_(False), Namespace.private.is_(False)),
+                Namespace.name.in_(caller.readable_private),
+            )
+        )
+        .order_by(Namespace.name, HubRepo.name)
+    )
+    if author:
+        query = query.where(Namespace.name == author)
+    if search:
+        # Repo ids are lowercase (the name rules), so lowering the search ignores case.
+        repo_id = Namespace.name + "/" + HubRepo.name
+        query = query.where(repo_id.contains(search.lower(), autoescape=True))
+    wanted = set(tags)
+    found: list[tuple[Repo, HubCommit]] = []
+    for row, namespace, ns_private, head in session.execute(query):
+        if limit is not None and len(found) >= limit:
+            break
+        if wanted - set(card_tags(card_of(head))):
+            continue
+        repo = Repo(row.id, namespace, row.name, row.private or ns_private, row.created_at)
+        found.append((repo, head))
+    return found
