@@ -224,6 +224,9 @@ def test_offline_installs_from_the_cache_and_fails_clearly_without_it(
     assert code == 0, err  # from the conesreg cache, without the network
     code, _, err = run(["install", "hf://acme/wolf@1"], capsys)
     assert code == 1 and "acme/wolf is not in the cache and offline mode is on" in err
+    code, out, err = run(["search", "fox", "--source", "hf", "--json"], capsys)
+    assert code == 0, err  # what the cache knows
+    assert [(e["name"], e["version"]) for e in json.loads(out)] == [("fox", "1.0.0")]
 
 
 def test_repos_that_are_not_concepts_and_tags_that_are_not_versions(
@@ -254,6 +257,22 @@ def test_repos_that_are_not_concepts_and_tags_that_are_not_versions(
     code, out, _ = run(["versions", "hf://acme/bee", "--all", "--json"], capsys)
     extra = [e for e in json.loads(out) if "tag" in e]
     assert extra == [{"tag": "latest", "revision": head, "ignored": "not a v<semver> tag"}]
+
+    # A tag whose manifest.json is not a manifest is skipped, with the reason.
+    commit = api.create_commit(
+        "acme/bee",
+        operations=[CommitOperationAdd("manifest.json", b'{"not": "a manifest"}')],
+        commit_message="broken",
+        parent_commit=head,
+    )
+    api.create_tag("acme/bee", tag="v2.0.0", revision=commit.oid)
+    code, out, _ = run(["versions", "hf://acme/bee", "--all", "--json"], capsys)
+    listed = json.loads(out)
+    assert [e["version"] for e in listed if "version" in e] == ["1.0.0"]
+    [broken] = [e for e in listed if e.get("tag") == "v2.0.0"]
+    assert broken["revision"] == commit.oid and "manifest.json is invalid" in broken["ignored"]
+    code, _, err = run(["install", "hf://acme/bee@2"], capsys)
+    assert code == 1 and "1.0.0" in err and "Traceback" not in err
 
     code, _, err = run(["install", "hf://acme/nothing@1"], capsys)
     assert code == 1 and "no repo hf://acme/nothing" in err

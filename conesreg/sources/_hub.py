@@ -34,6 +34,7 @@ from ..errors import (
     ConceptNotFoundError,
     ConesregError,
     ImmutableVersionError,
+    OfflineError,
     SourceError,
     VersionNotFoundError,
 )
@@ -367,6 +368,7 @@ class HubSource:
             EntryNotFoundError,
             HfHubHTTPError,
             HTTPError,
+            OfflineModeIsEnabled,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
@@ -376,6 +378,11 @@ class HubSource:
                 return fn(*args, **kwargs)
             except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
                 raise
+            except OfflineModeIsEnabled:
+                raise OfflineError(
+                    f"HF_HUB_OFFLINE is set and {what} needs the Hub",
+                    hint="unset HF_HUB_OFFLINE, or use what is installed already",
+                ) from None
             except HfHubHTTPError as e:
                 status = e.response.status_code if e.response is not None else 0
                 message = " ".join(str(e).split())[:300]
