@@ -195,6 +195,11 @@ def set_token(config: Config, name: str, token: str) -> Config:
         ConfigError: no http registry of that name, or an empty token.
     """
     reg = config.registries.get(name)
+    if name == constants.HUB_REGISTRY or (reg is not None and reg.kind == "hub"):
+        raise ConfigError(
+            f"{name!r} is a Hugging Face Hub registry: conesreg uses huggingface_hub's own login",
+            hint="run `hf auth login` or set HF_TOKEN",
+        )
     if reg is None or reg.kind != "http":
         raise ConfigError(
             f"no http registry named {name!r}",

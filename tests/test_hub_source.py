@@ -287,3 +287,6 @@ def test_private_repo_needs_a_token(
     monkeypatch.delenv("HF_TOKEN")
     code, _, err = run(["install", "hf://acme/secret@1"], capsys)
     assert code == 1 and "no repo hf://acme/secret" in err and "hf auth login" in err
+    # Hub tokens are huggingface_hub's business, not conesreg's config file.
+    code, _, err = run(["login", "hf", "--token-stdin"], capsys)
+    assert code == 1 and "huggingface_hub's own login" in err and "hf auth login" in err
