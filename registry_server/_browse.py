@@ -46,20 +46,15 @@ def index(
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> HTMLResponse:
     """The index: latest versions matching the search, best match first."""
+    criteria = {"query": q, "tags": [tag] if tag else (), "base_model_hash": base or None}
     try:
         rows, next_cursor = r.search(
-            ctx.session,
-            ctx.caller,
-            query=q,
-            tags=[tag] if tag else (),
-            base_model_hash=base or None,
-            limit=PAGE_SIZE,
-            cursor=cursor,
+            ctx.session, ctx.caller, **criteria, limit=PAGE_SIZE, cursor=cursor
         )
-    except ApiError as exc:  # a cursor from an old link: start over rather than fail
+    except ApiError as exc:  # a cursor from an old link: start over (same filters), not fail
         if exc.code != "invalid_cursor":
             raise
-        rows, next_cursor = r.search(ctx.session, ctx.caller, query=q, limit=PAGE_SIZE)
+        rows, next_cursor = r.search(ctx.session, ctx.caller, **criteria, limit=PAGE_SIZE)
     manifests = r.manifests_of(ctx.session, rows)
     cards = []
     for row in rows:

@@ -147,6 +147,9 @@ def test_pages_follow_the_cursor(server: Server, monkeypatch: pytest.MonkeyPatch
     assert len(_shown(first)) == 1 and 'id="next"' in first
     # A stale or hand-edited cursor starts over instead of failing.
     assert _shown(server.client.get("/?cursor=not-a-cursor").text) == _shown(first)
+    # ...keeping its filters.
+    stale = server.client.get("/", params={"tag": "animal", "cursor": "not-a-cursor"}).text
+    assert _shown(stale) == ["acme/corgi"]
 
 
 def test_concept_page(server: Server) -> None:
