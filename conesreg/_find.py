@@ -301,7 +301,14 @@ def _search(
         zt = noise_sched.add_noise(z, noise, t.to(z.device))
         with autocast:
             pred = unet(zt, t.to(z.device), cond.expand(len(z), -1, -1)).sample
-        return F.mse_loss(pred.float(), noise.float())
+        # The model's own training objective: epsilon, or v for v-prediction models (SD 2.x 768,
+        # the mini model), as diffusers' training scripts do.
+        target = (
+            noise_sched.get_velocity(z, noise, t.to(z.device))
+            if noise_sched.config.prediction_type == "v_prediction"
+            else noise
+        )
+        return F.mse_loss(pred.float(), target.float())
 
     frozen = {p: p.requires_grad for p in unet.parameters()}
     checkpointing = getattr(unet, "is_gradient_checkpointing", False)

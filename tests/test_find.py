@@ -37,28 +37,49 @@ def fixed_loss(pipe, images: np.ndarray) -> float:  # type: ignore[no-untyped-de
     zt = pipe.scheduler.add_noise(z, noise, t)
     with torch.no_grad():
         pred = pipe.unet(zt, t, _embed(pipe, CONFIG.class_prompt).expand(len(z), -1, -1)).sample
-    return float(F.mse_loss(pred, noise))
+    v_pred = pipe.scheduler.config.prediction_type == "v_prediction"
+    target = pipe.scheduler.get_velocity(z, noise, t) if v_pred else noise
+    return float(F.mse_loss(pred, target))
 
 
-def test_mask_lowers_the_stimulation_loss(subject: np.ndarray) -> None:
+def masked_loss(pipe, mask: dict, images: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+    """:func:`fixed_loss` with ``mask`` applied as a pushed concept would be."""
+    import tempfile
+
     from conesreg._compose import apply
     from conesreg._concept import Concept
-
-    pipe = make_tiny_pipeline(seed=0)
-    mask = find_neurons(pipe, subject, CONFIG)
-    total = sum(pipe.unet.get_parameter(n).numel() for n in candidate_names(pipe.unet))
-    selected = sum(len(v) for v in mask.values())
-    assert 0.02 * total < selected <= 0.05 * total + 1
-    before = fixed_loss(pipe, subject)
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         draft = write_draft(
             Path(tmp), pipe, mask, CONFIG, name="dog", base_id="tiny", preview_seeds=(0,)
         )
         with apply(pipe, [Concept.from_draft(draft)]):
-            after = fixed_loss(pipe, subject)
-    assert after < before
+            return fixed_loss(pipe, images)
+
+
+def test_mask_lowers_the_stimulation_loss(subject: np.ndarray) -> None:
+    pipe = make_tiny_pipeline(seed=0)
+    mask = find_neurons(pipe, subject, CONFIG)
+    total = sum(pipe.unet.get_parameter(n).numel() for n in candidate_names(pipe.unet))
+    selected = sum(len(v) for v in mask.values())
+    assert 0.02 * total < selected <= 0.05 * total + 1
+    assert masked_loss(pipe, mask, subject) < fixed_loss(pipe, subject)
+
+
+def test_v_prediction_models_are_scored_on_their_own_objective(subject: np.ndarray) -> None:
+    from diffusers import DDIMScheduler
+
+    eps_pipe, v_pipe = make_tiny_pipeline(seed=0), make_tiny_pipeline(seed=0)
+    v_pipe.scheduler = DDIMScheduler.from_config(
+        v_pipe.scheduler.config, prediction_type="v_prediction"
+    )
+    # Same weights, noise and timesteps: only the target differs, so must the neurons.
+    eps_mask = find_neurons(eps_pipe, subject, CONFIG)
+    v_mask = find_neurons(v_pipe, subject, CONFIG)
+    assert any(
+        not np.array_equal(eps_mask.get(n, []), v_mask.get(n, [])) for n in eps_mask | v_mask
+    )
+    assert masked_loss(v_pipe, v_mask, subject) < fixed_loss(v_pipe, subject)
 
 
 def test_deterministic_and_leaves_the_pipeline_untouched(subject: np.ndarray) -> None:
