@@ -40,7 +40,9 @@ from conesreg.mini.world import caption, full_caption
 SEED = 777  # the probe's prompts and noise: never the benchmark's (12345)
 
 
-def continue_training(workdir: Path, *, steps: int, lr: float, two_share: float, full: float):  # type: ignore[no-untyped-def]
+def continue_training(  # type: ignore[no-untyped-def]
+    workdir: Path, *, steps: int, lr: float, two_share: float, full: float, sched_config: Any
+):
     from diffusers import DDPMScheduler
 
     latents = torch.from_numpy(np.load(workdir / "latents.npy"))
@@ -56,13 +58,9 @@ def continue_training(workdir: Path, *, steps: int, lr: float, two_share: float,
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    noise_sched = DDPMScheduler(
-        **{
-            k: v
-            for k, v in mm.scheduler_config().items()
-            if k not in ("set_alpha_to_one", "steps_offset")
-        }
-    )
+    # The shipped model's own schedule and objective (epsilon or v), whatever the code's default.
+    noise_sched = DDPMScheduler.from_config(sched_config)
+    v_pred = noise_sched.config.prediction_type == "v_prediction"
     rng = np.random.default_rng(SEED)
     torch.manual_seed(SEED)
     unet.train()
@@ -86,7 +84,8 @@ def continue_training(workdir: Path, *, steps: int, lr: float, two_share: float,
         z0 = latents[idx] * scale
         noise = torch.randn_like(z0)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (128,))
-        loss = F.mse_loss(unet(noise_sched.add_noise(z0, noise, t), t, text(ids)[0]).sample, noise)
+        target = noise_sched.get_velocity(z0, noise, t) if v_pred else noise
+        loss = F.mse_loss(unet(noise_sched.add_noise(z0, noise, t), t, text(ids)[0]).sample, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -124,7 +123,12 @@ def main() -> None:
     pipe, clf = mm.load_mini_pipeline(), load_classifier()
     shipped = score(pipe, clf)
     unet, text = continue_training(
-        a.workdir, steps=a.steps, lr=a.lr, two_share=a.two_share, full=a.full_share
+        a.workdir,
+        steps=a.steps,
+        lr=a.lr,
+        two_share=a.two_share,
+        full=a.full_share,
+        sched_config=pipe.scheduler.config,
     )
     pipe.unet.load_state_dict(unet.state_dict())
     pipe.text_encoder.load_state_dict(text.state_dict())

@@ -1,6 +1,6 @@
 """How well the bundled mini model follows prompts, judged by the attribute classifier.
 
-Run: ``python benchmarks/mini_quality.py [--n 96] [--card PATH/README.md]``
+Run: ``python benchmarks/mini_quality.py [--n 96] [--card PATH/README.md] [--model DIR]``
 
 Prompts use attribute combinations never rendered for training (``world.HELD_OUT``), seeds held
 out from training, and the full caption template. Printed (each as a share of images):
@@ -155,9 +155,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=96, help="prompts per table")
     ap.add_argument("--card", type=Path, default=None)
+    ap.add_argument("--model", type=Path, default=None, help="a candidate export")
     a = ap.parse_args()
     torch.set_flush_denormal(True)
-    pipe = load_mini_pipeline()
+    pipe = load_mini_pipeline(path=a.model)
     clf = load_classifier()
     rng = np.random.default_rng(SEED)
 
