@@ -7,7 +7,9 @@ fixed noise under the full caption, and under the same caption with one attribut
 between the two objects (their places, colors, patterns or shapes), and with the empty caption.
 A model that binds attributes to objects predicts worse when they are swapped (ratio above 1); a
 bag-of-words model does not notice (ratio 1.00). The empty caption is the scale: how much the
-caption helps at all.
+caption helps at all. Last, at the noisiest training step, the model's guess of the clean latent
+from the noised one against its guess from pure noise: if the first is much better, the model
+reads the layout from what that step leaves of the image, which sampling never has.
 
 Run: ``python benchmarks/mini_binding_sensitivity.py [--model DIR] [--weights PT]``: ``DIR`` is a
 candidate export of ``conesreg.mini.train``, ``PT`` an optional ``{"unet": ..., "text": ...}``
@@ -93,6 +95,19 @@ def main() -> None:
             (step, {k: torch.mean((pipe.unet(zt, t, e).sample - target) ** 2).item()
                     for k, e in captions.items()})
         )  # fmt: skip
+    # What the noisiest training step leaves of the image: the model's x0 guess there from the
+    # noised latent, against its guess from pure noise (what sampling starts from).
+    last = sched.config.num_train_timesteps - 1
+    t = torch.full((len(scenes),), last)
+    ab = sched.alphas_cumprod[last]
+    guesses = {}
+    for name, zt in (("noised", sched.add_noise(z0, noise, t)), ("pure noise", noise)):
+        out = pipe.unet(zt, t, captions["full caption"]).sample
+        if v_pred:
+            x0 = ab.sqrt() * zt - (1 - ab).sqrt() * out
+        else:
+            x0 = (zt - (1 - ab).sqrt() * out) / ab.sqrt()
+        guesses[name] = torch.mean((x0 - z0) ** 2).item()
     print(
         f"{a.model or 'shipped model'}{f' with {a.weights}' if a.weights else ''}: "
         f"{'v' if v_pred else 'epsilon'} MSE of {a.n} two-object scenes (seed {SEED}); "
@@ -105,6 +120,11 @@ def main() -> None:
         base = losses["full caption"]
         cells = [f"{base:.4f}"] + [f"{losses[k] / base:.3f}x" for k in names[1:]]
         print(f"| {step} | " + " | ".join(cells) + " |")
+    print(
+        f"\nat t = {last} (alpha_bar {float(ab):.4f}, signal {float(ab.sqrt()):.3f}), the x0 "
+        f"guess is {guesses['noised']:.3f} MSE from the truth from the noised latent and "
+        f"{guesses['pure noise']:.3f} from pure noise (latent variance {z0.var().item():.3f})"
+    )
 
 
 if __name__ == "__main__":
