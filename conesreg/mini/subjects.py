@@ -29,7 +29,7 @@ FIND_SETTINGS: dict[str, Any] = {
     "steps": 100,
     "batch_size": 8,
     "rounds": 10,
-    "sparsity": 0.05,
+    "sparsity": 0.03,
     "lam": 0.0,
 }
 
