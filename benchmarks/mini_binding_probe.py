@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mini_quality as mq
 
+from conesreg._objective import denoising_target
 from conesreg.mini import model as mm
 from conesreg.mini.classifier import load_classifier, predict
 from conesreg.mini.subjects import sample
@@ -60,7 +61,6 @@ def continue_training(  # type: ignore[no-untyped-def]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     # The shipped model's own schedule and objective (epsilon or v), whatever the code's default.
     noise_sched = DDPMScheduler.from_config(sched_config)
-    v_pred = noise_sched.config.prediction_type == "v_prediction"
     rng = np.random.default_rng(SEED)
     torch.manual_seed(SEED)
     unet.train()
@@ -84,7 +84,7 @@ def continue_training(  # type: ignore[no-untyped-def]
         z0 = latents[idx] * scale
         noise = torch.randn_like(z0)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (128,))
-        target = noise_sched.get_velocity(z0, noise, t) if v_pred else noise
+        target = denoising_target(noise_sched, z0, noise, t)
         loss = F.mse_loss(unet(noise_sched.add_noise(z0, noise, t), t, text(ids)[0]).sample, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conesreg._objective import denoising_target
 from conesreg.mini import model as mm
 from conesreg.mini.world import Scene, full_caption, render, sample_scene
 
@@ -90,7 +91,7 @@ def main() -> None:
         t = torch.full((len(scenes),), step)
         zt = sched.add_noise(z0, noise, t)
         # The model's own objective: v for a v-prediction model, epsilon otherwise.
-        target = sched.get_velocity(z0, noise, t) if v_pred else noise
+        target = denoising_target(sched, z0, noise, t)
         rows.append(
             (step, {k: torch.mean((pipe.unet(zt, t, e).sample - target) ** 2).item()
                     for k, e in captions.items()})

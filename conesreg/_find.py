@@ -30,6 +30,7 @@ import numpy as np
 
 from . import constants
 from ._base_hash import base_model_hash
+from ._objective import denoising_target
 from ._storage import atomic_write
 from .errors import ConesregError
 
@@ -301,13 +302,8 @@ def _search(
         zt = noise_sched.add_noise(z, noise, t.to(z.device))
         with autocast:
             pred = unet(zt, t.to(z.device), cond.expand(len(z), -1, -1)).sample
-        # The model's own training objective: epsilon, or v for v-prediction models (SD 2.x 768,
-        # the mini model), as diffusers' training scripts do.
-        target = (
-            noise_sched.get_velocity(z, noise, t.to(z.device))
-            if noise_sched.config.prediction_type == "v_prediction"
-            else noise
-        )
+        # The model's own training objective: epsilon, or v for v-prediction models.
+        target = denoising_target(noise_sched, z, noise, t.to(z.device))
         return F.mse_loss(pred.float(), target.float())
 
     frozen = {p: p.requires_grad for p in unet.parameters()}

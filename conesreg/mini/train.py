@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._objective import denoising_target
 from . import model as mm
 from ._progress import training_progress
 from .world import Obj, Scene, caption, render, sample_scene
@@ -248,12 +249,7 @@ def stage_unet(workdir: Path, *, steps: int, batch: int, seed: int, lr: float) -
             zt = noise_sched.add_noise(z0, noise, t)
             cond = text_encoder(ids)[0]
             pred = unet(zt, t, cond).sample
-            target = (
-                noise_sched.get_velocity(z0, noise, t)
-                if noise_sched.config.prediction_type == "v_prediction"
-                else noise
-            )
-            loss = torch.mean((pred - target) ** 2)
+            loss = torch.mean((pred - denoising_target(noise_sched, z0, noise, t)) ** 2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
