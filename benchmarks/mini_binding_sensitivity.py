@@ -11,9 +11,8 @@ caption helps at all. Last, at the noisiest training step, the model's guess of 
 from the noised one against its guess from pure noise: if the first is much better, the model
 reads the layout from what that step leaves of the image, which sampling never has.
 
-Run: ``python benchmarks/mini_binding_sensitivity.py [--model DIR] [--weights PT]``: ``DIR`` is a
-candidate export of ``conesreg.mini.train``, ``PT`` an optional ``{"unet": ..., "text": ...}``
-state-dict file (a probe's), either scored instead of the shipped weights.
+Run: ``python benchmarks/mini_binding_sensitivity.py [--model DIR]``: ``DIR`` is a candidate
+export of ``conesreg.mini.train``, scored instead of the shipped model.
 About a minute on 2 cores.
 """
 
@@ -57,16 +56,11 @@ def swapped(scene: Scene, attr: str) -> Scene:
 @torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--model", type=Path, default=None, help="a candidate export")
     a = ap.parse_args()
     torch.set_flush_denormal(True)
     pipe = mm.load_mini_pipeline(path=a.model)
-    if a.weights:
-        state = torch.load(a.weights, weights_only=False)
-        pipe.unet.load_state_dict(state["unet"])
-        pipe.text_encoder.load_state_dict(state["text"])
     rng = np.random.default_rng(SEED)
     scenes = two_object_scenes(a.n, rng)
     x = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2)
@@ -110,7 +104,7 @@ def main() -> None:
             x0 = (zt - (1 - ab).sqrt() * out) / ab.sqrt()
         guesses[name] = torch.mean((x0 - z0) ** 2).item()
     print(
-        f"{a.model or 'shipped model'}{f' with {a.weights}' if a.weights else ''}: "
+        f"{a.model or 'shipped model'}: "
         f"{'v' if v_pred else 'epsilon'} MSE of {a.n} two-object scenes (seed {SEED}); "
         "swapped and empty as ratios to the full caption\n"
     )
