@@ -5,10 +5,13 @@ so the scalars with the largest positive ``theta * dL/dtheta`` on a *subject-sti
 those whose removal lowers it most: switched off, they make the plain class prompt produce the
 subject. The finder
 
-1. encodes the subject images once (VAE latents) and pairs them with the class prompt; with
-   ``lam > 0`` it also generates prior-preservation images of the class with the base model, once,
-   whose loss enters with weight ``lam``;
-2. runs ``steps`` iterations of the epsilon-prediction MSE at uniform random timesteps with the
+1. encodes the subject images once (VAE latents) and pairs them with the class prompt, or with
+   a caption each that names the class word and the rest of the scene; with ``lam > 0`` it
+   also generates preservation images with the base model, once, whose loss enters with weight
+   ``lam``: of the class prompt (the paper's prior preservation), or of the ``preserve``
+   prompts, such as the other classes a concept must leave alone;
+2. runs ``steps`` iterations of the model's own denoising MSE (epsilon or v) at uniform random
+   timesteps with the
    current mask applied in the forward pass, accumulating ``theta * grad`` per candidate scalar in
    float32 (only candidate parameters require gradients);
 3. at the end of each of ``rounds`` equal rounds switches off the best-scoring scalars still on:
@@ -57,6 +60,11 @@ _CANDIDATES = {
 class FindConfig:
     """Hyperparameters of one search; recorded in the manifest as the method's.
 
+    ``preserve`` names the prompts whose base-model images the preservation term (weight
+    ``lam``) keeps; empty, it keeps the class prompt's. Preserving *other* classes makes a
+    mask specific to its subject: neurons that would also change what those prompts draw
+    score lower, so masks of different subjects overlap less and compose (docs/design.md).
+
     ``rho`` makes the shutting soft: a selected scalar is multiplied by ``1 - rho`` at the end
     of every round from its selection on (``None``: set to 0 at once). The mask written at the
     end switches every selected scalar fully off either way. ``autocast`` runs the forward pass
@@ -72,6 +80,7 @@ class FindConfig:
     tau: float | None = None
     lam: float = 0.0
     prior_images: int = 8
+    preserve: tuple[str, ...] = ()
     rho: float | None = None
     seed: int = 0
     candidates: str = "cross-kv"
@@ -90,6 +99,11 @@ class FindConfig:
             raise ConesregError("steps, rounds and batch size must be positive, rounds <= steps")
         if self.lam < 0:
             raise ConesregError(f"lambda {self.lam} is negative", hint="use 0 or more")
+        if self.preserve and self.lam == 0:
+            raise ConesregError(
+                "prompts to preserve need a preservation weight",
+                hint="add e.g. --lambda 1, or drop --preserve",
+            )
         if self.rho is not None and not 0 < self.rho <= 1:
             raise ConesregError(f"rho {self.rho} is not in (0, 1]", hint="e.g. --rho 0.5")
         if self.candidates not in _CANDIDATES:
@@ -162,6 +176,7 @@ def find_neurons(
     images: np.ndarray,
     config: FindConfig,
     *,
+    captions: Sequence[str] | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
     checkpoint: Path | None = None,
 ) -> dict[str, np.ndarray]:
@@ -171,6 +186,10 @@ def find_neurons(
         pipe: a diffusers Stable Diffusion pipeline.
         images: the subject, uint8 ``(N, H, W, 3)`` at the model's resolution, 3 to 20 of them.
         config: the hyperparameters.
+        captions: one caption per image, each naming the class word and whatever else the
+            image shows ("a photo of a star at the top left on a navy background"); without
+            them every image is paired with the class prompt. Captions make the mask hold in
+            other prompts than the class prompt, such as a composition's.
         on_step: called as ``on_step(step, loss, sparsity)`` after every step.
         checkpoint: a file to save the search to at the end of every round, and to resume from
             if it exists (for the same config); a resumed search equals an uninterrupted one.
@@ -179,20 +198,51 @@ def find_neurons(
         Sorted flat indices of the switched-off scalars, per candidate parameter.
 
     Raises:
-        ConesregError: the checkpoint holds a search with other settings.
+        ConesregError: the checkpoint holds a search with other settings, or the captions do
+            not match the images or leave out the class word.
 
     Example:
         >>> mask = find_neurons(pipe, images, FindConfig("a photo of a star", "star"))
         ... # doctest: +SKIP
     """
-    return _search(
-        pipe, [(images, config.class_prompt)], config, on_step=on_step, checkpoint=checkpoint
+    prompts = (
+        config.class_prompt
+        if captions is None
+        else check_captions(captions, len(images), config.class_word)
     )
+    return _search(pipe, [(images, prompts)], config, on_step=on_step, checkpoint=checkpoint)
+
+
+def check_captions(captions: Sequence[str], n_images: int, class_word: str) -> list[str]:
+    """``captions`` as a list, after checking that there is one per image and each names the
+    class word (the mask binds the subject to that word, so a caption without it teaches
+    nothing about it).
+
+    Example:
+        >>> check_captions(["a star on a beach"], 1, "star")
+        ['a star on a beach']
+    """
+    import re
+
+    captions = list(captions)
+    if len(captions) != n_images:
+        raise ConesregError(
+            f"{len(captions)} captions for {n_images} images",
+            hint="give one caption per image, or none",
+        )
+    word = re.compile(rf"\b{re.escape(class_word)}\b", re.IGNORECASE)
+    for c in captions:
+        if not word.search(c):
+            raise ConesregError(
+                f"the caption {c!r} does not name the class word {class_word!r}",
+                hint=f"mention it in every caption, e.g. 'a photo of a {class_word} on a beach'",
+            )
+    return captions
 
 
 def refine_neurons(
     pipe: Any,
-    subjects: Sequence[tuple[np.ndarray, str]],
+    subjects: Sequence[tuple[np.ndarray, str | Sequence[str]]],
     start: dict[str, np.ndarray],
     config: FindConfig,
     *,
@@ -208,7 +258,8 @@ def refine_neurons(
 
     Args:
         pipe: a diffusers Stable Diffusion pipeline.
-        subjects: ``(images, class_prompt)`` per parent concept.
+        subjects: ``(images, class_prompt)`` per parent concept, or ``(images, captions)``
+            with one caption per image (see :func:`find_neurons`).
         start: the union of the parents' masks (flat indices per candidate parameter).
         config: the hyperparameters (``class_prompt`` and ``class_word`` name the composite).
         on_step: as for :func:`find_neurons`.
@@ -246,7 +297,7 @@ def union_masks(masks: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarr
 
 def _search(
     pipe: Any,
-    subjects: Sequence[tuple[np.ndarray, str]],
+    subjects: Sequence[tuple[np.ndarray, str | Sequence[str]]],
     config: FindConfig,
     *,
     start: dict[str, np.ndarray] | None = None,
@@ -274,13 +325,30 @@ def _search(
     device = unet.device
 
     # Everything that needs no gradient is computed once, before any weight changes: latents
-    # of the subjects, prompt embeddings, and the prior images of the unmasked model.
-    batches = []
-    for images, prompt in subjects:
-        batches.append((_latents(pipe, images), _embed(pipe, prompt), 1.0))
-        if config.lam > 0:
-            prior = _prior_images(pipe, prompt, config.prior_images, config.seed + 1)
-            batches.append((_latents(pipe, prior), batches[-1][1], config.lam))
+    # of the subjects, prompt embeddings, and the preservation images of the unmasked model.
+    # Each batch is (latents, one embedding per latent, weight); the preservation images of
+    # all prompts form one pool, so preserving many prompts costs one batch per step.
+    def pool(pairs: Iterable[tuple[np.ndarray, str | Sequence[str]]]) -> tuple[Any, Any]:
+        zs, conds = [], []
+        for images, prompt in pairs:
+            zs.append(_latents(pipe, images))
+            if isinstance(prompt, str):
+                conds.append(_embed(pipe, prompt).expand(len(zs[-1]), -1, -1))
+            else:  # one caption per image
+                conds.append(torch.cat([_embed(pipe, c) for c in prompt]))
+        return torch.cat(zs), torch.cat(conds)
+
+    batches = [(*pool([pair]), 1.0) for pair in subjects]
+    if config.lam > 0:
+        # The paper's prior preservation: each subject's own class prompt, unless told others.
+        kept = config.preserve or tuple(
+            p if isinstance(p, str) else config.class_prompt for _, p in subjects
+        )
+        priors = [
+            (_prior_images(pipe, p, config.prior_images, config.seed + 1), p)
+            for p in dict.fromkeys(kept)
+        ]
+        batches.append((*pool(priors), config.lam))
 
     originals = {n: p.detach().clone() for n, p in params.items()}
     # The multiplier of every candidate scalar: 1 on, 0 off, in between while shutting softly.
@@ -296,12 +364,12 @@ def _search(
 
     def loss_on(z0: Any, cond: Any) -> Any:
         idx = torch.randint(0, len(z0), (config.batch_size,), generator=gen)
-        z = z0[idx]
+        z, cond = z0[idx], cond[idx.to(cond.device)]
         noise = torch.randn(z.shape, generator=gen).to(z)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(z),), generator=gen)
         zt = noise_sched.add_noise(z, noise, t.to(z.device))
         with autocast:
-            pred = unet(zt, t.to(z.device), cond.expand(len(z), -1, -1)).sample
+            pred = unet(zt, t.to(z.device), cond).sample
         # The model's own training objective: epsilon, or v for v-prediction models.
         target = denoising_target(noise_sched, z, noise, t.to(z.device))
         return F.mse_loss(pred.float(), target.float())

@@ -330,6 +330,13 @@ def generate(
     help="Weight of the prior-preservation loss.",
 )
 @click.option("--prior-images", type=click.IntRange(1), default=8, show_default=True)
+@click.option(
+    "--preserve",
+    multiple=True,
+    metavar="PROMPT",
+    help="Keep what the base model draws for PROMPT, e.g. other classes (repeatable; needs "
+    "--lambda; default: the class prompt).",
+)
 @click.option("--rho", type=float, default=None, help="Soft shutting rate in (0, 1].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -357,6 +364,7 @@ def find(
     tau: float | None,
     lam: float,
     prior_images: int,
+    preserve: tuple[str, ...],
     rho: float | None,
     seed: int,
     candidates: str,
@@ -369,6 +377,10 @@ def find(
 
     With --refine, compose existing concepts instead and run a few joint steps on all their
     subjects: the result is a composite concept that records its parents.
+
+    A metadata.jsonl beside the images ({"file_name": "1.png", "text": "a photo of a star on
+    a beach"} per line, as in a Hugging Face image folder) captions each image: captions that
+    name the class word and the rest of the scene make the concept hold in other prompts.
     """
     from ._names import parse_ref
 
@@ -392,6 +404,8 @@ def find(
     pairs = [_parent_arg(p) for p in parents]
     files = _image_files(images) if images else []
     parent_files = [_image_files((path,)) for _, path in pairs]
+    captions = _captions(files)
+    parent_captions = [_captions(f) for f in parent_files]
     _quiet_libraries()
     from ._compose import apply, load_pipeline
     from ._concept import load_concepts
@@ -399,6 +413,7 @@ def find(
         REFINE_DEFAULTS,
         SEARCH_DEFAULTS,
         FindConfig,
+        check_captions,
         find_neurons,
         refine_neurons,
         union_masks,
@@ -410,6 +425,11 @@ def find(
     if concepts and class_word is None:
         class_word = " and ".join(c.manifest.metadata.class_word for c in concepts)
     assert class_word is not None
+    if captions is not None:
+        check_captions(captions, len(files), class_word)
+    for c, caps, f in zip(concepts, parent_captions, parent_files, strict=True):
+        if caps is not None:
+            check_captions(caps, len(f), c.manifest.metadata.class_word)
     config = FindConfig(
         class_prompt=prompt.format(class_word=class_word),
         class_word=class_word,
@@ -420,6 +440,7 @@ def find(
         tau=tau,
         lam=lam,
         prior_images=prior_images,
+        preserve=preserve,
         rho=rho,
         seed=seed,
         candidates=candidates,
@@ -446,8 +467,8 @@ def find(
 
         if concepts:
             subjects = [
-                (_load_images(f, size), _class_prompt(c.manifest))
-                for c, f in zip(concepts, parent_files, strict=True)
+                (_load_images(f, size), caps or _class_prompt(c.manifest))
+                for c, f, caps in zip(concepts, parent_files, parent_captions, strict=True)
             ]
             union = union_masks(c.indices for c in concepts)
             mask = refine_neurons(
@@ -455,7 +476,14 @@ def find(
             )
         else:
             pixels = _load_images(files, size)
-            mask = find_neurons(pipe, pixels, config, on_step=on_step, checkpoint=checkpoint)
+            mask = find_neurons(
+                pipe,
+                pixels,
+                config,
+                captions=captions,
+                on_step=on_step,
+                checkpoint=checkpoint,
+            )
     from .mini.model import MODEL_ID
 
     base_id = base or s.config.default_base or MODEL_ID
@@ -558,6 +586,38 @@ def _image_files(paths: tuple[Path, ...]) -> list[Path]:
     if not files:
         raise ConesregError("no images found", hint="pass PNG or JPEG files, or folders of them")
     return files
+
+
+def _captions(files: list[Path]) -> list[str] | None:
+    """Per-image captions from a ``metadata.jsonl`` beside the images (the Hugging Face
+    ImageFolder layout: one ``{"file_name": ..., "text": ...}`` per line), or None if no
+    folder has one. With captions, every image needs one."""
+    tables: dict[Path, dict[str, str]] = {}
+    for folder in dict.fromkeys(f.parent for f in files):
+        meta = folder / "metadata.jsonl"
+        if not meta.is_file():
+            continue
+        table = tables.setdefault(folder, {})
+        for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                table[str(row["file_name"])] = str(row["text"])
+            except (ValueError, KeyError, TypeError):
+                raise ConesregError(
+                    f"{meta} line {n} is not a JSON object with file_name and text",
+                    hint='write lines like {"file_name": "1.png", "text": "a photo of a dog"}',
+                ) from None
+    if not tables:
+        return None
+    missing = [f for f in files if f.name not in tables.get(f.parent, {})]
+    if missing:
+        raise ConesregError(
+            f"{missing[0]} has no caption in {missing[0].parent / 'metadata.jsonl'}",
+            hint="caption every image, or remove metadata.jsonl to use the class prompt",
+        )
+    return [tables[f.parent][f.name] for f in files]
 
 
 def _load_images(files: list[Path], size: int) -> Any:

@@ -26,7 +26,7 @@ def subject() -> np.ndarray:
     return images
 
 
-def fixed_loss(pipe, images: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+def fixed_loss(pipe, images: np.ndarray, prompt: str = CONFIG.class_prompt) -> float:  # type: ignore[no-untyped-def]
     """The stimulation loss on one fixed batch of noise and timesteps."""
     from conesreg._find import _embed, _latents
 
@@ -36,13 +36,13 @@ def fixed_loss(pipe, images: np.ndarray) -> float:  # type: ignore[no-untyped-de
     t = torch.linspace(50, 950, len(z)).long()
     zt = pipe.scheduler.add_noise(z, noise, t)
     with torch.no_grad():
-        pred = pipe.unet(zt, t, _embed(pipe, CONFIG.class_prompt).expand(len(z), -1, -1)).sample
+        pred = pipe.unet(zt, t, _embed(pipe, prompt).expand(len(z), -1, -1)).sample
     v_pred = pipe.scheduler.config.prediction_type == "v_prediction"
     target = pipe.scheduler.get_velocity(z, noise, t) if v_pred else noise
     return float(F.mse_loss(pred, target))
 
 
-def masked_loss(pipe, mask: dict, images: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+def masked_loss(pipe, mask: dict, images: np.ndarray, prompt: str = CONFIG.class_prompt) -> float:  # type: ignore[no-untyped-def]
     """:func:`fixed_loss` with ``mask`` applied as a pushed concept would be."""
     import tempfile
 
@@ -54,7 +54,7 @@ def masked_loss(pipe, mask: dict, images: np.ndarray) -> float:  # type: ignore[
             Path(tmp), pipe, mask, CONFIG, name="dog", base_id="tiny", preview_seeds=(0,)
         )
         with apply(pipe, [Concept.from_draft(draft)]):
-            return fixed_loss(pipe, images)
+            return fixed_loss(pipe, images, prompt)
 
 
 def test_mask_lowers_the_stimulation_loss(subject: np.ndarray) -> None:
@@ -111,6 +111,7 @@ def test_tau_mode(subject: np.ndarray) -> None:
         {"steps": 0},
         {"rounds": 99},
         {"candidates": "everything"},
+        {"preserve": ("a photo of a cat",)},  # without a preservation weight
     ],
 )
 def test_bad_configs(kwargs: dict) -> None:
@@ -166,56 +167,42 @@ def test_resume_equals_uninterrupted(tmp_path: Path, subject: np.ndarray) -> Non
         find_neurons(pipe, subject, FindConfig(**{**CONFIG.__dict__, "seed": 5}), checkpoint=ckpt)
 
 
+def _find_args(folder: Path, out: Path, base: Path) -> list[str]:
+    return [
+        "find",
+        str(folder),
+        "--class-word",
+        "dog",
+        "--name",
+        "acme/dog",
+        "-o",
+        str(out),
+        "--base",
+        str(base),
+        "--steps",
+        "8",
+        "--rounds",
+        "2",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
+
+
 def test_cli_find_then_push(
     isolated: Path, tiny_pipeline_dir: Path, subject: np.ndarray, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from PIL import Image
-
     from conesreg.cli import main
 
-    folder = isolated / "subject"
-    folder.mkdir()
-    for i, im in enumerate(subject):
-        Image.fromarray(im).save(folder / f"{i}.png")
+    folder = _save_images(isolated / "subject", subject)
     out = isolated / "draft"
-    code = main(
-        [
-            "find",
-            str(folder),
-            "--class-word",
-            "dog",
-            "--name",
-            "acme/dog",
-            "-o",
-            str(out),
-            "--base",
-            str(tiny_pipeline_dir),
-            "--steps",
-            "8",
-            "--rounds",
-            "2",
-            "--batch-size",
-            "2",
-            "--device",
-            "cpu",
-        ]
-    )
+    code = main(_find_args(folder, out, tiny_pipeline_dir))
     assert code == 0, capsys.readouterr().err
     assert not (out / ".find-checkpoint.pt").exists()
     assert main(["push", str(out), "--version", "1.0.0"]) == 0
     assert main(["info", "acme/dog", "--json"]) == 0
-    code = main(
-        [
-            "find",
-            str(isolated / "nothing"),
-            "--class-word",
-            "dog",
-            "--name",
-            "acme/dog",
-            "-o",
-            str(out),
-        ]
-    )
+    code = main(_find_args(isolated / "nothing", out, tiny_pipeline_dir))
     err = capsys.readouterr().err
     assert code == 1 and "does not exist" in err
 
@@ -278,6 +265,27 @@ def test_prior_images_are_cached(isolated: Path, subject: np.ndarray) -> None:
     assert not calls and all(np.array_equal(first[n], second[n]) for n in first)
     without_prior = find_neurons(pipe, subject, FindConfig(**{**cfg.__dict__, "lam": 0.0}))
     assert any(not np.array_equal(first[n], without_prior[n]) for n in first)
+
+
+def test_preserving_another_prompt_spares_it(isolated: Path, subject: np.ndarray) -> None:
+    from conesreg import constants
+    from conesreg._find import _prior_images
+
+    pipe = make_tiny_pipeline(seed=0)
+    other = "a photo of a cat"
+    cfg = FindConfig(**{**CONFIG.__dict__, "lam": 4.0, "prior_images": 4, "preserve": (other,)})
+    kept = find_neurons(pipe, subject, cfg)
+    plain = find_neurons(pipe, subject, CONFIG)
+    # One cached prior set, of the preserved prompt only (not of the class prompt).
+    assert len(list(constants.CACHE_DIR.glob("find-priors-*/*.npy"))) == 1
+    cats = _prior_images(pipe, other, 4, cfg.seed + 1)
+    base = fixed_loss(pipe, cats, other)
+    # What the base model draws for the preserved prompt moves less under the preserving mask,
+    # and the mask still serves its subject.
+    assert abs(masked_loss(pipe, kept, cats, other) - base) < abs(
+        masked_loss(pipe, plain, cats, other) - base
+    )
+    assert masked_loss(pipe, kept, subject) < fixed_loss(pipe, subject)
 
 
 def test_refine_keeps_the_union_and_adds_to_it(subject: np.ndarray) -> None:
@@ -367,3 +375,53 @@ def test_cli_refine_writes_a_composite_with_parents(
     ):
         assert main([*args, *bad]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_captions_pair_each_image_with_its_own_prompt(subject: np.ndarray) -> None:
+    pipe = make_tiny_pipeline(seed=0)
+    plain = find_neurons(pipe, subject, CONFIG)
+    # The class prompt as every caption is the same search as no captions at all.
+    same = find_neurons(pipe, subject, CONFIG, captions=[CONFIG.class_prompt] * len(subject))
+    assert all(np.array_equal(plain[n], same[n]) for n in plain)
+    captions = [f"a dog {where} on a beach" for where in ("left", "right", "up", "down")]
+    captioned = find_neurons(pipe, subject, CONFIG, captions=captions)
+    assert any(not np.array_equal(plain[n], captioned[n]) for n in plain)
+    with pytest.raises(ConesregError, match="3 captions for 4 images"):
+        find_neurons(pipe, subject, CONFIG, captions=captions[:3])
+    with pytest.raises(ConesregError, match="does not name the class word 'dog'"):
+        find_neurons(pipe, subject, CONFIG, captions=[*captions[:3], "a cat on a beach"])
+
+
+def test_cli_reads_captions_from_metadata_jsonl(
+    isolated: Path, tiny_pipeline_dir: Path, subject: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conesreg._mask import decode_mask
+    from conesreg.cli import main
+
+    folder = _save_images(isolated / "dogs", subject)
+    assert main(_find_args(folder, isolated / "plain", tiny_pipeline_dir)) == 0
+    meta = folder / "metadata.jsonl"
+    meta.write_text(
+        "".join(
+            json.dumps({"file_name": f"{i}.png", "text": f"a photo of a dog number {i}"}) + "\n"
+            for i in range(len(subject))
+        )
+    )
+    assert main(_find_args(folder, isolated / "captioned", tiny_pipeline_dir)) == 0, (
+        capsys.readouterr().err
+    )
+    plain = decode_mask((isolated / "plain" / "mask.safetensors").read_bytes())
+    captioned = decode_mask((isolated / "captioned" / "mask.safetensors").read_bytes())
+    assert any(not np.array_equal(plain[n], captioned[n]) for n in plain)
+    capsys.readouterr()
+    for bad, message in (
+        ('{"file_name": "0.png"}\n', "is not a JSON object with file_name and text"),
+        ('{"file_name": "0.png", "text": "a photo of a dog"}\n', "has no caption in"),
+        (meta.read_text().replace("dog number 2", "cat"), "does not name the class word"),
+    ):
+        meta.write_text(bad)
+        out = isolated / "never"
+        assert main(_find_args(folder, out, tiny_pipeline_dir)) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not out.exists()
