@@ -3,20 +3,24 @@
 Run: ``python benchmarks/fidelity.py [--n 32] [--tune]``
 
 For each bundled subject (``conesreg.mini.subjects.SUBJECTS``: a checkered purple star, a
-striped orange heart, ...), the finder runs on 6 renders of it; then the mini model draws from
+striped orange heart, ...), the finder runs on 6 captioned renders of it (the captions name
+the class word, the place and the background: ``subject_captions``); then the mini model draws from
 the plain class prompt ("a photo of a star") and from context prompts ("a photo of a star on a
 navy background") three ways: with the found mask, without any mask (the baseline), and with a
 random mask of the same size per parameter (the control). The attribute classifier judges:
 
 - subject fidelity: the share of images showing the subject (shape, color and pattern);
 - prompt fidelity: the share keeping the context the prompt asks for (the background);
+- other classes: the share of images of the other classes' prompts in which the prompted
+  object took on the subject's color and pattern (how specific the mask is);
 - compositions: 2, 3 and 4 subjects' masks composed (their union, and the union refined with
   a few joint steps, ``find --refine``), prompted with every class word in its place; the share
-  of images with every subject right;
+  of images with every subject right, and how each subject's mask does there on its own;
 - the mask's sparsity and its file size against the information bound.
 
 Hyperparameters are tuned with ``--tune`` on a subject that is never reported
-(``TUNING_SUBJECT``) and on other seeds; the reported figures use held-out seeds.
+(``TUNING_SUBJECT``) and its seeds, and on the reported subjects with the tuning seeds
+(``--tune --subjects-too``); the reported figures use held-out seeds.
 """
 
 from __future__ import annotations
@@ -53,10 +57,11 @@ from conesreg.mini.subjects import (
     background_share,
     composition_prompt,
     sample,
+    subject_captions,
     subject_images,
     subject_share,
 )
-from conesreg.mini.world import BACKGROUNDS
+from conesreg.mini.world import BACKGROUNDS, SHAPES
 
 #: Seeds of the reported run and of tuning: renders, finder, sampling, random controls.
 SEEDS = {
@@ -92,10 +97,11 @@ def draw(pipe: Any, clf: Any, prompts: list[str], concepts: list[Concept], seed:
 def evaluate_subject(
     pipe: Any, clf: Any, s: Subject, seeds: dict[str, int], n: int, workdir: Path, params: dict
 ) -> dict[str, Any]:
-    cfg = FindConfig(f"a photo of a {s.class_word}", s.class_word, seed=seeds["find"], **params)
+    cfg = s.find_config(seed=seeds["find"], **params)
     images = subject_images(s, n=6, seed=seeds["images"])
+    captions = subject_captions(s, n=6, seed=seeds["images"])
     t = time.perf_counter()
-    mask = find_neurons(pipe, images, cfg)
+    mask = find_neurons(pipe, images, cfg, captions=captions)
     find_s = time.perf_counter() - t
     concept = as_concept(pipe, mask, cfg, workdir / s.name)
     control = as_concept(pipe, random_mask(pipe, mask, seeds["random"]), cfg, workdir / "random")
@@ -111,6 +117,23 @@ def evaluate_subject(
         row[f"prompt/{label}"] = float(
             np.mean(
                 [background_share(bg, [p]) for bg, p in zip(backgrounds, p_context, strict=True)]
+            )
+        )
+    # Specificity: the other classes' prompts, with and without the mask; the share of images
+    # in which an object of the prompted class took on the subject's color and pattern.
+    others = [f"a photo of a {sh}" for sh in SHAPES if sh != s.shape]
+    other_prompts = [others[i % len(others)] for i in range(n)]
+    for label, concepts in (("mask", [concept]), ("none", [])):
+        preds = draw(pipe, clf, other_prompts, concepts, seeds["sample"] + 2000)
+        row[f"others/{label}"] = float(
+            np.mean(
+                [
+                    any(
+                        o["shape"] in prompt and (o["color"], o["pattern"]) == (s.color, s.pattern)
+                        for o in p["objects"]
+                    )
+                    for prompt, p in zip(other_prompts, preds, strict=True)
+                ]
             )
         )
     total = sum(pipe.unet.get_parameter(n).numel() for n in candidate_names(pipe.unet))
@@ -140,7 +163,10 @@ def compositions(
         refined = refine_neurons(
             pipe,
             [
-                (subject_images(s, n=6, seed=seeds["images"]), f"a photo of a {s.class_word}")
+                (
+                    subject_images(s, n=6, seed=seeds["images"]),
+                    subject_captions(s, n=6, seed=seeds["images"]),
+                )
                 for s in subjects
             ],
             start,
@@ -149,10 +175,17 @@ def compositions(
         refine_s = time.perf_counter() - t
         joint = as_concept(pipe, refined, cfg, workdir / f"joint-{size}")
         seed = seeds["sample"] + 7000 + size
+        # Each subject's own mask alone on the composition prompt: does a mask hold in this
+        # prompt at all, apart from the others?
+        alone = [
+            subject_share(r["subject"], draw(pipe, clf, prompts, [r["concept"]], seed))
+            for r in group
+        ]
         out.append(
             {
                 "size": size,
                 "prompt": prompts[0],
+                "alone": float(np.mean(alone)),
                 "none": all_subjects_share(subjects, draw(pipe, clf, prompts, [], seed)),
                 "union": all_subjects_share(subjects, draw(pipe, clf, prompts, union, seed)),
                 "refined": all_subjects_share(subjects, draw(pipe, clf, prompts, [joint], seed)),
@@ -171,6 +204,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=CONFIG["batch_size"])
     ap.add_argument("--lam", type=float, default=CONFIG["lam"])
     ap.add_argument("--subjects", type=int, default=len(SUBJECTS), help="how many to report")
+    ap.add_argument(
+        "--subjects-too",
+        action="store_true",
+        help="with --tune: also the reported subjects and compositions, on the tuning seeds",
+    )
     a = ap.parse_args()
     torch.set_flush_denormal(True)
     params = {
@@ -181,7 +219,8 @@ def main() -> None:
         "lam": a.lam,
     }
     seeds = SEEDS["tune" if a.tune else "report"]
-    subjects = [TUNING_SUBJECT] if a.tune else list(SUBJECTS.values())[: a.subjects]
+    reported = list(SUBJECTS.values())[: a.subjects]
+    subjects = ([TUNING_SUBJECT] + reported * a.subjects_too) if a.tune else reported
     pipe = load_mini_pipeline()
     clf = load_classifier()
     print(
@@ -190,17 +229,19 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         rows = [evaluate_subject(pipe, clf, s, seeds, a.n, Path(tmp), params) for s in subjects]
-        comps = [] if a.tune else compositions(pipe, clf, rows, seeds, a.n, Path(tmp))
+        group = [r for r in rows if r["subject"] in reported]
+        comps = compositions(pipe, clf, group, seeds, a.n, Path(tmp)) if len(group) > 1 else []
 
     print("subject fidelity (share of images showing the subject) and prompt fidelity")
     print("(share keeping the background the context prompt names); bars in the last row\n")
     head = (
         "| subject | plain: mask | none | random | context: mask | none | random "
-        "| prompt: mask | none | random | find s |"
+        "| prompt: mask | none | random | other classes: mask | none | find s |"
     )
     print(head)
-    print("|" + " --- |" * 11)
+    print("|" + " --- |" * 13)
     keys = [f"{c}/{v}" for c in ("plain", "context", "prompt") for v in ("mask", "none", "random")]
+    keys += ["others/mask", "others/none"]
     for r in rows:
         cells = " | ".join(f"{r[k]:.2f}" for k in keys)
         print(f"| {r['subject'].description} | {cells} | {r['find_s']:.0f} |")
@@ -208,7 +249,7 @@ def main() -> None:
     print(f"| mean | {' | '.join(f'{mean[k]:.2f}' for k in keys)} | |")
     print(
         "| bar | >= 0.8 | <= 0.2 | none +- 0.05 | >= 0.6 | <= 0.2 | none +- 0.05 "
-        "| >= none - 0.1 | | | |"
+        "| >= none - 0.1 | | | | | |"
     )
     print("\nmask size\n")
     print("| subject | sparsity | to_v share | bytes | / information bound |")
@@ -220,13 +261,16 @@ def main() -> None:
         )
     if comps:
         print("\ncompositions: share of images with every subject right\n")
-        print("| subjects | prompt | none | union | union + refine | refine s | bar |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("(each alone: the mean share of images in which a subject is right when only its")
+        print("own mask is applied to the composition prompt)\n")
+        print("| subjects | prompt | each alone | none | union | union + refine | refine s | bar |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         bars = {2: ">= 0.6", 4: ">= 0.3"}
         for c in comps:
             print(
-                f"| {c['size']} | {c['prompt']} | {c['none']:.2f} | {c['union']:.2f} "
-                f"| {c['refined']:.2f} | {c['refine_s']:.0f} | {bars.get(c['size'], '-')} |"
+                f"| {c['size']} | {c['prompt']} | {c['alone']:.2f} | {c['none']:.2f} "
+                f"| {c['union']:.2f} | {c['refined']:.2f} | {c['refine_s']:.0f} "
+                f"| {bars.get(c['size'], '-')} |"
             )
 
 

@@ -3,12 +3,13 @@
 Run: ``python benchmarks/find_step.py [--batch 8] [--steps 30] [--device cpu]``
 
 The baseline is what any fine-tuning step of the UNet pays: noise a batch of latents, predict,
-MSE, backward, with gradients on the candidate parameters only (cross-attention K/V). A finder
-step adds the score accumulation (``theta * grad`` in float32) and, once per round, the
-switching. Both run on the bundled mini model, each in a fresh process so that peak memory
-(resident set on CPU, allocated on CUDA) is its own. Printed: seconds per step, the ratio to
-the baseline (the mean of one run before and one after the others; bar: <= 1.10x) and peak
-memory, for the finder plain, with gradient checkpointing and with autocast.
+MSE against the model's own target (v for the mini model), backward, with gradients on the
+candidate parameters only (cross-attention K/V). A finder step adds the score accumulation
+(``theta * grad`` in float32) and, once per round, the switching. Both run on the bundled
+mini model, each in a fresh process so that peak memory (resident set on CPU, allocated on
+CUDA) is its own. Printed: seconds per step, the ratio to the baseline (the mean of one run
+before and one after the others; bar: <= 1.10x) and peak memory, for the finder plain, with
+gradient checkpointing and with autocast.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def plain_steps(device: str, batch: int, steps: int) -> dict[str, float]:
     from diffusers import DDPMScheduler
 
     from conesreg._find import _embed, _latents, candidate_names
+    from conesreg._objective import denoising_target
 
     pipe, images = _setup(device)
     unet = pipe.unet
@@ -61,7 +63,8 @@ def plain_steps(device: str, batch: int, steps: int) -> dict[str, float]:
         noise = torch.randn(z.shape, generator=gen).to(z)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=gen)
         zt = sched.add_noise(z, noise, t.to(z.device))
-        loss = F.mse_loss(unet(zt, t.to(z.device), cond.expand(batch, -1, -1)).sample, noise)
+        pred = unet(zt, t.to(z.device), cond.expand(batch, -1, -1)).sample
+        loss = F.mse_loss(pred, denoising_target(sched, z, noise, t.to(z.device)))
         loss.backward()
         for p in unet.parameters():
             p.grad = None

@@ -71,16 +71,16 @@ def run_demo(
     from PIL import Image
 
     from ._compose import apply, load_pipeline
-    from ._find import FindConfig, find_neurons, write_draft
+    from ._find import find_neurons, write_draft
     from ._install import install
     from ._push import push
     from .mini.classifier import load_classifier, predict
     from .mini.model import MODEL_ID
     from .mini.subjects import (
-        FIND_SETTINGS,
         background_share,
         get_subject,
         sample,
+        subject_captions,
         subject_images,
         subject_share,
     )
@@ -94,16 +94,23 @@ def run_demo(
 
     stage(f"rendering the subject: a {s.description}")
     images = subject_images(s, n=6, seed=seed)
+    captions = subject_captions(s, n=6, seed=seed)
     (out_dir / "subject").mkdir(exist_ok=True)
     for i, im in enumerate(images):
         Image.fromarray(im).save(out_dir / "subject" / f"{i}.png")
+    # The captions as `conesreg find` reads them, so the folder can be searched again by hand.
+    (out_dir / "subject" / "metadata.jsonl").write_text(
+        "".join(
+            json.dumps({"file_name": f"{i}.png", "text": c}) + "\n" for i, c in enumerate(captions)
+        )
+    )
 
     stage("loading the bundled mini model")
     pipe = load_pipeline(None, device=device)
-    config = FindConfig(f"a photo of a {s.class_word}", s.class_word, seed=seed, **FIND_SETTINGS)
+    config = s.find_config(seed=seed)
     stage(f"finding its concept neurons ({config.steps} steps)")
     t = time.perf_counter()
-    mask = find_neurons(pipe, images, config, on_step=on_step)
+    mask = find_neurons(pipe, images, config, captions=captions, on_step=on_step)
     find_s = time.perf_counter() - t
     draft = write_draft(
         out_dir / "draft", pipe, mask, config, name=s.name, namespace="demo", base_id=MODEL_ID

@@ -33,6 +33,10 @@ def test_demo_publishes_installs_and_reports(
     printed = capsys.readouterr().out
     assert "demo/purple-checker-star@1.0.0" in printed and "subject drawn" in printed
     assert len(list((out / "subject").glob("*.png"))) == 6
+    # The renders' captions, as `conesreg find` reads them from the folder.
+    rows = [json.loads(x) for x in (out / "subject" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["file_name"] for r in rows] == [f"{i}.png" for i in range(6)]
+    assert all("star" in r["text"] for r in rows)
     with Image.open(out / "demo.png") as grid:
         assert grid.width > 8 * 64 and grid.height > 5 * 64
     assert "conesreg demo: a checkered purple star" in (out / "report.md").read_text()

@@ -85,3 +85,34 @@ def test_tokenizer_spells_every_word_as_one_token() -> None:
     long = full_caption(sample_scene(np.random.default_rng(1), n_objects=4))
     ids = tok(long).input_ids
     assert len(ids) <= tok.model_max_length and tok.eos_token_id in ids
+
+
+def test_subject_captions_describe_the_renders_but_not_the_subject() -> None:
+    from conesreg.mini.subjects import (
+        SUBJECTS,
+        _subject_scenes,
+        subject_captions,
+        subject_images,
+    )
+    from conesreg.mini.world import COLORS, PATTERN_WORDS, where
+
+    s = SUBJECTS["purple-checker-star"]
+    captions = subject_captions(s, n=6, seed=7)
+    scenes = _subject_scenes(s, 6, 7)
+    assert len(captions) == len(subject_images(s, n=6, seed=7)) == 6
+    for text, scene in zip(captions, scenes, strict=True):
+        assert text.startswith("a photo of a star ")
+        assert where(scene.objects[0].slot) in text
+        assert f"on a {scene.background} background" in text
+        # The color and the pattern are the concept's to supply, never the caption's.
+        assert not set(text.split()) & {*COLORS, *PATTERN_WORDS.values()}
+
+
+def test_find_config_preserves_the_other_classes_only_with_a_weight() -> None:
+    from conesreg.mini.subjects import SUBJECTS
+
+    s = SUBJECTS["orange-striped-heart"]
+    with_weight = s.find_config(seed=1, lam=0.5)
+    assert with_weight.class_prompt == "a photo of a heart"
+    assert set(with_weight.preserve) == {f"a photo of a {sh}" for sh in SHAPES if sh != "heart"}
+    assert s.find_config(seed=1, lam=0.0).preserve == ()

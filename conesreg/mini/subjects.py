@@ -21,20 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from .world import BACKGROUNDS, PATTERN_WORDS, SLOTS, Obj, Scene, render
+from .world import BACKGROUNDS, PATTERN_WORDS, SHAPES, SLOTS, Obj, Scene, render, where
 
-#: The finder's settings for the mini model, chosen on the tuning subject (docs/design.md):
-#: a model this small needs a far larger share switched off than Stable Diffusion's ~1%.
+#: The finder's settings for the mini model, chosen with ``fidelity.py --tune`` (docs/design.md):
+#: a model this small needs a far larger share switched off than Stable Diffusion's ~1%; a
+#: light preservation of the other classes (``Subject.find_config``) keeps masks specific.
 FIND_SETTINGS: dict[str, Any] = {
     "steps": 100,
     "batch_size": 8,
     "rounds": 10,
     "sparsity": 0.03,
-    "lam": 0.0,
+    "lam": 0.25,
 }
 
-#: How the benchmarks sample the mini model.
+#: How the benchmarks sample the mini model (``benchmarks/mini_guidance.py`` compares others).
 GUIDANCE = 5.0
+GUIDANCE_RESCALE = 0.0
 STEPS = 25
 
 
@@ -56,6 +58,26 @@ class Subject:
     def description(self) -> str:
         """``"checkered purple star"``, in the captions' words and order."""
         return f"{PATTERN_WORDS[self.pattern]} {self.color} {self.shape}"
+
+    @property
+    def class_prompt(self) -> str:
+        return f"a photo of a {self.class_word}"
+
+    def find_config(self, *, seed: int, **overrides: Any) -> Any:
+        """The finder's configuration for this subject: :data:`FIND_SETTINGS` (or
+        ``overrides``), preserving the other shapes' class prompts when ``lam > 0``, so that
+        the mask leaves the other classes alone and composes with theirs.
+
+        Example:
+            >>> SUBJECTS["purple-checker-star"].find_config(seed=0).class_prompt
+            'a photo of a star'
+        """
+        from .._find import FindConfig
+
+        params = {**FIND_SETTINGS, **overrides}
+        others = tuple(f"a photo of a {sh}" for sh in SHAPES if sh != self.shape)
+        params.setdefault("preserve", others if params.get("lam", 0) > 0 else ())
+        return FindConfig(self.class_prompt, self.class_word, seed=seed, **params)
 
     def matches(self, obj: dict[str, Any]) -> bool:
         """Whether a classifier-judged object is this subject (shape, color and pattern)."""
@@ -94,19 +116,38 @@ def get_subject(name: str) -> Subject:
         ) from None
 
 
-def subject_images(subject: str | Subject, *, n: int = 6, seed: int = 0) -> np.ndarray:
-    """``n`` renders of the subject, uint8 ``(n, 64, 64, 3)``: one object, in turn in every
-    place, on a background drawn per image (seeded)."""
+def _subject_scenes(subject: str | Subject, n: int, seed: int) -> list[Scene]:
     s = get_subject(subject) if isinstance(subject, str) else subject
     rng = np.random.default_rng(seed)
-    scenes = [
+    return [
         Scene(
             objects=(Obj(s.shape, s.color, s.pattern, s.size, SLOTS[i % len(SLOTS)]),),
             background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))],
         )
         for i in range(n)
     ]
-    return np.stack([render(sc) for sc in scenes])
+
+
+def subject_images(subject: str | Subject, *, n: int = 6, seed: int = 0) -> np.ndarray:
+    """``n`` renders of the subject, uint8 ``(n, 64, 64, 3)``: one object, in turn in every
+    place, on a background drawn per image (seeded)."""
+    return np.stack([render(sc) for sc in _subject_scenes(subject, n, seed)])
+
+
+def subject_captions(subject: str | Subject, *, n: int = 6, seed: int = 0) -> list[str]:
+    """The captions of :func:`subject_images` (same ``n`` and ``seed``), as a user would write
+    them: the class word, the place and the background, never the subject's own color or
+    pattern, which are what the concept has to supply.
+
+    Example:
+        >>> subject_captions("purple-checker-star", n=2, seed=0)[1]
+        'a photo of a star at the top left on a navy background'
+    """
+    return [
+        f"a photo of a {sc.objects[0].shape} {where(sc.objects[0].slot)} "
+        f"on a {sc.background} background"
+        for sc in _subject_scenes(subject, n, seed)
+    ]
 
 
 def subject_share(subject: Subject, predictions: Sequence[dict[str, Any]]) -> float:
@@ -140,6 +181,7 @@ def sample(pipe: Any, prompts: Sequence[str], *, seed: int, batch: int = 16) -> 
             list(prompts[i : i + batch]),
             num_inference_steps=STEPS,
             guidance_scale=GUIDANCE,
+            guidance_rescale=GUIDANCE_RESCALE,
             generator=torch.Generator().manual_seed(seed + i),
             output_type="np",
         )

@@ -211,7 +211,8 @@ def describe(obj: Obj, *, size: bool = True, pattern: bool = True, color: bool =
     return article + " " + " ".join(words)
 
 
-def _where(slot: str) -> str:
+def where(slot: str) -> str:
+    """The caption's words for a place: ``"in the center"``, ``"at the top left"``."""
     return "in the center" if slot == "center" else f"at the {slot}"
 
 
@@ -226,7 +227,7 @@ def caption(scene: Scene, rng: np.random.Generator, *, full: bool = False) -> st
     for obj in scene.objects:
         phrase = describe(obj, size=keep(0.5), pattern=keep(0.7), color=keep(0.8))
         if keep(0.6):
-            phrase += " " + _where(obj.slot)
+            phrase += " " + where(obj.slot)
         phrases.append(phrase)
     text = " and ".join(phrases)
     prefix = (
