@@ -88,6 +88,17 @@ def score_single(scenes: list[Scene], preds: list[dict]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in hits.items()}
 
 
+def color_misses(scenes: list[Scene], preds: list[dict]) -> dict[tuple, list[str]]:
+    """The colors drawn instead, per (shape, color, pattern) asked for: where color fails."""
+    out: dict[tuple, list[str]] = {}
+    for scene, pred in zip(scenes, preds, strict=True):
+        want = scene.objects[0]
+        got = _match(want, pred["objects"])
+        if got is None or got["color"] != want.color:
+            out.setdefault(want.triple, []).append(got["color"] if got else "nothing")
+    return out
+
+
 def _right(want: Obj, got: dict) -> bool:
     return all(got[k] == getattr(want, k) for k in ("shape", "color", "pattern"))
 
@@ -164,9 +175,9 @@ def main() -> None:
 
     on_renders, on_recs = vae_check(pipe, clf, 512, rng)
     singles = single_prompts(a.n, rng)
-    single = score_single(
-        singles, predict(clf, generate(pipe, [full_caption(s) for s in singles], seed=SEED))
-    )
+    single_preds = predict(clf, generate(pipe, [full_caption(s) for s in singles], seed=SEED))
+    single = score_single(singles, single_preds)
+    misses = color_misses(singles, single_preds)
     pairs = pair_prompts(a.n, rng)
     pair = score_pairs(
         pairs, predict(clf, generate(pipe, [full_caption(s) for s in pairs], seed=SEED + 1))
@@ -200,6 +211,11 @@ def main() -> None:
         f"seed {SEED}, {torch.get_num_threads()} threads\n"
     )
     print(table)
+    if misses:
+        print("\nsingle-object color misses by held-out combination (asked -> drawn):")
+        for (shape, color, pattern), drawn in sorted(misses.items()):
+            n_asked = sum(sc.objects[0].triple == (shape, color, pattern) for sc in singles)
+            print(f"  {pattern} {color} {shape}: {len(drawn)} of {n_asked} -> {', '.join(drawn)}")
     if a.card:
         text = a.card.read_text()
         start, end = "<!-- figures -->", "<!-- /figures -->"
