@@ -205,6 +205,11 @@ def test_cli_find_then_push(
     code = main(_find_args(isolated / "nothing", out, tiny_pipeline_dir))
     err = capsys.readouterr().err
     assert code == 1 and "does not exist" in err
+    args = _find_args(folder, isolated / "never", tiny_pipeline_dir)
+    assert main([*args, "--preserve", "a photo of a cat"]) == 1
+    err = capsys.readouterr().err
+    assert "need a preservation weight" in err and "--lambda" in err
+    assert not (isolated / "never").exists()
 
 
 def second_subject() -> np.ndarray:
