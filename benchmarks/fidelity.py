@@ -3,11 +3,12 @@
 Run: ``python benchmarks/fidelity.py [--n 32] [--tune]``
 
 For each bundled subject (``conesreg.mini.subjects.SUBJECTS``: a checkered purple star, a
-striped orange heart, ...), the finder runs on 6 captioned renders of it (the captions name
-the class word, the place and the background: ``subject_captions``); then the mini model draws from
-the plain class prompt ("a photo of a star") and from context prompts ("a photo of a star on a
-navy background") three ways: with the found mask, without any mask (the baseline), and with a
-random mask of the same size per parameter (the control). The attribute classifier judges:
+striped orange heart, ...), the finder runs on 6 captioned renders of it (``--renders``; the
+captions name the class word, the place and the background: ``subject_captions``); then the
+mini model draws from the plain class prompt ("a photo of a star") and from context prompts
+("a photo of a star on a navy background") three ways: with the found mask, without any mask
+(the baseline), and with a random mask of the same size per parameter (the control). The
+attribute classifier judges:
 
 - subject fidelity: the share of images showing the subject (shape, color and pattern);
 - prompt fidelity: the share keeping the context the prompt asks for (the background);
@@ -69,6 +70,7 @@ SEEDS = {
     "tune": {"images": 100, "find": 200, "sample": 20000, "random": 300},
 }
 CONFIG = FIND_SETTINGS  # chosen with --tune
+RENDERS = 6  # subject images per search (--renders)
 REFINE = REFINE_DEFAULTS  # what `conesreg find --refine` does
 
 
@@ -95,11 +97,18 @@ def draw(pipe: Any, clf: Any, prompts: list[str], concepts: list[Concept], seed:
 
 
 def evaluate_subject(
-    pipe: Any, clf: Any, s: Subject, seeds: dict[str, int], n: int, workdir: Path, params: dict
+    pipe: Any,
+    clf: Any,
+    s: Subject,
+    seeds: dict[str, int],
+    n: int,
+    workdir: Path,
+    params: dict,
+    renders: int,
 ) -> dict[str, Any]:
     cfg = s.find_config(seed=seeds["find"], **params)
-    images = subject_images(s, n=6, seed=seeds["images"])
-    captions = subject_captions(s, n=6, seed=seeds["images"])
+    images = subject_images(s, n=renders, seed=seeds["images"])
+    captions = subject_captions(s, n=renders, seed=seeds["images"])
     t = time.perf_counter()
     mask = find_neurons(pipe, images, cfg, captions=captions)
     find_s = time.perf_counter() - t
@@ -109,6 +118,7 @@ def evaluate_subject(
     backgrounds = [BACKGROUNDS[i % len(BACKGROUNDS)] for i in range(n)]
     context = [f"{cfg.class_prompt} on a {bg} background" for bg in backgrounds]
     row: dict[str, Any] = {"subject": s, "mask": mask, "concept": concept, "find_s": find_s}
+    row["stimulation"] = (images, captions)  # what the composition's refine step sees again
     for label, concepts in (("mask", [concept]), ("none", []), ("random", [control])):
         p_plain = draw(pipe, clf, plain, concepts, seeds["sample"])
         p_context = draw(pipe, clf, context, concepts, seeds["sample"] + 1000)
@@ -160,18 +170,7 @@ def compositions(
             prompts[0], " and ".join(s.class_word for s in subjects), seed=seeds["find"], **REFINE
         )
         start = union_masks(r["mask"] for r in group)
-        refined = refine_neurons(
-            pipe,
-            [
-                (
-                    subject_images(s, n=6, seed=seeds["images"]),
-                    subject_captions(s, n=6, seed=seeds["images"]),
-                )
-                for s in subjects
-            ],
-            start,
-            cfg,
-        )
+        refined = refine_neurons(pipe, [r["stimulation"] for r in group], start, cfg)
         refine_s = time.perf_counter() - t
         joint = as_concept(pipe, refined, cfg, workdir / f"joint-{size}")
         seed = seeds["sample"] + 7000 + size
@@ -209,6 +208,7 @@ def main() -> None:
         action="store_true",
         help="with --tune: also the reported subjects and compositions, on the tuning seeds",
     )
+    ap.add_argument("--renders", type=int, default=RENDERS, help="subject images per search")
     a = ap.parse_args()
     torch.set_flush_denormal(True)
     params = {
@@ -228,7 +228,10 @@ def main() -> None:
         f"finder {params}, {torch.get_num_threads()} threads\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [evaluate_subject(pipe, clf, s, seeds, a.n, Path(tmp), params) for s in subjects]
+        rows = [
+            evaluate_subject(pipe, clf, s, seeds, a.n, Path(tmp), params, a.renders)
+            for s in subjects
+        ]
         group = [r for r in rows if r["subject"] in reported]
         comps = compositions(pipe, clf, group, seeds, a.n, Path(tmp)) if len(group) > 1 else []
 
