@@ -11,9 +11,8 @@ subject. The finder
    ``lam``: of the class prompt (the paper's prior preservation), or of the ``preserve``
    prompts, such as the other classes a concept must leave alone;
 2. runs ``steps`` iterations of the model's own denoising MSE (epsilon or v) at uniform random
-   timesteps with the
-   current mask applied in the forward pass, accumulating ``theta * grad`` per candidate scalar in
-   float32 (only candidate parameters require gradients);
+   timesteps with the current mask applied in the forward pass, accumulating ``theta * grad``
+   per candidate scalar in float32 (only candidate parameters require gradients);
 3. at the end of each of ``rounds`` equal rounds switches off the best-scoring scalars still on:
    as many as the linear ramp to ``sparsity`` allows, or every one whose mean score passes
    ``tau``; scores restart each round, so later gradients see the earlier shutting;
@@ -62,8 +61,8 @@ class FindConfig:
 
     ``preserve`` names the prompts whose base-model images the preservation term (weight
     ``lam``) keeps; empty, it keeps the class prompt's. Preserving *other* classes makes a
-    mask specific to its subject: neurons that would also change what those prompts draw
-    score lower, so masks of different subjects overlap less and compose (docs/design.md).
+    mask more specific to its subject: neurons that would also change what those prompts draw
+    score lower (docs/design.md measures how much).
 
     ``rho`` makes the shutting soft: a selected scalar is multiplied by ``1 - rho`` at the end
     of every round from its selection on (``None``: set to 0 at once). The mask written at the
