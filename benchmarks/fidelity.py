@@ -10,7 +10,8 @@ mini model draws from the plain class prompt ("a photo of a star") and from cont
 (the baseline), and with a random mask of the same size per parameter (the control). The
 attribute classifier judges:
 
-- subject fidelity: the share of images showing the subject (shape, color and pattern);
+- subject fidelity: the share of images showing the subject (shape, color and pattern), and
+  on the plain prompt its color and its pattern apart;
 - prompt fidelity: the share keeping the context the prompt asks for (the background);
 - other classes: the share of images of the other classes' prompts in which the prompted
   object took on the subject's color and pattern (how specific the mask is);
@@ -123,6 +124,15 @@ def evaluate_subject(
         p_plain = draw(pipe, clf, plain, concepts, seeds["sample"])
         p_context = draw(pipe, clf, context, concepts, seeds["sample"] + 1000)
         row[f"plain/{label}"] = subject_share(s, p_plain)
+        for k in ("color", "pattern"):  # which half of the subject's look a mask gets right
+            row[f"plain {k}/{label}"] = float(
+                np.mean(
+                    [
+                        any(o["shape"] == s.shape and o[k] == getattr(s, k) for o in p["objects"])
+                        for p in p_plain
+                    ]
+                )
+            )
         row[f"context/{label}"] = subject_share(s, p_context)
         row[f"prompt/{label}"] = float(
             np.mean(
@@ -254,6 +264,14 @@ def main() -> None:
         "| bar | >= 0.8 | <= 0.2 | none +- 0.05 | >= 0.6 | <= 0.2 | none +- 0.05 "
         "| >= none - 0.1 | | | | | |"
     )
+    print("\non the plain prompt, with the mask (and without): the subject's color, its pattern\n")
+    print("| subject | color | pattern |")
+    print("| --- | --- | --- |")
+    for r in rows:
+        cells = [
+            f"{r[f'plain {k}/mask']:.2f} ({r[f'plain {k}/none']:.2f})" for k in ("color", "pattern")
+        ]
+        print(f"| {r['subject'].description} | {' | '.join(cells)} |")
     print("\nmask size\n")
     print("| subject | sparsity | to_v share | bytes | / information bound |")
     print("| --- | --- | --- | --- | --- |")
