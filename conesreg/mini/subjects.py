@@ -17,15 +17,18 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .world import BACKGROUNDS, PATTERN_WORDS, SHAPES, SLOTS, Obj, Scene, render, where
 
+if TYPE_CHECKING:
+    from .._find import FindConfig
+
 #: The finder's settings for the mini model, chosen with ``fidelity.py --tune`` (docs/design.md):
 #: a model this small needs a far larger share switched off than Stable Diffusion's ~1%; a
-#: light preservation of the other classes (``Subject.find_config``) keeps masks specific.
+#: light preservation of the other classes (``Subject.find_config``) makes masks more specific.
 FIND_SETTINGS: dict[str, Any] = {
     "steps": 100,
     "batch_size": 8,
@@ -63,10 +66,10 @@ class Subject:
     def class_prompt(self) -> str:
         return f"a photo of a {self.class_word}"
 
-    def find_config(self, *, seed: int, **overrides: Any) -> Any:
+    def find_config(self, *, seed: int, **overrides: Any) -> FindConfig:
         """The finder's configuration for this subject: :data:`FIND_SETTINGS` (or
         ``overrides``), preserving the other shapes' class prompts when ``lam > 0``, so that
-        the mask leaves the other classes alone and composes with theirs.
+        the mask leaves the other classes more alone.
 
         Example:
             >>> SUBJECTS["purple-checker-star"].find_config(seed=0).class_prompt
