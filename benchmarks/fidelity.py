@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,13 @@ def draw(pipe: Any, clf: Any, prompts: list[str], concepts: list[Concept], seed:
     return predict(clf, sample(pipe, prompts, seed=seed))
 
 
+def share(preds: list, hits: list[Callable[[dict], bool]]) -> float:
+    """The share of images in which some judged object passes that image's test."""
+    return float(
+        np.mean([any(hit(o) for o in p["objects"]) for p, hit in zip(preds, hits, strict=True)])
+    )
+
+
 def evaluate_subject(
     pipe: Any,
     clf: Any,
@@ -125,13 +133,8 @@ def evaluate_subject(
         p_context = draw(pipe, clf, context, concepts, seeds["sample"] + 1000)
         row[f"plain/{label}"] = subject_share(s, p_plain)
         for k in ("color", "pattern"):  # which half of the subject's look a mask gets right
-            row[f"plain {k}/{label}"] = float(
-                np.mean(
-                    [
-                        any(o["shape"] == s.shape and o[k] == getattr(s, k) for o in p["objects"])
-                        for p in p_plain
-                    ]
-                )
+            row[f"plain {k}/{label}"] = share(
+                p_plain, [lambda o, k=k: o["shape"] == s.shape and o[k] == getattr(s, k)] * n
             )
         row[f"context/{label}"] = subject_share(s, p_context)
         row[f"prompt/{label}"] = float(
@@ -145,16 +148,14 @@ def evaluate_subject(
     other_prompts = [others[i % len(others)] for i in range(n)]
     for label, concepts in (("mask", [concept]), ("none", [])):
         preds = draw(pipe, clf, other_prompts, concepts, seeds["sample"] + 2000)
-        row[f"others/{label}"] = float(
-            np.mean(
-                [
-                    any(
-                        o["shape"] in prompt and (o["color"], o["pattern"]) == (s.color, s.pattern)
-                        for o in p["objects"]
-                    )
-                    for prompt, p in zip(other_prompts, preds, strict=True)
-                ]
-            )
+        row[f"others/{label}"] = share(
+            preds,
+            [
+                lambda o, prompt=prompt: (
+                    o["shape"] in prompt and (o["color"], o["pattern"]) == (s.color, s.pattern)
+                )
+                for prompt in other_prompts
+            ],
         )
     total = sum(pipe.unet.get_parameter(n).numel() for n in candidate_names(pipe.unet))
     k = sum(len(v) for v in mask.values())
