@@ -213,6 +213,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=CONFIG["steps"])
     ap.add_argument("--batch-size", type=int, default=CONFIG["batch_size"])
     ap.add_argument("--lam", type=float, default=CONFIG["lam"])
+    ap.add_argument("--bands", type=int, default=CONFIG.get("bands", 1))
     ap.add_argument("--subjects", type=int, default=len(SUBJECTS), help="how many to report")
     ap.add_argument(
         "--subjects-too",
@@ -228,6 +229,7 @@ def main() -> None:
         "steps": a.steps,
         "batch_size": a.batch_size,
         "lam": a.lam,
+        "bands": a.bands,
     }
     seeds = SEEDS["tune" if a.tune else "report"]
     reported = list(SUBJECTS.values())[: a.subjects]

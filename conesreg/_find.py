@@ -64,6 +64,12 @@ class FindConfig:
     mask more specific to its subject: neurons that would also change what those prompts draw
     score lower (docs/design.md measures how much).
 
+    ``bands`` splits the timesteps into that many equal bands, each with its own scores and an
+    equal share of the budget (each step's batch is split among them, so a step costs the
+    same). The loss is largest at the noisy timesteps, so one score over all of them picks
+    mostly the neurons that carry what is decided there (on the mini model: color) and few of
+    those the quiet timesteps decide (pattern); docs/design.md measures it.
+
     ``rho`` makes the shutting soft: a selected scalar is multiplied by ``1 - rho`` at the end
     of every round from its selection on (``None``: set to 0 at once). The mask written at the
     end switches every selected scalar fully off either way. ``autocast`` runs the forward pass
@@ -81,6 +87,7 @@ class FindConfig:
     prior_images: int = 8
     preserve: tuple[str, ...] = ()
     rho: float | None = None
+    bands: int = 1
     seed: int = 0
     candidates: str = "cross-kv"
     autocast: bool = False
@@ -102,6 +109,11 @@ class FindConfig:
             raise ConesregError(
                 "prompts to preserve need a preservation weight",
                 hint="add e.g. --lambda 1, or drop --preserve",
+            )
+        if not 1 <= self.bands <= self.batch_size:
+            raise ConesregError(
+                f"{self.bands} timestep bands for a batch of {self.batch_size}",
+                hint="use 1 band or more, at most the batch size",
             )
         if self.rho is not None and not 0 < self.rho <= 1:
             raise ConesregError(f"rho {self.rho} is not in (0, 1]", hint="e.g. --rho 0.5")
@@ -361,11 +373,16 @@ def _search(
         else contextlib.nullcontext()
     )
 
-    def loss_on(z0: Any, cond: Any) -> Any:
-        idx = torch.randint(0, len(z0), (config.batch_size,), generator=gen)
+    n_t = noise_sched.config.num_train_timesteps
+    # Band b holds timesteps [edges[b], edges[b + 1]) and a share of the batch.
+    edges = [round(n_t * b / config.bands) for b in range(config.bands + 1)]
+    shares = [len(a) for a in np.array_split(np.arange(config.batch_size), config.bands)]
+
+    def loss_on(z0: Any, cond: Any, band: int) -> Any:
+        idx = torch.randint(0, len(z0), (shares[band],), generator=gen)
         z, cond = z0[idx], cond[idx.to(cond.device)]
         noise = torch.randn(z.shape, generator=gen).to(z)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(z),), generator=gen)
+        t = torch.randint(edges[band], edges[band + 1], (len(z),), generator=gen)
         zt = noise_sched.add_noise(z, noise, t.to(z.device))
         with autocast:
             pred = unet(zt, t.to(z.device), cond).sample
@@ -383,29 +400,35 @@ def _search(
         if config.gradient_checkpointing and not checkpointing:
             unet.enable_gradient_checkpointing()
         per_round = config.steps // config.rounds
-        scores = {n: torch.zeros_like(k) for n, k in keep.items()}
+        scores = [{n: torch.zeros_like(k) for n, k in keep.items()} for _ in range(config.bands)]
         start_step = _resume(checkpoint, config, keep, gen)
         _apply_keep(params, originals, keep)
         n_off = sum(int((k < 1).sum()) for k in keep.values())
         for step in range(start_step + 1, config.steps + 1):
-            loss = sum(w * loss_on(z, c) for z, c, w in batches)
-            loss.backward()
-            with torch.no_grad():
-                for n, p in params.items():
-                    # theta * dL/dtheta: scalars already off score -inf when chosen, below.
-                    scores[n].addcmul_(p.detach().view(-1).float(), p.grad.view(-1).float())
-                    p.grad = None
+            loss = 0.0
+            for band, band_scores in enumerate(scores):
+                band_loss = sum(w * loss_on(z, c, band) for z, c, w in batches)
+                band_loss.backward()
+                loss += float(band_loss.detach()) * shares[band] / config.batch_size
+                with torch.no_grad():
+                    for n, p in params.items():
+                        # theta * dL/dtheta: scalars already off score -inf when chosen, below.
+                        band_scores[n].addcmul_(
+                            p.detach().view(-1).float(), p.grad.view(-1).float()
+                        )
+                        p.grad = None
             done_rounds = step // per_round
             if step % per_round == 0 and done_rounds <= config.rounds:
                 _switch_off(scores, keep, config, done_rounds, total, per_round, base_off)
                 _apply_keep(params, originals, keep)
                 n_off = sum(int((k < 1).sum()) for k in keep.values())
-                for s in scores.values():
-                    s.zero_()
+                for band_scores in scores:
+                    for s in band_scores.values():
+                        s.zero_()
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, config, step, keep, gen)
             if on_step is not None:
-                on_step(step, float(loss.detach()), n_off / total)
+                on_step(step, loss, n_off / total)
     finally:
         with torch.no_grad():
             for n, p in params.items():
@@ -465,7 +488,7 @@ def _resume(path: Path | None, config: FindConfig, keep: dict[str, Any], gen: An
 
 
 def _switch_off(
-    scores: dict[str, Any],
+    scores: list[dict[str, Any]],
     keep: dict[str, Any],
     config: FindConfig,
     done_rounds: int,
@@ -481,15 +504,22 @@ def _switch_off(
         for n in names:
             off = keep[n] < 1
             keep[n][off] *= 1 - config.rho
-    flat = torch.cat([torch.where(keep[n] < 1, -torch.inf, scores[n]).cpu() for n in names])
+    already = torch.cat([(keep[n] < 1).cpu() for n in names])
+    bands = [torch.cat([s[n].cpu() for n in names]) for s in scores]
     if config.sparsity is not None:
         ramp = min(done_rounds, config.rounds) / config.rounds
         target = base_off + round(total * config.sparsity * ramp)
-        k = min(target - sum(int((kp < 1).sum()) for kp in keep.values()), len(flat))
-        chosen = torch.topk(flat, k).indices if k > 0 else torch.empty(0, dtype=torch.long)
-        chosen = chosen[flat[chosen] > 0]  # only scalars whose removal lowers the loss
+        k = max(0, target - int(already.sum()))
+        taken = already.clone()
+        # Each band picks its share among the scalars no earlier band took.
+        for share, flat in zip(np.array_split(np.arange(k), len(bands)), bands, strict=True):
+            flat = torch.where(taken, -torch.inf, flat)
+            top = torch.topk(flat, min(len(share), len(flat))).indices
+            taken[top[flat[top] > 0]] = True  # only scalars whose removal lowers the loss
+        chosen = torch.nonzero(taken & ~already).view(-1)
     else:
-        chosen = torch.nonzero(flat / per_round > config.tau).view(-1)
+        passed = torch.stack([flat / per_round > config.tau for flat in bands]).any(0)
+        chosen = torch.nonzero(passed & ~already).view(-1)
     factor = 0.0 if config.rho is None else 1 - config.rho
     offset = 0
     for n in names:

@@ -338,6 +338,13 @@ def generate(
     "--lambda; default: the class prompt).",
 )
 @click.option("--rho", type=float, default=None, help="Soft shutting rate in (0, 1].")
+@click.option(
+    "--bands",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Timestep bands, each with its own scores and share of the budget.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--candidates",
@@ -366,6 +373,7 @@ def find(
     prior_images: int,
     preserve: tuple[str, ...],
     rho: float | None,
+    bands: int,
     seed: int,
     candidates: str,
     autocast: bool,
@@ -442,6 +450,7 @@ def find(
         prior_images=prior_images,
         preserve=preserve,
         rho=rho,
+        bands=bands,
         seed=seed,
         candidates=candidates,
         autocast=autocast,

@@ -112,6 +112,8 @@ def test_tau_mode(subject: np.ndarray) -> None:
         {"rounds": 99},
         {"candidates": "everything"},
         {"preserve": ("a photo of a cat",)},  # without a preservation weight
+        {"bands": 0},
+        {"bands": 3},  # more bands than the batch has images
     ],
 )
 def test_bad_configs(kwargs: dict) -> None:
@@ -227,6 +229,34 @@ def test_soft_shutting_with_rho_one_equals_hard(subject: np.ndarray) -> None:
     # Same budget, other choices: later rounds see the earlier ones only half switched off.
     assert sum(map(len, soft.values())) == sum(map(len, hard.values()))
     assert any(not np.array_equal(hard[n], soft[n]) for n in hard)
+
+
+def test_each_timestep_band_gets_its_share_of_the_budget() -> None:
+    from conesreg._find import _switch_off
+
+    # Band 0 scores scalars 0-9 high (as the noisy timesteps would), band 1 scores 10-19 low.
+    loud = torch.zeros(40)
+    loud[:10] = torch.arange(10, 0, -1) * 100.0
+    quiet = torch.zeros(40)
+    quiet[10:20] = torch.arange(10, 0, -1) * 1.0
+    picked = {}
+    for bands in (1, 2):
+        cfg = FindConfig(**{**CONFIG.__dict__, "sparsity": 0.1, "rounds": 1, "bands": bands})
+        keep = {"w": torch.ones(40)}
+        scores = [{"w": loud + quiet}] if bands == 1 else [{"w": loud}, {"w": quiet}]
+        _switch_off(scores, keep, cfg, 1, 40, 1, 0)
+        picked[bands] = torch.nonzero(keep["w"] < 1).view(-1).tolist()
+    assert picked[1] == [0, 1, 2, 3]
+    assert picked[2] == [0, 1, 10, 11]
+
+
+def test_banded_search_keeps_the_budget_and_the_promise(subject: np.ndarray) -> None:
+    pipe = make_tiny_pipeline(seed=0)
+    one = find_neurons(pipe, subject, CONFIG)
+    two = find_neurons(pipe, subject, FindConfig(**{**CONFIG.__dict__, "bands": 2}))
+    assert sum(map(len, two.values())) == sum(map(len, one.values()))
+    assert any(not np.array_equal(one[n], two[n]) for n in one)
+    assert masked_loss(pipe, two, subject) < fixed_loss(pipe, subject)
 
 
 def test_gradient_checkpointing_gives_the_same_mask(subject: np.ndarray) -> None:
