@@ -70,6 +70,10 @@ class FindConfig:
     mostly the neurons that carry what is decided there (on the mini model: color) and few of
     those the quiet timesteps decide (pattern); docs/design.md measures it.
 
+    ``per_subject`` (for searches over several subjects, as ``refine_neurons`` runs) gives each
+    subject its own scores and an equal share of the budget, the preservation term added to
+    each; pooled, one subject's loss can outweigh another's and take the whole budget.
+
     ``rho`` makes the shutting soft: a selected scalar is multiplied by ``1 - rho`` at the end
     of every round from its selection on (``None``: set to 0 at once). The mask written at the
     end switches every selected scalar fully off either way. ``autocast`` runs the forward pass
@@ -88,6 +92,7 @@ class FindConfig:
     preserve: tuple[str, ...] = ()
     rho: float | None = None
     bands: int = 1
+    per_subject: bool = False
     seed: int = 0
     candidates: str = "cross-kv"
     autocast: bool = False
@@ -400,31 +405,48 @@ def _search(
         if config.gradient_checkpointing and not checkpointing:
             unet.enable_gradient_checkpointing()
         per_round = config.steps // config.rounds
-        scores = [{n: torch.zeros_like(k) for n, k in keep.items()} for _ in range(config.bands)]
+        # One score per (term, band): a term is every batch pooled, or with ``per_subject`` each
+        # subject's batch and the preservation batch apart (summed into groups at selection).
+        n_subjects = len(subjects)
+        terms = [[b] for b in batches] if config.per_subject else [batches]
+        scores = [
+            [{n: torch.zeros_like(k) for n, k in keep.items()} for _ in range(config.bands)]
+            for _ in terms
+        ]
         start_step = _resume(checkpoint, config, keep, gen)
         _apply_keep(params, originals, keep)
         n_off = sum(int((k < 1).sum()) for k in keep.values())
         for step in range(start_step + 1, config.steps + 1):
             loss = 0.0
-            for band, band_scores in enumerate(scores):
-                band_loss = sum(w * loss_on(z, c, band) for z, c, w in batches)
-                band_loss.backward()
-                loss += float(band_loss.detach()) * shares[band] / config.batch_size
-                with torch.no_grad():
-                    for n, p in params.items():
-                        # theta * dL/dtheta: scalars already off score -inf when chosen, below.
-                        band_scores[n].addcmul_(
-                            p.detach().view(-1).float(), p.grad.view(-1).float()
-                        )
-                        p.grad = None
+            for band in range(config.bands):
+                for term, term_scores in zip(terms, scores, strict=True):
+                    term_loss = sum(w * loss_on(z, c, band) for z, c, w in term)
+                    term_loss.backward()
+                    loss += float(term_loss.detach()) * shares[band] / config.batch_size
+                    with torch.no_grad():
+                        for n, p in params.items():
+                            # theta * dL/dtheta: scalars already off score -inf when chosen.
+                            term_scores[band][n].addcmul_(
+                                p.detach().view(-1).float(), p.grad.view(-1).float()
+                            )
+                            p.grad = None
             done_rounds = step // per_round
             if step % per_round == 0 and done_rounds <= config.rounds:
-                _switch_off(scores, keep, config, done_rounds, total, per_round, base_off)
+                _switch_off(
+                    _groups(scores, n_subjects, config.per_subject),
+                    keep,
+                    config,
+                    done_rounds,
+                    total,
+                    per_round,
+                    base_off,
+                )
                 _apply_keep(params, originals, keep)
                 n_off = sum(int((k < 1).sum()) for k in keep.values())
-                for band_scores in scores:
-                    for s in band_scores.values():
-                        s.zero_()
+                for term_scores in scores:
+                    for band_scores in term_scores:
+                        for s in band_scores.values():
+                            s.zero_()
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, config, step, keep, gen)
             if on_step is not None:
@@ -440,6 +462,18 @@ def _search(
     return {
         n: torch.nonzero(k < 1).view(-1).cpu().numpy().astype(np.int64) for n, k in keep.items()
     }
+
+
+def _groups(scores: list[list[dict[str, Any]]], n_subjects: int, per_subject: bool) -> list[Any]:
+    """The score of each group that gets a share of the budget: per band, and per subject."""
+    if not per_subject:
+        return scores[0]
+    prior = scores[n_subjects:]  # the preservation term, when there is one
+    return [
+        {n: sum((p[band][n] for p in prior), s[band][n]) for n in s[band]}
+        for s in scores[:n_subjects]
+        for band in range(len(s))
+    ]
 
 
 def _apply_keep(params: dict[str, Any], originals: dict[str, Any], keep: dict[str, Any]) -> None:
