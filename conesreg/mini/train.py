@@ -11,7 +11,7 @@ Stages (``--stage all`` runs them in order; each resumes from its checkpoint in 
               empty (for classifier-free guidance), with an EMA of the weights
 5. ``export`` write the EMA weights as an fp16 diffusers pipeline into the package
 
-Run: ``python -m conesreg.mini.train --workdir /tmp/mini`` (about 88 minutes on 2 CPU cores).
+Run: ``python -m conesreg.mini.train --workdir /tmp/mini`` (about 83 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -401,10 +401,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stage", choices=("all", *STAGES), default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=60_000)
-    ap.add_argument("--vae-steps", type=int, default=2400)
+    ap.add_argument("--vae-steps", type=int, default=2000)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
-    ap.add_argument("--unet-steps", type=int, default=4000)
+    ap.add_argument("--unet-steps", type=int, default=4600)
     ap.add_argument("--unet-batch", type=int, default=128)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--out", type=Path, default=mm.WEIGHTS_DIR)
