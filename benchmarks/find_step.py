@@ -130,6 +130,8 @@ def main() -> None:
             "finder", a.device, a.batch, a.steps, gradient_checkpointing=True
         ),
         "finder step, autocast": measure("finder", a.device, a.batch, a.steps, autocast=True),
+        # Two bands: two forward+backward passes of half the batch each.
+        "finder step, 2 timestep bands": measure("finder", a.device, a.batch, a.steps, bands=2),
         "baseline again (noise check)": measure("plain", a.device, a.batch, a.steps),
     }
     # The machine is noisy: the baseline is the mean of a run before and a run after the rest.

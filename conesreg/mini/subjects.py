@@ -28,13 +28,15 @@ if TYPE_CHECKING:
 
 #: The finder's settings for the mini model, chosen with ``fidelity.py --tune`` (docs/design.md):
 #: a model this small needs a far larger share switched off than Stable Diffusion's ~1%; a
-#: light preservation of the other classes (``Subject.find_config``) makes masks more specific.
+#: light preservation of the other classes (``Subject.find_config``) makes masks more specific;
+#: two timestep bands give the quiet timesteps (which decide pattern) their share of the mask.
 FIND_SETTINGS: dict[str, Any] = {
     "steps": 100,
     "batch_size": 8,
     "rounds": 10,
     "sparsity": 0.03,
     "lam": 0.25,
+    "bands": 2,
 }
 
 #: How the benchmarks sample the mini model (``benchmarks/mini_guidance.py`` compares others).
