@@ -65,10 +65,11 @@ class FindConfig:
     score lower (docs/design.md measures how much).
 
     ``bands`` splits the timesteps into that many equal bands, each with its own scores and an
-    equal share of the budget (each step's batch is split among them, so a step costs the
-    same). The loss is largest at the noisy timesteps, so one score over all of them picks
-    mostly the neurons that carry what is decided there (on the mini model: color) and few of
-    those the quiet timesteps decide (pattern); docs/design.md measures it.
+    equal share of the budget. Each step's batch is split among them: the same work, though a
+    model too small to fill the cores takes longer over smaller passes. The loss is largest at
+    the noisy timesteps, so one score over all of them picks mostly the neurons that carry what
+    is decided there (on the mini model: color) and few of those the quiet timesteps decide
+    (pattern); docs/design.md measures it.
 
     ``per_subject`` (for searches over several subjects, as ``refine_neurons`` runs) gives each
     subject its own scores and an equal share of the budget, the preservation term added to
@@ -539,20 +540,21 @@ def _switch_off(
             off = keep[n] < 1
             keep[n][off] *= 1 - config.rho
     already = torch.cat([(keep[n] < 1).cpu() for n in names])
-    bands = [torch.cat([s[n].cpu() for n in names]) for s in scores]
+    groups = [torch.cat([s[n].cpu() for n in names]) for s in scores]
     if config.sparsity is not None:
         ramp = min(done_rounds, config.rounds) / config.rounds
         target = base_off + round(total * config.sparsity * ramp)
         k = max(0, target - int(already.sum()))
         taken = already.clone()
-        # Each band picks its share among the scalars no earlier band took.
-        for share, flat in zip(np.array_split(np.arange(k), len(bands)), bands, strict=True):
+        # Each group (a band, or a subject in a band) picks its share among the scalars no
+        # earlier group took.
+        for share, flat in zip(np.array_split(np.arange(k), len(groups)), groups, strict=True):
             flat = torch.where(taken, -torch.inf, flat)
             top = torch.topk(flat, min(len(share), len(flat))).indices
             taken[top[flat[top] > 0]] = True  # only scalars whose removal lowers the loss
         chosen = torch.nonzero(taken & ~already).view(-1)
     else:
-        passed = torch.stack([flat / per_round > config.tau for flat in bands]).any(0)
+        passed = torch.stack([flat / per_round > config.tau for flat in groups]).any(0)
         chosen = torch.nonzero(passed & ~already).view(-1)
     factor = 0.0 if config.rho is None else 1 - config.rho
     offset = 0
