@@ -192,9 +192,8 @@ def compositions(
         refine_s = time.perf_counter() - t
         joint = as_concept(pipe, refined, cfg, workdir / f"joint-{size}")
         fair_cfg = FindConfig(**{**cfg.__dict__, "per_subject": True})
-        fair = as_concept(
-            pipe, refine_neurons(pipe, stimulation, start, fair_cfg), cfg, workdir / f"fair-{size}"
-        )
+        fair_mask = refine_neurons(pipe, stimulation, start, fair_cfg)
+        fair = as_concept(pipe, fair_mask, fair_cfg, workdir / f"fair-{size}")
         # One search from scratch over all the subjects, each with its own scores and a share
         # of the budget the separate masks had together, so each one's later choices see what
         # the others switched off.
