@@ -174,7 +174,6 @@ def compositions(
     seeds: dict[str, int],
     n: int,
     workdir: Path,
-    params: dict,
 ) -> list[dict[str, Any]]:
     out = []
     for size in range(2, len(rows) + 1):
@@ -191,28 +190,6 @@ def compositions(
         refined = refine_neurons(pipe, stimulation, start, cfg)
         refine_s = time.perf_counter() - t
         joint = as_concept(pipe, refined, cfg, workdir / f"joint-{size}")
-        fair_cfg = FindConfig(**{**cfg.__dict__, "per_subject": True})
-        fair_mask = refine_neurons(pipe, stimulation, start, fair_cfg)
-        fair = as_concept(pipe, fair_mask, fair_cfg, workdir / f"fair-{size}")
-        # One search from scratch over all the subjects, each with its own scores and a share
-        # of the budget the separate masks had together, so each one's later choices see what
-        # the others switched off.
-        rest = tuple(f"a photo of a {sh}" for sh in SHAPES if sh not in {x.shape for x in subjects})
-        scratch_cfg = FindConfig(
-            prompts[0],
-            cfg.class_word,
-            seed=seeds["find"],
-            **{
-                **params,
-                "sparsity": min(0.5, params["sparsity"] * size),
-                "per_subject": True,
-                "preserve": rest if params["lam"] > 0 else (),
-            },
-        )
-        t = time.perf_counter()
-        scratch_mask = refine_neurons(pipe, stimulation, {}, scratch_cfg)
-        scratch_s = time.perf_counter() - t
-        scratch = as_concept(pipe, scratch_mask, scratch_cfg, workdir / f"scratch-{size}")
         seed = seeds["sample"] + 7000 + size
         # Each subject's own mask alone on the composition prompt: does a mask hold in this
         # prompt at all, apart from the others?
@@ -228,10 +205,7 @@ def compositions(
                 "none": all_subjects_share(subjects, draw(pipe, clf, prompts, [], seed)),
                 "union": all_subjects_share(subjects, draw(pipe, clf, prompts, union, seed)),
                 "refined": all_subjects_share(subjects, draw(pipe, clf, prompts, [joint], seed)),
-                "fair": all_subjects_share(subjects, draw(pipe, clf, prompts, [fair], seed)),
-                "scratch": all_subjects_share(subjects, draw(pipe, clf, prompts, [scratch], seed)),
                 "refine_s": refine_s,
-                "scratch_s": scratch_s,
             }
         )
     return out
@@ -278,9 +252,7 @@ def main() -> None:
             for s in subjects
         ]
         group = [r for r in rows if r["subject"] in reported]
-        comps = (
-            compositions(pipe, clf, group, seeds, a.n, Path(tmp), params) if len(group) > 1 else []
-        )
+        comps = compositions(pipe, clf, group, seeds, a.n, Path(tmp)) if len(group) > 1 else []
 
     print("subject fidelity (share of images showing the subject) and prompt fidelity")
     print("(share keeping the background the context prompt names); bars in the last row\n")
@@ -320,20 +292,15 @@ def main() -> None:
     if comps:
         print("\ncompositions: share of images with every subject right\n")
         print("(each alone: the mean share of images in which a subject is right when only its")
-        print("own mask is applied to the composition prompt; per subject: refine with each")
-        print("subject's own scores and share; joint: one per-subject search from scratch with")
-        print("the subjects' budgets together)\n")
-        print(
-            "| subjects | prompt | each alone | none | union | union + refine "
-            "| union + refine per subject | joint | refine s | joint s | bar |"
-        )
-        print("|" + " --- |" * 11)
+        print("own mask is applied to the composition prompt)\n")
+        print("| subjects | prompt | each alone | none | union | union + refine | refine s | bar |")
+        print("|" + " --- |" * 8)
         bars = {2: ">= 0.6", 4: ">= 0.3"}
         for c in comps:
             print(
                 f"| {c['size']} | {c['prompt']} | {c['alone']:.2f} | {c['none']:.2f} "
-                f"| {c['union']:.2f} | {c['refined']:.2f} | {c['fair']:.2f} | {c['scratch']:.2f} "
-                f"| {c['refine_s']:.0f} | {c['scratch_s']:.0f} | {bars.get(c['size'], '-')} |"
+                f"| {c['union']:.2f} | {c['refined']:.2f} | {c['refine_s']:.0f} "
+                f"| {bars.get(c['size'], '-')} |"
             )
 
 

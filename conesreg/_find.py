@@ -71,10 +71,6 @@ class FindConfig:
     is decided there (on the mini model: color) and few of those the quiet timesteps decide
     (pattern); docs/design.md measures it.
 
-    ``per_subject`` (for searches over several subjects, as ``refine_neurons`` runs) gives each
-    subject its own scores and an equal share of the budget, the preservation term added to
-    each; pooled, one subject's loss can outweigh another's and take the whole budget.
-
     ``rho`` makes the shutting soft: a selected scalar is multiplied by ``1 - rho`` at the end
     of every round from its selection on (``None``: set to 0 at once). The mask written at the
     end switches every selected scalar fully off either way. ``autocast`` runs the forward pass
@@ -93,7 +89,6 @@ class FindConfig:
     preserve: tuple[str, ...] = ()
     rho: float | None = None
     bands: int = 1
-    per_subject: bool = False
     seed: int = 0
     candidates: str = "cross-kv"
     autocast: bool = False
@@ -406,48 +401,32 @@ def _search(
         if config.gradient_checkpointing and not checkpointing:
             unet.enable_gradient_checkpointing()
         per_round = config.steps // config.rounds
-        # One score per (term, band): a term is every batch pooled, or with ``per_subject`` each
-        # subject's batch and the preservation batch apart (summed into groups at selection).
-        n_subjects = len(subjects)
-        terms = [[b] for b in batches] if config.per_subject else [batches]
-        scores = [
-            [{n: torch.zeros_like(k) for n, k in keep.items()} for _ in range(config.bands)]
-            for _ in terms
-        ]
+        # One score per band; every batch (subjects and preservation) pooled into it.
+        scores = [{n: torch.zeros_like(k) for n, k in keep.items()} for _ in range(config.bands)]
         start_step = _resume(checkpoint, config, keep, gen)
         _apply_keep(params, originals, keep)
         n_off = sum(int((k < 1).sum()) for k in keep.values())
         for step in range(start_step + 1, config.steps + 1):
             loss = 0.0
-            for band in range(config.bands):
-                for term, term_scores in zip(terms, scores, strict=True):
-                    term_loss = sum(w * loss_on(z, c, band) for z, c, w in term)
-                    term_loss.backward()
-                    loss += float(term_loss.detach()) * shares[band] / config.batch_size
-                    with torch.no_grad():
-                        for n, p in params.items():
-                            # theta * dL/dtheta: scalars already off score -inf when chosen.
-                            term_scores[band][n].addcmul_(
-                                p.detach().view(-1).float(), p.grad.view(-1).float()
-                            )
-                            p.grad = None
+            for band, band_scores in enumerate(scores):
+                band_loss = sum(w * loss_on(z, c, band) for z, c, w in batches)
+                band_loss.backward()
+                loss += float(band_loss.detach()) * shares[band] / config.batch_size
+                with torch.no_grad():
+                    for n, p in params.items():
+                        # theta * dL/dtheta: scalars already off score -inf when chosen.
+                        band_scores[n].addcmul_(
+                            p.detach().view(-1).float(), p.grad.view(-1).float()
+                        )
+                        p.grad = None
             done_rounds = step // per_round
             if step % per_round == 0 and done_rounds <= config.rounds:
-                _switch_off(
-                    _groups(scores, n_subjects, config.per_subject),
-                    keep,
-                    config,
-                    done_rounds,
-                    total,
-                    per_round,
-                    base_off,
-                )
+                _switch_off(scores, keep, config, done_rounds, total, per_round, base_off)
                 _apply_keep(params, originals, keep)
                 n_off = sum(int((k < 1).sum()) for k in keep.values())
-                for term_scores in scores:
-                    for band_scores in term_scores:
-                        for s in band_scores.values():
-                            s.zero_()
+                for band_scores in scores:
+                    for s in band_scores.values():
+                        s.zero_()
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, config, step, keep, gen)
             if on_step is not None:
@@ -463,18 +442,6 @@ def _search(
     return {
         n: torch.nonzero(k < 1).view(-1).cpu().numpy().astype(np.int64) for n, k in keep.items()
     }
-
-
-def _groups(scores: list[list[dict[str, Any]]], n_subjects: int, per_subject: bool) -> list[Any]:
-    """The score of each group that gets a share of the budget: per band, and per subject."""
-    if not per_subject:
-        return scores[0]
-    prior = scores[n_subjects:]  # the preservation term, when there is one
-    return [
-        {n: sum((p[band][n] for p in prior), s[band][n]) for n in s[band]}
-        for s in scores[:n_subjects]
-        for band in range(len(s))
-    ]
 
 
 def _apply_keep(params: dict[str, Any], originals: dict[str, Any], keep: dict[str, Any]) -> None:
@@ -540,21 +507,20 @@ def _switch_off(
             off = keep[n] < 1
             keep[n][off] *= 1 - config.rho
     already = torch.cat([(keep[n] < 1).cpu() for n in names])
-    groups = [torch.cat([s[n].cpu() for n in names]) for s in scores]
+    bands = [torch.cat([s[n].cpu() for n in names]) for s in scores]
     if config.sparsity is not None:
         ramp = min(done_rounds, config.rounds) / config.rounds
         target = base_off + round(total * config.sparsity * ramp)
         k = max(0, target - int(already.sum()))
         taken = already.clone()
-        # Each group (a band, or a subject in a band) picks its share among the scalars no
-        # earlier group took.
-        for share, flat in zip(np.array_split(np.arange(k), len(groups)), groups, strict=True):
+        # Each band picks its share among the scalars no earlier band took.
+        for share, flat in zip(np.array_split(np.arange(k), len(bands)), bands, strict=True):
             flat = torch.where(taken, -torch.inf, flat)
             top = torch.topk(flat, min(len(share), len(flat))).indices
             taken[top[flat[top] > 0]] = True  # only scalars whose removal lowers the loss
         chosen = torch.nonzero(taken & ~already).view(-1)
     else:
-        passed = torch.stack([flat / per_round > config.tau for flat in groups]).any(0)
+        passed = torch.stack([flat / per_round > config.tau for flat in bands]).any(0)
         chosen = torch.nonzero(passed & ~already).view(-1)
     factor = 0.0 if config.rho is None else 1 - config.rho
     offset = 0

@@ -345,11 +345,6 @@ def generate(
     show_default=True,
     help="Timestep bands, each with its own scores and share of the budget.",
 )
-@click.option(
-    "--per-subject",
-    is_flag=True,
-    help="With --refine: each parent's subject gets its own scores and share of the budget.",
-)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--candidates",
@@ -379,7 +374,6 @@ def find(
     preserve: tuple[str, ...],
     rho: float | None,
     bands: int,
-    per_subject: bool,
     seed: int,
     candidates: str,
     autocast: bool,
@@ -413,8 +407,6 @@ def find(
         raise ConesregError("no subject images given", hint="pass image files or folders")
     if len(parents) == 1:
         raise ConesregError("--refine needs two concepts or more", hint="repeat --refine")
-    if per_subject and not parents:
-        raise ConesregError("--per-subject needs --refine", hint="drop --per-subject")
     if not parents and class_word is None:
         raise ConesregError("--class-word is missing", hint="e.g. --class-word star")
     pairs = [_parent_arg(p) for p in parents]
@@ -459,7 +451,6 @@ def find(
         preserve=preserve,
         rho=rho,
         bands=bands,
-        per_subject=per_subject,
         seed=seed,
         candidates=candidates,
         autocast=autocast,

@@ -344,40 +344,6 @@ def test_refine_keeps_the_union_and_adds_to_it(subject: np.ndarray) -> None:
         refine_neurons(pipe, [(subject, "a photo of a dog")], {"conv_in.weight": [0]}, cfg)
 
 
-def test_each_subject_gets_its_share_with_the_preservation_term() -> None:
-    from conesreg._find import _groups, _switch_off
-
-    loud, quiet, prior = torch.zeros(40), torch.zeros(40), torch.zeros(40)
-    loud[:10] = torch.arange(10, 0, -1) * 100.0  # subject 0 outweighs subject 1
-    quiet[10:20] = torch.arange(10, 0, -1) * 1.0
-    prior[10] = -50.0  # switching scalar 10 off would change what the preserved prompt draws
-    scores = [[{"w": loud}], [{"w": quiet}], [{"w": prior}]]  # (term, band): 2 subjects, prior
-    picked = {}
-    for per_subject in (False, True):
-        cfg = FindConfig(**{**CONFIG.__dict__, "sparsity": 0.1, "per_subject": per_subject})
-        keep = {"w": torch.ones(40)}
-        pooled = [{"w": loud + quiet + prior}]
-        groups = _groups(scores, 2, True) if per_subject else pooled
-        _switch_off(groups, keep, cfg, cfg.rounds, 40, 1, 0)
-        picked[per_subject] = torch.nonzero(keep["w"] < 1).view(-1).tolist()
-    assert picked[False] == [0, 1, 2, 3]
-    assert picked[True] == [0, 1, 11, 12]
-
-
-def test_per_subject_refine_serves_every_subject(subject: np.ndarray) -> None:
-    from conesreg._find import refine_neurons
-
-    pipe = make_tiny_pipeline(seed=0)
-    pairs = [(subject, "a photo of a dog"), (second_subject(), "a photo of a cat")]
-    cfg = FindConfig("a photo of a dog and cat", "dog and cat", steps=8, rounds=2, sparsity=0.02)
-    pooled = refine_neurons(pipe, pairs, {}, cfg)
-    fair = refine_neurons(pipe, pairs, {}, FindConfig(**{**cfg.__dict__, "per_subject": True}))
-    assert sum(map(len, fair.values())) == sum(map(len, pooled.values()))
-    assert any(not np.array_equal(pooled[n], fair[n]) for n in fair)
-    for images, prompt in pairs:
-        assert masked_loss(pipe, fair, images, prompt) < fixed_loss(pipe, images, prompt)
-
-
 def _save_images(folder: Path, images: np.ndarray) -> Path:
     from PIL import Image
 
@@ -427,10 +393,9 @@ def test_cli_refine_writes_a_composite_with_parents(
         "cpu",
     ]
     refs = ["--refine", f"acme/dog@1={dogs}", "--refine", f"acme/cat@1={cats}"]
-    code = main([*args, *refs, "--per-subject"])
+    code = main([*args, *refs])
     assert code == 0, capsys.readouterr().err
     draft = json.loads((isolated / "pair" / "concept.json").read_text())
-    assert draft["metadata"]["method"]["hyperparameters"]["per_subject"] is True
     assert draft["metadata"]["parents"] == [f"acme/dog@{digests[0]}", f"acme/cat@{digests[1]}"]
     assert draft["metadata"]["class_word"] == "dog and cat"
     manifest, _ = push(isolated / "pair", version="1.0.0")
@@ -443,7 +408,6 @@ def test_cli_refine_writes_a_composite_with_parents(
             "not both",
         ),
         ([str(dogs)], "--class-word is missing"),
-        ([str(dogs), "--class-word", "dog", "--per-subject"], "--per-subject needs --refine"),
     ):
         assert main([*args, *bad]) == 1
         assert message in capsys.readouterr().err
