@@ -95,6 +95,19 @@ def test_deterministic_and_leaves_the_pipeline_untouched(subject: np.ndarray) ->
     assert any(not np.array_equal(a[n], other[n]) for n in a)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("autocast", [False, True])
+def test_runs_on_cuda(subject: np.ndarray, autocast: bool) -> None:
+    pipe = make_tiny_pipeline(seed=0).to("cuda")
+    ref = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    mask = find_neurons(pipe, subject, FindConfig(**{**CONFIG.__dict__, "autocast": autocast}))
+    assert all(torch.equal(ref[k], v) for k, v in pipe.unet.state_dict().items())
+    total = sum(pipe.unet.get_parameter(n).numel() for n in candidate_names(pipe.unet))
+    assert 0.02 * total < sum(len(v) for v in mask.values()) <= 0.05 * total + 1
+    pipe.to("cpu")  # the criterion's promise, on the fixed batch the CPU tests use
+    assert masked_loss(pipe, mask, subject) < fixed_loss(pipe, subject)
+
+
 def test_tau_mode(subject: np.ndarray) -> None:
     pipe = make_tiny_pipeline(seed=0)
     cfg = FindConfig("a photo of a dog", "dog", steps=8, rounds=2, sparsity=None, tau=1e-9)
