@@ -1,0 +1,192 @@
+"""Why four subjects' masks fail together where each holds alone (bundled mini model).
+
+Run: ``python benchmarks/composition_limits.py [--n 32]``
+
+``fidelity.py`` finds that each subject's mask, alone, holds its subject in the four-subject
+prompt ("a photo of a star at the top left and a heart at the top right and ..."), while their
+union, refined or not, gets all four right in no image. This script takes that apart, on the
+tuning seeds (never the reported ones), with the finder's chosen settings:
+
+1. the model's own ceiling: the four subjects described in words (color and pattern), no mask;
+2. how much the masks overlap (pairwise Jaccard) and how many scalars two or more share;
+3. each mask alone, every pair's union and the four's union on the four-subject prompt: the
+   share of images with each subject right, and with each prompted shape kept;
+4. the criterion's upper bound: one search, no union, stimulated with renders of all four
+   subjects together (every arrangement, each caption naming each class word in its place) at
+   the budget of one mask, 400 steps: images a user would not have. If this does not hold four
+   subjects, no mask the criterion finds will;
+5. the same search on cut-mix collages (SVDiff's Cut-Mix: each quarter cut from a render of one
+   subject in that place), made from the subjects' own renders only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fidelity as fid
+
+from conesreg._find import FindConfig, find_neurons, refine_neurons, union_masks
+from conesreg.mini.subjects import (
+    FIND_SETTINGS,
+    SUBJECTS,
+    Subject,
+    all_subjects_share,
+    composition_prompt,
+    subject_captions,
+    subject_images,
+    subject_share,
+)
+from conesreg.mini.world import BACKGROUNDS, PATTERN_WORDS, SLOTS, Obj, Scene, render
+
+PLACES = [s for s in SLOTS if s != "center"]  # the order composition_prompt gives them
+QUARTERS = {
+    "top left": (slice(0, 32), slice(0, 32)),
+    "top right": (slice(0, 32), slice(32, 64)),
+    "bottom left": (slice(32, 64), slice(0, 32)),
+    "bottom right": (slice(32, 64), slice(32, 64)),
+}
+
+
+def caption_of(subjects: list[Subject], order: tuple[int, ...]) -> str:
+    """The composition caption with subject ``order[i]`` in the i-th place."""
+    parts = [f"a {subjects[j].class_word} at the {p}" for p, j in zip(PLACES, order, strict=False)]
+    return "a photo of " + " and ".join(parts)
+
+
+def together(subjects: list[Subject], seed: int) -> tuple[np.ndarray, list[str]]:
+    """Renders of every arrangement of the subjects in the four places, one background each."""
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for order in itertools.permutations(range(len(subjects))):
+        objs = tuple(
+            Obj(subjects[j].shape, subjects[j].color, subjects[j].pattern, subjects[j].size, p)
+            for p, j in zip(PLACES, order, strict=False)
+        )
+        bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+        images.append(render(Scene(objects=objs, background=bg)))
+        captions.append(caption_of(subjects, order))
+    return np.stack(images), captions
+
+
+def cut_mix(
+    subjects: list[Subject], renders: dict[str, tuple[np.ndarray, list[str]]]
+) -> tuple[np.ndarray, list[str]]:
+    """Collages of every arrangement, each quarter cut from a render of its subject there."""
+    images, captions = [], []
+    for order in itertools.permutations(range(len(subjects))):
+        canvas = np.zeros((64, 64, 3), np.uint8)
+        for place, j in zip(PLACES, order, strict=False):
+            ims, caps = renders[subjects[j].name]
+            k = next(i for i, c in enumerate(caps) if f"at the {place}" in c)
+            rows, cols = QUARTERS[place]
+            canvas[rows, cols] = ims[k][rows, cols]
+        images.append(canvas)
+        captions.append(caption_of(subjects, order))
+    return np.stack(images), captions
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=32, help="images per prompt")
+    ap.add_argument("--steps", type=int, default=400, help="steps of the searches on 4 at once")
+    a = ap.parse_args()
+    torch.set_flush_denormal(True)
+    seeds = fid.SEEDS["tune"]
+    subjects = list(SUBJECTS.values())
+    pipe, clf = fid.load_mini_pipeline(), fid.load_classifier()
+    prompt = composition_prompt(subjects)
+    prompts = [prompt] * a.n
+    sample_seed = seeds["sample"] + 7000 + len(subjects)  # as fidelity.py's 4-subject row
+    print(f"mini model, tuning seeds, {a.n} images, finder {FIND_SETTINGS}\nprompt: {prompt}\n")
+
+    def judge(mask: dict[str, np.ndarray] | None, words: str | None = None) -> list[Any]:
+        ps = [words] * a.n if words else prompts
+        if mask is None:
+            return fid.draw(pipe, clf, ps, [], sample_seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = subjects[0].find_config(seed=0)
+            concept = fid.as_concept(pipe, mask, cfg, Path(tmp) / "m")
+            return fid.draw(pipe, clf, ps, [concept], sample_seed)
+
+    def row(label: str, preds: list[Any], size: int | None = None) -> None:
+        each = " | ".join(f"{subject_share(s, preds):.2f}" for s in subjects)
+        kept = " | ".join(
+            f"{np.mean([any(o['shape'] == s.shape for o in p['objects']) for p in preds]):.2f}"
+            for s in subjects
+        )
+        n = "" if size is None else f"{size:,}"
+        print(f"| {label} | {n} | {all_subjects_share(subjects, preds):.2f} | {each} | {kept} |")
+
+    renders = {
+        s.name: (
+            subject_images(s, n=fid.RENDERS, seed=seeds["images"]),
+            subject_captions(s, n=fid.RENDERS, seed=seeds["images"]),
+        )
+        for s in subjects
+    }
+    masks = []
+    for s in subjects:
+        cfg = s.find_config(seed=seeds["find"])
+        masks.append(find_neurons(pipe, renders[s.name][0], cfg, captions=renders[s.name][1]))
+    sizes = [sum(len(v) for v in m.values()) for m in masks]
+
+    print("overlap of the four masks (pairwise Jaccard)\n")
+    print("| pair | shared | Jaccard |")
+    print("| --- | --- | --- |")
+    for i, j in itertools.combinations(range(len(masks)), 2):
+        inter = sum(len(np.intersect1d(masks[i][n], masks[j][n])) for n in masks[i])
+        jac = inter / (sizes[i] + sizes[j] - inter)
+        print(f"| {subjects[i].shape} + {subjects[j].shape} | {inter:,} | {jac:.2f} |")
+    counts: dict[tuple[str, int], int] = {}
+    for m in masks:
+        for n, idx in m.items():
+            for x in idx.tolist():
+                counts[(n, x)] = counts.get((n, x), 0) + 1
+    many = sum(c > 1 for c in counts.values())
+    print(f"\n{len(counts):,} scalars in the union, {many:,} of them in two masks or more\n")
+
+    shapes = " | ".join(s.shape for s in subjects)
+    print("the four-subject prompt: share of images with all four right, with each subject right,")
+    print("and with each prompted shape drawn (any color)\n")
+    print(f"| mask | scalars | all four | {shapes} | shape kept: {shapes} |")
+    print("|" + " --- |" * (3 + 2 * len(subjects)))
+    described = "a photo of " + " and ".join(
+        f"a {s.color} {PATTERN_WORDS[s.pattern]} {s.shape} at the {p}"
+        for s, p in zip(subjects, PLACES, strict=False)
+    )
+    row("none, every subject described in words", judge(None, described))
+    row("none", judge(None))
+    for s, m, size in zip(subjects, masks, sizes, strict=True):
+        row(f"{s.shape} alone", judge(m), size)
+    for i, j in itertools.combinations(range(len(masks)), 2):
+        u = union_masks([masks[i], masks[j]])
+        row(f"{subjects[i].shape} + {subjects[j].shape}", judge(u), sum(map(len, u.values())))
+    u = union_masks(masks)
+    row("all four (union)", judge(u), sum(map(len, u.values())))
+
+    words = " and ".join(s.class_word for s in subjects)
+    search = {**FIND_SETTINGS, "lam": 0.0, "steps": a.steps, "rounds": 20, "batch_size": 16}
+    for label, stimulation in (
+        ("search on renders of the four together", together(subjects, seeds["images"])),
+        ("search on cut-mix collages of their renders", cut_mix(subjects, renders)),
+    ):
+        t = time.perf_counter()
+        cfg = FindConfig(prompt, words, seed=seeds["find"], **search)
+        m = refine_neurons(pipe, [stimulation], {}, cfg)
+        took = time.perf_counter() - t
+        row(f"{label} ({a.steps} steps, {took:.0f} s)", judge(m), sum(map(len, m.values())))
+
+
+if __name__ == "__main__":
+    main()
