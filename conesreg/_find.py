@@ -52,6 +52,8 @@ _CANDIDATES = {
         "attn1.to_k.weight",
         "attn1.to_v.weight",
     ),
+    # Every projection of every attention layer, self and cross: queries and outputs too.
+    "attention": ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"),
 }
 
 

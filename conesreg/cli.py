@@ -348,9 +348,10 @@ def generate(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--candidates",
-    type=click.Choice(["cross-kv", "cross-self-kv"]),
+    type=click.Choice(["cross-kv", "cross-self-kv", "attention"]),
     default="cross-kv",
     show_default=True,
+    help="Cross-attention K/V; with self-attention K/V; or every attention projection.",
 )
 @click.option("--autocast", is_flag=True, help="Half-precision forward pass (scores stay fp32).")
 @click.option("--gradient-checkpointing", is_flag=True, help="Less memory, more compute.")

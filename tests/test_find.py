@@ -108,6 +108,18 @@ def test_runs_on_cuda(subject: np.ndarray, autocast: bool) -> None:
     assert masked_loss(pipe, mask, subject) < fixed_loss(pipe, subject)
 
 
+@pytest.mark.parametrize("candidates", ["cross-self-kv", "attention"])
+def test_other_candidate_sets(subject: np.ndarray, candidates: str) -> None:
+    pipe = make_tiny_pipeline(seed=0)
+    names = candidate_names(pipe.unet, candidates)
+    assert set(candidate_names(pipe.unet)) < set(names)
+    cfg = FindConfig(**{**CONFIG.__dict__, "candidates": candidates})
+    mask = find_neurons(pipe, subject, cfg)
+    assert sorted(mask) == names
+    assert any(len(mask[n]) for n in set(names) - set(candidate_names(pipe.unet)))
+    assert masked_loss(pipe, mask, subject) < fixed_loss(pipe, subject)  # composes, and helps
+
+
 def test_tau_mode(subject: np.ndarray) -> None:
     pipe = make_tiny_pipeline(seed=0)
     cfg = FindConfig("a photo of a dog", "dog", steps=8, rounds=2, sparsity=None, tau=1e-9)
