@@ -47,7 +47,7 @@ from conesreg.mini.subjects import (
     subject_images,
     subject_share,
 )
-from conesreg.mini.world import BACKGROUNDS, PATTERN_WORDS, SLOTS, Obj, Scene, render
+from conesreg.mini.world import BACKGROUNDS, SLOTS, Obj, Scene, describe, render, where
 
 PLACES = [s for s in SLOTS if s != "center"]  # the order composition_prompt gives them
 QUARTERS = {
@@ -58,10 +58,9 @@ QUARTERS = {
 }
 
 
-def caption_of(subjects: list[Subject], order: tuple[int, ...]) -> str:
-    """The composition caption with subject ``order[i]`` in the i-th place."""
-    parts = [f"a {subjects[j].class_word} at the {p}" for p, j in zip(PLACES, order, strict=False)]
-    return "a photo of " + " and ".join(parts)
+def placed(subject: Subject, place: str) -> Obj:
+    """``subject`` as a mini-world object in ``place``."""
+    return Obj(subject.shape, subject.color, subject.pattern, subject.size, place)
 
 
 def together(subjects: list[Subject], seed: int) -> tuple[np.ndarray, list[str]]:
@@ -69,13 +68,10 @@ def together(subjects: list[Subject], seed: int) -> tuple[np.ndarray, list[str]]
     rng = np.random.default_rng(seed)
     images, captions = [], []
     for order in itertools.permutations(range(len(subjects))):
-        objs = tuple(
-            Obj(subjects[j].shape, subjects[j].color, subjects[j].pattern, subjects[j].size, p)
-            for p, j in zip(PLACES, order, strict=False)
-        )
+        objs = tuple(placed(subjects[j], p) for p, j in zip(PLACES, order, strict=False))
         bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
         images.append(render(Scene(objects=objs, background=bg)))
-        captions.append(caption_of(subjects, order))
+        captions.append(composition_prompt([subjects[j] for j in order]))
     return np.stack(images), captions
 
 
@@ -92,7 +88,7 @@ def cut_mix(
             rows, cols = QUARTERS[place]
             canvas[rows, cols] = ims[k][rows, cols]
         images.append(canvas)
-        captions.append(caption_of(subjects, order))
+        captions.append(composition_prompt([subjects[j] for j in order]))
     return np.stack(images), captions
 
 
@@ -162,7 +158,7 @@ def main() -> None:
     print(f"| mask | scalars | all four | {shapes} | shape kept: {shapes} |")
     print("|" + " --- |" * (3 + 2 * len(subjects)))
     described = "a photo of " + " and ".join(
-        f"a {s.color} {PATTERN_WORDS[s.pattern]} {s.shape} at the {p}"
+        f"{describe(placed(s, p), size=False)} {where(p)}"
         for s, p in zip(subjects, PLACES, strict=False)
     )
     row("none, every subject described in words", judge(None, described))

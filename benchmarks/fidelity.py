@@ -168,12 +168,7 @@ def evaluate_subject(
 
 
 def compositions(
-    pipe: Any,
-    clf: Any,
-    rows: list[dict],
-    seeds: dict[str, int],
-    n: int,
-    workdir: Path,
+    pipe: Any, clf: Any, rows: list[dict], seeds: dict[str, int], n: int, workdir: Path
 ) -> list[dict[str, Any]]:
     out = []
     for size in range(2, len(rows) + 1):
@@ -186,8 +181,7 @@ def compositions(
             prompts[0], " and ".join(s.class_word for s in subjects), seed=seeds["find"], **REFINE
         )
         start = union_masks(r["mask"] for r in group)
-        stimulation = [r["stimulation"] for r in group]
-        refined = refine_neurons(pipe, stimulation, start, cfg)
+        refined = refine_neurons(pipe, [r["stimulation"] for r in group], start, cfg)
         refine_s = time.perf_counter() - t
         joint = as_concept(pipe, refined, cfg, workdir / f"joint-{size}")
         seed = seeds["sample"] + 7000 + size

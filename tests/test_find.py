@@ -417,8 +417,7 @@ def test_cli_refine_writes_a_composite_with_parents(
         "--device",
         "cpu",
     ]
-    refs = ["--refine", f"acme/dog@1={dogs}", "--refine", f"acme/cat@1={cats}"]
-    code = main([*args, *refs])
+    code = main([*args, "--refine", f"acme/dog@1={dogs}", "--refine", f"acme/cat@1={cats}"])
     assert code == 0, capsys.readouterr().err
     draft = json.loads((isolated / "pair" / "concept.json").read_text())
     assert draft["metadata"]["parents"] == [f"acme/dog@{digests[0]}", f"acme/cat@{digests[1]}"]
