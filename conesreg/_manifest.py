@@ -26,6 +26,7 @@ from pydantic import (
 
 from . import constants
 from ._digests import sha256_bytes
+from ._names import check_file_path, check_text
 from ._versions import parse_version
 from .errors import ConesregError, IntegrityError, ManifestError
 
@@ -52,23 +53,31 @@ class BlobRef(_Model):
     @field_validator("path")
     @classmethod
     def _relative(cls, value: str) -> str:
-        # Sources write files by this path (a Hub repo, a download folder): never let it escape.
-        parts = value.split("/")
-        if (
-            not value
-            or value.startswith("/")
-            or "\\" in value
-            or any(p in ("", ".", "..") for p in parts)
-        ):
-            raise ValueError(f"blob path {value!r} must be a relative path without '..'")
+        # Sources write files by this path (a Hub repo, a download folder): one plain relative
+        # path, the same file on every OS, never one of the Hub layout's own files.
+        try:
+            check_file_path(value, what="blob path")
+        except ConesregError as e:
+            raise ValueError(e.message) from None
+        if value in constants.HUB_LAYOUT_FILES:
+            raise ValueError(f"blob path {value!r} is reserved for the artifact's own layout")
         return value
+
+
+#: A dimension of a real tensor: at least 1, and far below anything that could overflow a product.
+Dim = Annotated[int, Field(ge=1, le=1 << 40)]
 
 
 class TargetParam(_Model):
     """A candidate parameter of the base model, as a diffusers state-dict name."""
 
-    name: str
-    shape: tuple[int, ...]
+    name: str = Field(min_length=1, max_length=constants.MAX_PATH_BYTES)
+    shape: tuple[Dim, ...] = Field(max_length=8)
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return _plain_text(value, what="target name")
 
     @property
     def numel(self) -> int:
@@ -115,6 +124,19 @@ class ConceptMetadata(_Model):
     previews: tuple[Digest, ...] = ()
     parents: tuple[str, ...] = Field(default=(), description="name@digest of composed concepts")
 
+    @field_validator("class_word", "trigger_word", "license", "tags", "authors", "parents")
+    @classmethod
+    def _one_line(cls, value: Any) -> Any:
+        for text in value if isinstance(value, tuple) else (value,):
+            if text is not None:
+                _plain_text(text, what="metadata text")
+        return value
+
+    @field_validator("prompt_template", "description")
+    @classmethod
+    def _free_text(cls, value: str) -> str:
+        return _plain_text(value, what="metadata text", multiline=True)
+
     @field_validator("created")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
@@ -149,6 +171,7 @@ class Manifest(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         by_digest = {b.digest: b for b in self.blobs}
+        _check_layout(self.blobs)
         if self.mask.blob not in by_digest:
             raise ValueError(f"mask blob {self.mask.blob} is not listed in blobs")
         missing = [d for d in self.metadata.previews if d not in by_digest]
@@ -157,6 +180,13 @@ class Manifest(_Model):
         if self.metadata.created is None:
             raise ValueError("metadata.created is required in a published manifest")
         targets = {t.name: t for t in self.base_model.targets}
+        if len(targets) != len(self.base_model.targets):
+            raise ValueError("base_model.targets names a parameter twice")
+        if self.mask.total > constants.MAX_TARGET_NUMEL:
+            raise ValueError(
+                f"mask.total is {self.mask.total}, over the {constants.MAX_TARGET_NUMEL} scalars "
+                "any supported base model has (CONESREG_MAX_TARGET_NUMEL)"
+            )
         if set(self.mask.counts) - set(targets):
             extra = sorted(set(self.mask.counts) - set(targets))[0]
             raise ValueError(f"mask counts name {extra!r}, which is not a target parameter")
@@ -258,6 +288,29 @@ class IndexEntry(_Model):
             size=m.size,
             created=m.metadata.created,
         )
+
+
+def _plain_text(value: str, *, what: str, multiline: bool = False) -> str:
+    try:
+        return check_text(value, what=what, multiline=multiline)
+    except ConesregError as e:
+        raise ValueError(e.message) from None
+
+
+def _check_layout(blobs: tuple[BlobRef, ...]) -> None:
+    """Blob paths name distinct files on every OS: no two equal ignoring case, none both a file
+    and the folder of another (a case-insensitive file system could not hold both)."""
+    seen: set[str] = set()
+    for blob in blobs:
+        key = blob.path.casefold()
+        if key in seen:
+            raise ValueError(f"blob path {blob.path!r} is listed twice (ignoring case)")
+        seen.add(key)
+    for key in seen:
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in seen:
+                raise ValueError(f"blob path {'/'.join(parts[:i])!r} is a file and a folder")
 
 
 def canonical_json(obj: Any) -> bytes:

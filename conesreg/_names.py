@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from . import constants
 from .errors import InvalidReferenceError
 
 NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
@@ -37,6 +38,91 @@ def check_name(value: str, *, what: str = "name") -> str:
             f"invalid {what} {value!r}",
             hint="use lowercase letters and digits, separated by single '.', '_' or '-'",
         )
+    return value
+
+
+# C0 and C1 controls and DEL: never part of a name a person typed, and poison in HTTP headers
+# and terminal output (a NUL in an error header drops the connection).
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Characters no Windows file name may hold (':' also makes drive letters and NTFS streams).
+_PATH_FORBIDDEN_RE = re.compile(r'[\\:*?"<>|]')
+
+
+def check_text(value: str, *, what: str, multiline: bool = False) -> str:
+    """Return ``value`` unless it holds a control character (``multiline`` allows tab, CR, LF).
+
+    Every name, tag and path that is published goes through this one check, so nothing a
+    stranger publishes can smuggle a NUL into a header or an escape sequence into a terminal.
+
+    Args:
+        value: The text.
+        what: What it is, for the message ("tag", "class word").
+        multiline: Allow ``\t``, ``\n`` and ``\r`` (free text such as a description).
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        InvalidReferenceError: ``value`` holds a control character.
+
+    Example:
+        >>> check_text("a photo of a dog", what="prompt template")
+        'a photo of a dog'
+    """
+    text = value.replace("\t", "").replace("\n", "").replace("\r", "") if multiline else value
+    bad = _CONTROL_RE.search(text)
+    if bad:
+        raise InvalidReferenceError(
+            f"{what} {value[:80]!r} holds the control character {bad.group()!r}",
+            hint="remove control characters (NUL, escapes, line breaks) from it",
+        )
+    return value
+
+
+def check_file_path(value: object, *, what: str = "path") -> str:
+    """Return ``value`` if it is a plain relative file path of an artifact or a Hub repo.
+
+    A plain path is ``/``-separated segments, none empty, ``.``, ``..`` or ``.git``; no
+    backslash, drive or stream colon, Windows-forbidden character or control character; no
+    segment ending in a dot or space (Windows drops those); at most
+    ``constants.MAX_PATH_BYTES`` bytes in all and ``constants.MAX_SEGMENT_BYTES`` per segment
+    (UTF-8). Such a path is one and the same file on every operating system, and writing it
+    under a folder can never leave that folder.
+
+    Args:
+        value: The path (anything: a hostile JSON document may hold a number here).
+        what: What it is, for the message.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        InvalidReferenceError: naming what is wrong.
+
+    Example:
+        >>> check_file_path("previews/with-mask.png")
+        'previews/with-mask.png'
+    """
+    hint = "write a relative path of plain names separated by '/', e.g. previews/1.png"
+    if not isinstance(value, str) or not value:
+        raise InvalidReferenceError(f"{what} {value!r} is not a non-empty string", hint=hint)
+    check_text(value, what=what)
+    shown = value[:120]
+    if len(value.encode()) > constants.MAX_PATH_BYTES:
+        raise InvalidReferenceError(
+            f"{what} {shown!r}... is longer than {constants.MAX_PATH_BYTES} bytes", hint=hint
+        )
+    bad = _PATH_FORBIDDEN_RE.search(value)
+    if bad:
+        raise InvalidReferenceError(f"{what} {shown!r} holds {bad.group()!r}", hint=hint)
+    for segment in value.split("/"):
+        if segment in ("", ".", "..", ".git") or segment.endswith((".", " ")):
+            raise InvalidReferenceError(f"{what} {shown!r} has the segment {segment!r}", hint=hint)
+        if len(segment.encode()) > constants.MAX_SEGMENT_BYTES:
+            raise InvalidReferenceError(
+                f"{what} {shown!r} has a segment over {constants.MAX_SEGMENT_BYTES} bytes",
+                hint=hint,
+            )
     return value
 
 

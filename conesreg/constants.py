@@ -69,6 +69,25 @@ DRAFT_MANIFEST = "concept.json"
 DRAFT_MASK = "mask.safetensors"
 DRAFT_PREVIEWS = "previews"
 
+#: Files of a concept's Hub repo beside its blobs (``hf://``): no blob path may take these names.
+HUB_MANIFEST_FILE = "manifest.json"
+HUB_CARD_FILE = "README.md"
+HUB_YANKED_FILE = "yanked.json"
+HUB_LAYOUT_FILES = frozenset({HUB_MANIFEST_FILE, HUB_CARD_FILE, HUB_YANKED_FILE, ".gitattributes"})
+
+# --- limits on what others send (every parser of untrusted bytes honours these) ----------------
+#: Deepest nesting of JSON objects and arrays accepted from a file or a server. Manifests nest
+#: about 5 deep; the cap keeps a hostile document from exhausting the parser's stack.
+MAX_JSON_DEPTH = 64
+#: Longest file path inside an artifact or a Hub repo (UTF-8 bytes), and longest path segment
+#: (the file-name limit of common file systems).
+MAX_PATH_BYTES = 1000
+MAX_SEGMENT_BYTES = 255
+#: Largest total number of target scalars (N) a manifest or mask may claim. SDXL's whole UNet
+#: has 2.6e9 parameters, so every real candidate set fits; a forged header claiming more is
+#: refused before anything is allocated for it.
+MAX_TARGET_NUMEL: int = int(os.environ.get("CONESREG_MAX_TARGET_NUMEL") or 1 << 32)
+
 #: Temp files older than this are leftovers of a killed process and may be removed.
 STALE_TMP_SECONDS = 3600
 

@@ -34,6 +34,10 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from conesreg._json import load_json
+from conesreg._names import check_file_path
+from conesreg.errors import InvalidReferenceError, ManifestError
+
 from . import _registry as r
 from ._auth import Caller, require_push
 from ._db import Concept, HubCommit, HubCommitBlob, HubRef, HubRepo, Namespace, utcnow
@@ -88,22 +92,12 @@ def card_of(commit: HubCommit) -> dict[str, Any] | None:
 
 
 def check_path(path: Any) -> str:
-    """A file path of a repo, or 400: relative, ``/``-separated, no empty, ``.``, ``..`` or
-    ``.git`` segment, no backslash or control character, at most 1000 characters."""
-    ok = isinstance(path, str) and 0 < len(path) <= 1000
-    if ok:
-        parts = path.split("/")
-        ok = not any(p in ("", ".", "..", ".git") for p in parts) and not any(
-            ch < " " or ch in "\x7f\\" for ch in path
-        )
-    if not ok:
-        raise ApiError(
-            400,
-            "invalid_path",
-            f"{str(path)[:200]!r} is not a file path of a repo: write a relative path "
-            "with / between non-empty segments (no '..', no '.git')",
-        )
-    return cast("str", path)
+    """A file path of a repo (:func:`conesreg._names.check_file_path`, the rule blob paths of
+    manifests follow too), or 400 ``invalid_path``."""
+    try:
+        return check_file_path(path, what="repo path")
+    except InvalidReferenceError as e:
+        raise ApiError(400, "invalid_path", f"{e.message}: {e.hint}") from None
 
 
 def store_file(reg: r.Registry, data: bytes) -> FileEntry:
@@ -488,9 +482,9 @@ class CommitPayload:
                 file; 413 for a file larger than the server's blob limit.
         """
         try:
-            item = json.loads(line)
-        except ValueError:
-            raise _bad_commit("a line of the body is not JSON") from None
+            item = load_json(line, what="a line of the body")
+        except ManifestError as e:
+            raise _bad_commit(e.message) from None
         if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
             raise _bad_commit('each line must be {"key": ..., "value": {...}}')
         key, value = item.get("key"), item["value"]

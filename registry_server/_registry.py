@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
+from conesreg._json import load_json
 from conesreg._manifest import IndexEntry, Manifest, parse_manifest
 from conesreg._mask import decode_mask, read_mask_info
 from conesreg._names import check_name
@@ -354,11 +355,9 @@ def validate_manifest(body: bytes, *, namespace: str, name: str, version: str) -
         ApiError: 400 malformed JSON or a URL mismatch, 422 a schema failure.
     """
     try:
-        json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(
-            400, "malformed_json", "the manifest is not valid JSON: send the canonical manifest"
-        ) from None
+        load_json(body, what="the manifest")
+    except ManifestError as e:
+        raise ApiError(400, "malformed_json", f"{e.message}: send the canonical manifest") from None
     try:
         manifest = parse_manifest(body)
     except ManifestError as e:

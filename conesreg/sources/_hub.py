@@ -42,9 +42,9 @@ from ._base import BlobOrigin
 
 T = TypeVar("T")
 
-MANIFEST_FILE = "manifest.json"
-CARD_FILE = "README.md"
-YANKED_FILE = "yanked.json"
+MANIFEST_FILE = constants.HUB_MANIFEST_FILE
+CARD_FILE = constants.HUB_CARD_FILE
+YANKED_FILE = constants.HUB_YANKED_FILE
 #: Files of a repo that are not part of any version (never deleted by a version commit).
 _REPO_FILES = {YANKED_FILE, ".gitattributes"}
 #: The tag that names a version: ``v`` and a full semver version.
