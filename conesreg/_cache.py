@@ -77,7 +77,12 @@ class Cache:
 
     def prune(self, *, keep: set[str] | None = None) -> tuple[int, int]:
         """Remove corrupted blobs, temp leftovers and, if ``keep`` is given, every blob and ref
-        not in it. Returns (files removed, bytes freed)."""
+        not in it. Returns (files removed, bytes freed).
+
+        A download's temp file is a leftover as soon as its writer no longer holds the blob's
+        lock (it was killed); one still being written is kept. Other temp files (of index
+        entries, written in one go) are leftovers after ``constants.STALE_TMP_SECONDS``.
+        """
         removed = freed = 0
         for digest in list(self.blobs.digests()):
             bad = not self.blobs.is_intact(digest)
@@ -91,6 +96,8 @@ class Cache:
             for entry in self.entries():
                 if entry.digest not in keep:
                     self._ref_path(entry).unlink(missing_ok=True)
-        if self.root.is_dir():
-            removed += remove_stale_temps(self.root)
+        temps, temp_bytes = self.blobs.remove_abandoned_temps()
+        removed, freed = removed + temps, freed + temp_bytes
+        if (self.root / "refs").is_dir():
+            removed += remove_stale_temps(self.root / "refs")
         return removed, freed

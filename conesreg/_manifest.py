@@ -261,6 +261,15 @@ class IndexEntry(_Model):
         "move (a Hub commit SHA behind a tag); None where versions are immutable by construction",
     )
 
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        # Listings come from servers: a version is used in paths and URLs, so it must be one.
+        try:
+            return str(parse_version(value))
+        except ConesregError as e:
+            raise ValueError(e.message) from None
+
     @property
     def id(self) -> str:
         return f"{self.namespace}/{self.name}"

@@ -91,10 +91,45 @@ MAX_TARGET_NUMEL: int = int(os.environ.get("CONESREG_MAX_TARGET_NUMEL") or 1 << 
 #: Temp files older than this are leftovers of a killed process and may be removed.
 STALE_TMP_SECONDS = 3600
 
+
 # -- HTTP registries ----------------------------------------------------------------------------
+def _env_positive(name: str, default: float, *, unit: str = "seconds") -> float:
+    """A positive number from ``name``; anything else falls back to ``default`` with a warning
+    (a typo must not make every command fail at import)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        import warnings
+
+        warnings.warn(
+            f"{name}={raw!r} is not a positive number of {unit}; using {default:g}", stacklevel=2
+        )
+        return default
+    return value
+
+
 #: Seconds to connect, and to wait for each read, before a request to a registry fails.
 HTTP_CONNECT_TIMEOUT = 10.0
-HTTP_READ_TIMEOUT = 60.0
+HTTP_READ_TIMEOUT: float = _env_positive("CONESREG_HTTP_TIMEOUT", 60.0)
+#: Seconds one command may spend on one registry, from its first request: a server that drips a
+#: byte every few seconds never trips the read timeout, so the whole exchange has a deadline.
+HTTP_DEADLINE: float = _env_positive("CONESREG_HTTP_DEADLINE", 900.0)
 #: Tries of an idempotent request (every request conesreg sends is one) on connection errors,
-#: 5xx and 429, with exponential backoff.
+#: 502/503/504, 500 and 429, with exponential backoff (never 507: a full disk stays full).
 HTTP_ATTEMPTS = 4
+#: Redirects followed for one read before the registry is deemed to loop.
+HTTP_MAX_REDIRECTS = 5
+#: Largest manifest accepted from any source, in bytes (the server's ``max_manifest_bytes``):
+#: a longer body is refused after reading this much, before it is hashed or cached.
+MAX_MANIFEST_BYTES: int = int(_env_positive("CONESREG_MAX_MANIFEST_BYTES", 1 << 20, unit="bytes"))
+#: Largest other JSON answer of a registry (a version listing, a search page), and the most of
+#: an error answer that is read to find its message.
+HTTP_MAX_JSON_BYTES = 16 << 20
+HTTP_MAX_ERROR_BYTES = 64 << 10
+#: Most pages of search results one search follows (100 results a page).
+HTTP_MAX_PAGES = 100

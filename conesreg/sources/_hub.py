@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from .. import constants
 from .._digests import sha256_bytes
+from .._json import load_json
 from .._manifest import IndexEntry, Manifest, parse_manifest
 from .._versions import parse_version, sort_releases
 from ..errors import (
@@ -313,11 +314,13 @@ class HubSource:
         if main is None:
             return {}
         try:
-            data = json.loads(self._download_bytes(repo, YANKED_FILE, main))
+            data = load_json(self._download_bytes(repo, YANKED_FILE, main), what=YANKED_FILE)
         except EntryNotFoundError:
             return {}
         except ValueError:
             return {}  # an unreadable yank list yanks nothing rather than hiding versions
+        if not isinstance(data, dict):
+            return {}
         return {str(k): (str(v) if v is not None else None) for k, v in data.items()}
 
     def _download(self, repo: str, filename: str, revision: str) -> str:
@@ -358,7 +361,18 @@ class HubSource:
             raise SourceError(f"hf://{repo}@{revision[:12]} lacks {filename}: {e}") from None
 
     def _download_bytes(self, repo: str, filename: str, revision: str) -> bytes:
-        return Path(self._download(repo, filename, revision)).read_bytes()
+        """A small file's bytes (the manifest, the yank list): huggingface_hub downloads it
+        into its own cache, and one larger than any manifest may be is refused unread."""
+        path = Path(self._download(repo, filename, revision))
+        with open(path, "rb") as f:
+            data = f.read(constants.MAX_MANIFEST_BYTES + 1)
+        if len(data) > constants.MAX_MANIFEST_BYTES:
+            raise SourceError(
+                f"hf://{repo}@{revision[:12]} has a {filename} of more than "
+                f"{constants.MAX_MANIFEST_BYTES:,} bytes, which no conesreg version has",
+                hint="the repo (or the endpoint) is broken or hostile; do not install from it",
+            )
+        return data
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, retried with backoff on 429, 5xx and connection errors (Hub
@@ -408,8 +422,30 @@ class HubSource:
                         "HF_HUB_OFFLINE=1 or --offline",
                     ) from None
                 delay = _backoff(attempt)
+            except ConesregError:
+                raise
+            except OSError as e:
+                raise _local_error(e, what) from None
             time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _local_error(e: OSError, what: str) -> ConesregError:
+    """An ``OSError`` out of huggingface_hub: its cache's disk is full or unwritable, or a
+    download failed its own size check (``errno`` unset: the Hub sent other bytes than it
+    announced)."""
+    from huggingface_hub import constants as hf_constants
+
+    from .._storage import write_error
+
+    if e.errno is not None:
+        hint = "free space on that disk, or point HF_HUB_CACHE at another one"
+        return write_error(e, Path(e.filename or hf_constants.HF_HUB_CACHE), hint=hint)
+    message = " ".join(str(e).split())[:300]
+    return SourceError(
+        f"the Hub download failed while {what}: {message}",
+        hint="retry; if it persists, the endpoint serves other bytes than it announces",
+    )
 
 
 def _tag_version(tag: str) -> str | None:
