@@ -1288,6 +1288,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: say so in one line unless debugging
         if constants.DEBUG:
             raise
+        from ._storage import DISK_FULL, write_error
+
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            # A full disk is the user's to fix, wherever the write was (an image, a checkpoint).
+            where = Path(e.filename) if isinstance(e.filename, str) else Path.cwd()
+            click.echo(f"error: {write_error(e, where).one_line()}", err=True)
+            return 1
         click.echo(
             f"internal error: {type(e).__name__}: {e} (hint: rerun with --debug for a traceback "
             "and report it)",
