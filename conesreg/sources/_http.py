@@ -40,7 +40,7 @@ _CHUNK = 1 << 20
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: Redirects are followed for reads only: a streamed upload cannot be sent twice.
 _READ_METHODS = frozenset({"GET", "HEAD"})
-_BROKEN = "the registry is broken or hostile: tell its operator; nothing was installed"
+_BROKEN = "the registry is broken or hostile: tell its operator; nothing it sent was kept"
 
 
 @dataclass(frozen=True)
@@ -421,7 +421,9 @@ class HttpSource:
         try:
             body = load_json(r.body, what=what)
         except ManifestError as e:
-            raise SourceError(f"registry {self.name!r} sent {e.message}", hint=_BROKEN) from None
+            raise SourceError(
+                f"registry {self.name!r} sent a malformed answer: {e.message}", hint=_BROKEN
+            ) from None
         if not isinstance(body, dict):
             raise SourceError(
                 f"registry {self.name!r} sent {what} that is not a JSON object", hint=_BROKEN
