@@ -501,8 +501,9 @@ class Stats:
 
     validate_peak: int = 0  # the largest extra memory of one validate_mask call
     worst_ratio: float = 0.0  # the largest (extra memory) / amplification_bound over inputs
-    accepted: int = 0  # inputs that the code under test accepted
-    refused: int = 0  # inputs that it refused with the project's own error
+    # Outcomes: one per input, except names (one per parser and input: five parsers).
+    accepted: int = 0  # accepted by the code under test
+    refused: int = 0  # refused with the project's own error
     by_error: dict[str, int] = field(default_factory=dict)
 
     def refuse(self, e: ConesregError) -> None:
