@@ -41,7 +41,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,7 +233,7 @@ def decode_mask(data: bytes, *, numels: Mapping[str, int] | None = None) -> dict
         >>> decode_mask(data, numels={"w": 4})["w"]
         array([1, 2, 3])
     """
-    return {name: s.indices() for name, s in decode_mask_sets(data, numels=numels).items()}
+    return {name: s.indices() for name, s in _iter_sets(data, numels)}
 
 
 def decode_mask_sets(
@@ -259,18 +259,25 @@ def decode_mask_sets(
         >>> sets["w"].complement, sets["w"].stored.tolist(), len(sets["w"])
         (True, [2], 3)
     """
+    return dict(_iter_sets(data, numels))
+
+
+def _iter_sets(data: bytes, numels: Mapping[str, int] | None) -> Iterator[tuple[str, IndexSet]]:
+    """Decode the tensors one by one, after every check that needs no decoding.
+
+    A generator, so that decode_mask expands each set while its stored indices are still in
+    cache and frees them before the next tensor (measurably faster for complemented sets).
+    """
     data = _as_bytes(data)
     entries = _read_header(data)
     if numels is not None:
         _check_fits(entries, numels)
     tensors = _load_tensors(data)
-    out: dict[str, IndexSet] = {}
     for name, numel, count, b, flags in entries:
         complement = bool(flags & _FLAG_COMPLEMENT)
         k = numel - count if complement else count
         x = _rice_decode(name, tensors[name], k, b, numel)
-        out[name] = IndexSet(numel=numel, stored=x, complement=complement)
-    return out
+        yield name, IndexSet(numel=numel, stored=x, complement=complement)
 
 
 def validate_mask(data: bytes) -> MaskInfo:

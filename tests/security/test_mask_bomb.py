@@ -286,3 +286,34 @@ def test_apply_checks_the_base_model_before_decoding(
     monkeypatch.setattr(_mask, "decode_mask_sets", no_decoding)
     with pytest.raises(BaseModelMismatchError, match="was made for base model"):
         apply(unet, ["acme/other"])
+
+
+def test_overlap_on_stored_sets_is_exact() -> None:
+    # Counting on stored sets (complements, windows of a large parameter) gives what the
+    # decoded sets give: near-full sets of a small parameter, sparse ones of a large one.
+    from conesreg._concept import Concept, overlap
+
+    rng = np.random.default_rng(7)
+    numels = {"small": 5000, "large": 3 << 20}
+    concepts, truth = [], []
+    for n, density in enumerate([0.9, 0.7, 0.2, 0.95]):
+        indices = {
+            "small": np.flatnonzero(rng.random(5000) < density),
+            "large": np.unique(rng.integers(0, 3 << 20, 3000 + 1000 * n)),
+        }
+        mask = encode_mask(indices, numels=numels)
+        doc = manifest_document(
+            targets={"small": [50, 100], "large": [3, 1 << 20]},
+            mask=mask,
+            counts={k: len(v) for k, v in indices.items()},
+            name=f"c{n}",
+        )
+        manifest = parse_manifest(canonical_json(doc))
+        concepts.append(Concept(manifest, mask=mask) if n % 2 else Concept(manifest, indices))
+        truth.append(indices)
+    rows = overlap(concepts)
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    for row, (i, j) in zip(rows, pairs, strict=True):
+        shared = sum(len(np.intersect1d(truth[i][p], truth[j][p])) for p in numels)
+        size = sum(len(v) for v in truth[i].values()) + sum(len(v) for v in truth[j].values())
+        assert row.shared == shared and row.jaccard == shared / (size - shared)
