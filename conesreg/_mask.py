@@ -144,7 +144,8 @@ class IndexSet:
         return self.numel - int(self.stored.size) if self.complement else int(self.stored.size)
 
     def indices(self) -> np.ndarray:
-        """The set's own sorted indices (for a complement, this allocates ``numel`` bytes)."""
+        """The set's own sorted indices (a complement costs ``numel`` bytes of scratch plus the
+        result: call this only within sizes the caller trusts)."""
         return _complement(self.stored, self.numel) if self.complement else self.stored
 
 
@@ -335,7 +336,7 @@ def read_mask_info(data: bytes) -> MaskInfo:
     """Read the parameters, numels and counts of a mask payload without decoding it.
 
     Only the header is parsed, so this is cheap, but it does not prove that the tensors decode:
-    :func:`decode_mask` does.
+    :func:`validate_mask` does (in memory ~ the payload), and so does :func:`decode_mask`.
 
     Args:
         data: The payload (``bytes``, ``bytearray`` or ``memoryview``).
