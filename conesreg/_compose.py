@@ -237,13 +237,7 @@ def _check(pipe: Any, unet: Any, state: _Applied, concepts: list[Concept], *, fo
                 )
             if not p.is_contiguous():
                 raise UnsupportedPipelineError(f"parameter {t.name!r} is not contiguous")
-        numels = {t.name: t.numel for t in c.manifest.base_model.targets}
-        for name, idx in c.indices.items():
-            if name not in numels:
-                raise BaseModelMismatchError(f"{c.label}'s mask addresses unknown {name!r}")
-            # Order and repeats do not matter for zeroing and restoring; the range does.
-            if len(idx) and (idx.min() < 0 or idx.max() >= numels[name]):
-                raise MaskError(f"{c.label}: indices of {name!r} out of range")
+    for c in concepts:
         targets = tuple(sorted(t.name for t in c.manifest.base_model.targets))
         actual = _pristine_hash(unet, state, targets)
         expected = c.manifest.base_model
@@ -256,6 +250,16 @@ def _check(pipe: Any, unet: Any, state: _Applied, concepts: list[Concept], *, fo
             if not force:
                 raise BaseModelMismatchError(msg)
             warnings.warn(msg + "; applying anyway (force)", ConesregWarning, stacklevel=3)
+    # Masks are decoded only now, within the sizes of the parameters this UNet really has: a
+    # payload can claim any size (a full set of a huge parameter is a few bytes), the UNet cannot.
+    for c in concepts:
+        numels = {t.name: params[t.name].numel() for t in c.manifest.base_model.targets}
+        for name, idx in c.decode(numels=numels).items():
+            if name not in numels:
+                raise BaseModelMismatchError(f"{c.label}'s mask addresses unknown {name!r}")
+            # Order and repeats do not matter for zeroing and restoring; the range does.
+            if len(idx) and (idx.min() < 0 or idx.max() >= numels[name]):
+                raise MaskError(f"{c.label}: indices of {name!r} out of range")
 
 
 def _pristine_hash(unet: Any, state: _Applied, targets: tuple[str, ...]) -> str:

@@ -1,4 +1,4 @@
-"""Installed concepts as ready-to-apply objects (manifest + decoded mask), and their overlap.
+"""Installed concepts as ready-to-apply objects (manifest + mask), and their overlap.
 
 No torch here: ``conesreg info --overlap`` and the resolver-facing half of composing run without
 it. Applying concepts to a pipeline is :mod:`conesreg._compose`.
@@ -7,9 +7,10 @@ it. Applying concepts to a pipeline is :mod:`conesreg._compose`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,20 +18,48 @@ from ._cache import Cache
 from ._install import Session, install
 from ._lockfile import LockedConcept
 from ._manifest import IndexEntry, Manifest
-from .errors import MaskError
+from .errors import BaseModelMismatchError, MaskError
 from .sources import BlobOrigin
+
+if TYPE_CHECKING:
+    from ._mask import IndexSet
 
 #: Pairs of concepts sharing more than this Jaccard index of their neurons get a warning: a
 #: shared neuron serves both subjects, so heavy sharing means they will blend.
 OVERLAP_WARN_JACCARD = 0.1
 
 
-@dataclass(frozen=True)
 class Concept:
-    """One concept version ready to apply: its manifest and its sorted flat indices per target."""
+    """One concept version ready to apply: its manifest and its concept neurons.
 
-    manifest: Manifest
-    indices: dict[str, np.ndarray]
+    Made from decoded indices (``Concept(manifest, indices)``) or from the mask payload
+    (``Concept(manifest, mask=payload)``, as installed concepts are). A payload stays encoded
+    until the indices are needed: :func:`conesreg.apply` decodes it only once the pipeline's
+    parameter shapes and base model matched, and :func:`overlap` counts on the sets as stored, so
+    a hostile mask (a full set of a forged huge parameter is a few bytes) costs no more memory
+    than the model it is applied to.
+
+    Example:
+        >>> dog = Concept(manifest, {"w": np.array([3, 7])})  # doctest: +SKIP
+        >>> dog.label, dog.indices["w"].tolist()  # doctest: +SKIP
+        ('acme/dog@1.0.0', [3, 7])
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        indices: Mapping[str, np.ndarray] | None = None,
+        *,
+        mask: bytes | None = None,
+    ) -> None:
+        if (indices is None) == (mask is None):
+            raise TypeError("a Concept takes either its indices or its mask payload")
+        self.manifest = manifest
+        self._indices = dict(indices) if indices is not None else None
+        self._mask = mask
+
+    def __repr__(self) -> str:
+        return f"<Concept {self.label}>"
 
     @property
     def label(self) -> str:
@@ -41,27 +70,89 @@ class Concept:
     def digest(self) -> str:
         return self.manifest.digest
 
+    @property
+    def indices(self) -> dict[str, np.ndarray]:
+        """Sorted flat indices per target parameter.
+
+        A payload is decoded on first use, within the sizes its manifest declares for the
+        targets; :func:`conesreg.apply` decodes within the pipeline's own sizes instead.
+        """
+        return self.decode(numels={t.name: t.numel for t in self.manifest.base_model.targets})
+
+    def decode(self, *, numels: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """The indices, decoding the payload (once) only if it fits ``numels``.
+
+        Args:
+            numels: Scalars of each parameter the indices will be used on.
+
+        Returns:
+            Sorted flat indices per target parameter.
+
+        Raises:
+            MaskError: the mask names a parameter not in ``numels`` or of another size.
+
+        Example:
+            >>> concept.decode(numels={"w": 64})["w"].tolist()  # doctest: +SKIP
+            [3, 7]
+        """
+        if self._indices is None:
+            from ._mask import decode_mask
+
+            assert self._mask is not None  # one of the two, by construction
+            try:
+                self._indices = decode_mask(self._mask, numels=numels)
+            except MaskError as e:
+                raise MaskError(f"{self.label}: {e.message}", hint=e.hint) from None
+        return self._indices
+
+    def index_sets(self) -> dict[str, IndexSet]:
+        """Per target parameter, the neurons as stored: memory ~ the payload, whatever it claims.
+
+        Raises:
+            MaskError: the indices name a parameter that is not one of the manifest's targets.
+        """
+        from ._mask import IndexSet, decode_mask_sets
+
+        numels = {t.name: t.numel for t in self.manifest.base_model.targets}
+        if self._indices is None:
+            assert self._mask is not None
+            return decode_mask_sets(self._mask, numels=numels)
+        out = {}
+        for name, idx in self._indices.items():
+            if name not in numels:
+                raise MaskError(f"{self.label}'s mask addresses {name!r}, not one of its targets")
+            x = np.asarray(idx, dtype=np.int64)
+            if x.size > 1 and not np.all(x[1:] > x[:-1]):
+                x = np.unique(x)  # built by hand: counting needs sorted, unique indices
+            out[name] = IndexSet(numel=numels[name], stored=x)
+        return out
+
     @classmethod
     def from_draft(cls, draft_dir: Path, *, version: str = "0.0.0-draft") -> Concept:
         """A concept straight from a draft directory (``conesreg find`` output), unpublished."""
-        from ._mask import decode_mask
         from ._push import build_manifest
 
         manifest, files = build_manifest(Path(draft_dir), version=version)
-        return cls(manifest, decode_mask(files[manifest.mask.blob].read_bytes()))
+        return cls(manifest, mask=files[manifest.mask.blob].read_bytes())
 
 
 def read_concept(manifest: Manifest, cache: Cache) -> Concept:
-    """Decode an installed concept's mask from the cache (digest re-checked on read).
+    """An installed concept from the cache (digest re-checked on read), its mask still encoded.
+
+    The mask is validated in full (in memory ~ its size) and must fit the manifest's targets;
+    it is decoded later, within the sizes of whatever it is applied to.
 
     Raises:
         IntegrityError: the cached mask is missing or corrupted.
-        MaskError: the mask disagrees with the manifest (counts or sizes).
+        MaskError: the mask is corrupt or disagrees with the manifest (counts or sizes).
     """
-    from ._mask import decode_mask, read_mask_info
+    from ._mask import validate_mask
 
     data = cache.blobs.read(manifest.mask.blob)
-    info = read_mask_info(data)
+    try:
+        info = validate_mask(data)
+    except MaskError as e:
+        raise MaskError(f"{manifest.id}@{manifest.version}: {e.message}", hint=e.hint) from None
     shapes = {t.name: t.numel for t in manifest.base_model.targets}
     for param, numel in info.numels.items():
         if shapes.get(param) != numel:
@@ -71,7 +162,7 @@ def read_concept(manifest: Manifest, cache: Cache) -> Concept:
     counts = {k: v for k, v in info.counts.items() if v}
     if counts != manifest.mask.counts:
         raise MaskError(f"{manifest.id}@{manifest.version}: mask counts disagree with manifest")
-    return Concept(manifest, decode_mask(data))
+    return Concept(manifest, mask=data)
 
 
 def fetch_concept(entry: IndexEntry, *, session: Session | None = None) -> Concept:
@@ -129,32 +220,114 @@ class Overlap:
 def overlap(concepts: Sequence[Concept]) -> list[Overlap]:
     """Shared neurons and Jaccard index for every pair of concepts.
 
+    Counted on the sets as the masks store them (a near-full set as its complement), so the
+    memory is proportional to the payloads, never to the sizes their headers claim.
+
+    Raises:
+        BaseModelMismatchError: two concepts give one parameter different sizes (they belong to
+            different base models, so their neurons cannot be compared).
+        MaskError: a mask is corrupt or disagrees with its manifest.
+
     Example:
         >>> [o.jaccard for o in overlap([dog, cat])]  # doctest: +SKIP
         [0.012]
     """
+    sets = [c.index_sets() for c in concepts]
+    owner: dict[str, int] = {}
+    for i, per_param in enumerate(sets):
+        for param, s in per_param.items():
+            first = owner.setdefault(param, i)
+            if sets[first][param].numel != s.numel:
+                a, b = concepts[first], concepts[i]
+                raise BaseModelMismatchError(
+                    f"{a.label} and {b.label} give {param!r} different sizes "
+                    f"({sets[first][param].numel} and {s.numel} scalars): they were made for "
+                    "different base models",
+                    hint="compare concepts of the same base model (`conesreg info REF` shows it)",
+                )
     m = len(concepts)
     shared = np.zeros((m, m), dtype=np.int64)
-    numels = {t.name: t.numel for c in concepts for t in c.manifest.base_model.targets}
-    for param in sorted({p for c in concepts for p in c.indices}):
-        arrays = [c.indices.get(param) for c in concepts]
-        # One bit per concept in a byte-per-neuron flag array: each concept's neurons are
-        # scattered once and gathered once per block of 8, instead of a search per pair.
-        for start in range(0, m, 8):
-            flags = np.zeros(numels[param], dtype=np.uint8)
-            for bit, idx in enumerate(arrays[start : start + 8]):
-                if idx is not None:
-                    flags[idx] |= np.uint8(1 << bit)
-            for i, idx in enumerate(arrays[: start + 8]):
-                if idx is None:
-                    continue
-                hits = flags[idx]
-                for j in range(max(i + 1, start), min(start + 8, m)):
-                    shared[i, j] += np.count_nonzero(hits & np.uint8(1 << (j - start)))
-    sizes = [sum(len(v) for v in c.indices.values()) for c in concepts]
+    for param in sorted(owner):
+        per_concept = [per_param.get(param) for per_param in sets]
+        both = _stored_intersections([x.stored if x else None for x in per_concept])
+        for i, j in itertools.combinations(range(m), 2):
+            a, b = per_concept[i], per_concept[j]
+            if a is not None and b is not None:
+                shared[i, j] += _shared(a, b, int(both[i, j]))
+    sizes = [sum(len(x) for x in per_param.values()) for per_param in sets]
     rows = []
     for i, j in itertools.combinations(range(m), 2):
-        union = sizes[i] + sizes[j] - shared[i, j]
+        union = sizes[i] + sizes[j] - int(shared[i, j])
         jaccard = float(shared[i, j] / union) if union else 0.0
         rows.append(Overlap(concepts[i].label, concepts[j].label, int(shared[i, j]), jaccard))
     return rows
+
+
+def _shared(a: IndexSet, b: IndexSet, both: int) -> int:
+    """|A & B| of two sets of one parameter, from ``both`` = |Sa & Sb| of their stored indices.
+
+    A complemented set is ``U - S``, so inclusion-exclusion reduces every case to ``both``.
+    """
+    na, nb = int(a.stored.size), int(b.stored.size)
+    if a.complement and b.complement:
+        return a.numel - na - nb + both
+    if a.complement:
+        return nb - both
+    if b.complement:
+        return na - both
+    return both
+
+
+#: Flag bytes of one window of a parameter: the scratch of counting shared indices, whatever
+#: size a mask claims (real targets, up to ~2.6M scalars in SDXL, take one to three windows).
+_WINDOW = 1 << 20
+
+
+def _stored_intersections(stored: Sequence[np.ndarray | None]) -> np.ndarray:
+    """``|S_i & S_j|`` for every pair of sorted, unique index arrays (None: absent).
+
+    One flag byte per index, one bit per concept (blocks of 8): each concept's indices are
+    scattered once and gathered once per block, linear in the indices, instead of a search per
+    pair. The flags cover one window of ``_WINDOW`` indices at a time, and only windows that hold
+    an index are visited, so neither time nor memory follows a size a mask claims.
+    """
+    m = len(stored)
+    both = np.zeros((m, m), dtype=np.int64)
+    present = {i: x for i, x in enumerate(stored) if x is not None and x.size}
+    if len(present) < 2:
+        return both
+    top = max(int(x[-1]) for x in present.values())
+    if top < _WINDOW:  # every real target: one window, the arrays as they are
+        _count_window(present, top + 1, both)
+        return both
+    windows = np.unique(np.concatenate([_windows(x, _WINDOW) for x in present.values()]))
+    for w in windows.tolist():
+        lo, hi = w * _WINDOW, (w + 1) * _WINDOW
+        parts = {}
+        for i, x in present.items():
+            a, b = int(np.searchsorted(x, lo)), int(np.searchsorted(x, hi))
+            if b > a:
+                parts[i] = x[a:b] - lo
+        _count_window(parts, _WINDOW, both)
+    return both
+
+
+def _count_window(parts: dict[int, np.ndarray], width: int, both: np.ndarray) -> None:
+    """Add to ``both`` the pairwise shared indices of ``parts`` (concept -> indices < width)."""
+    order = sorted(parts)
+    for start in range(0, len(order), 8):
+        block = order[start : start + 8]
+        flags = np.zeros(width, dtype=np.uint8)
+        for bit, i in enumerate(block):
+            flags[parts[i]] |= np.uint8(1 << bit)
+        for i in order[: start + 8]:
+            hits = flags[parts[i]]
+            for bit, j in enumerate(block):
+                if j > i:
+                    both[i, j] += np.count_nonzero(hits & np.uint8(1 << bit))
+
+
+def _windows(x: np.ndarray, width: int) -> np.ndarray:
+    """The distinct windows (``index // width``) that sorted indices fall in."""
+    w = x // width
+    return w[np.flatnonzero(np.diff(w, prepend=-1))]

@@ -31,6 +31,8 @@ Example:
     {'v': [], 'w': [0, 5, 6]}
     >>> read_mask_info(data).selected
     3
+    >>> validate_mask(data).counts  # every check of decode_mask, in memory ~ the payload's size
+    {'v': 0, 'w': 3}
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,13 +58,16 @@ from . import constants
 from .errors import MaskError
 
 __all__ = [
+    "IndexSet",
     "MaskInfo",
     "decode_mask",
+    "decode_mask_sets",
     "encode_mask",
     "information_bound_bytes",
     "load_mask",
     "read_mask_info",
     "save_mask",
+    "validate_mask",
 ]
 
 #: Largest Rice parameter. 2**40 covers the gaps of any plausible tensor, and keeps
@@ -74,6 +79,12 @@ _MAX_NUMEL = 1 << 62
 _FLAG_COMPLEMENT = 1
 _KNOWN_FLAGS = _FLAG_COMPLEMENT
 _METADATA_KEY = "__metadata__"
+#: Bytes of a tensor that validate_mask looks at in one step. Its scratch is at most 8 bytes per
+#: byte of a chunk (bits unpacked to bytes), so a chunk of 64 KiB keeps it under 1 MiB whatever
+#: the payload claims, while the Python loop stays short (16 steps per MiB).
+_CHUNK_BYTES = 1 << 16
+#: Set bits of every byte value: counting the 1s of the unary section without unpacking it.
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 _CORRUPT_HINT = (
     "the mask payload is damaged or was not written by conesreg.encode_mask: download it again "
@@ -104,6 +115,38 @@ class MaskInfo:
     def selected(self) -> int:
         """k: the number of selected indices over all target parameters."""
         return sum(self.counts.values())
+
+
+@dataclass(frozen=True, eq=False)
+class IndexSet:
+    """A set of flat indices ``0 <= i < numel`` as a mask stores it, complement not expanded.
+
+    A near-full set of a large parameter is stored as its few missing indices; keeping it that
+    way costs memory in proportion to the payload, never to ``numel``, so sets of untrusted masks
+    can be counted and intersected (``conesreg info --overlap``) without a pipeline to bound them.
+
+    Attributes:
+        numel: Size of the parameter the indices point into.
+        stored: Sorted, unique ``int64`` indices: the set itself, or its complement.
+        complement: True when the set is every index of ``range(numel)`` *not* in ``stored``.
+
+    Example:
+        >>> s = IndexSet(numel=5, stored=np.array([1]), complement=True)
+        >>> len(s), s.indices().tolist()
+        (4, [0, 2, 3, 4])
+    """
+
+    numel: int
+    stored: np.ndarray
+    complement: bool = False
+
+    def __len__(self) -> int:
+        return self.numel - int(self.stored.size) if self.complement else int(self.stored.size)
+
+    def indices(self) -> np.ndarray:
+        """The set's own sorted indices (a complement costs ``numel`` bytes of scratch plus the
+        result: call this only within sizes the caller trusts)."""
+        return _complement(self.stored, self.numel) if self.complement else self.stored
 
 
 # --- public API ---------------------------------------------------------------------------------
@@ -162,15 +205,19 @@ def encode_mask(indices: Mapping[str, npt.ArrayLike], *, numels: Mapping[str, in
     return _save_canonical(tensors, metadata)
 
 
-def decode_mask(data: bytes) -> dict[str, np.ndarray]:
+def decode_mask(data: bytes, *, numels: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """Decode a mask payload written by :func:`encode_mask`.
 
     The payload says how many indices it holds, and a full set of a large parameter is tiny on
-    disk: check :func:`read_mask_info` against the base model first when the payload is not
-    trusted.
+    disk: when it is not trusted, pass ``numels`` (the sizes of the parameters the indices will
+    be used on), which are checked against the header before anything is allocated. Without a
+    consumer to bound it, check it with :func:`validate_mask` or work on
+    :func:`decode_mask_sets`, whose memory is proportional to the payload.
 
     Args:
         data: The payload (``bytes``, ``bytearray`` or ``memoryview``).
+        numels: Scalars of each parameter the consumer has. Every parameter of the mask must be
+            one of them, of that size. None: trust the header.
 
     Returns:
         For each target parameter, in name order, its selected indices as a sorted, unique
@@ -179,43 +226,117 @@ def decode_mask(data: bytes) -> dict[str, np.ndarray]:
     Raises:
         MaskError: The payload is not a mask of a supported encoding, or is corrupt, truncated
             or inconsistent (bad metadata, a tensor that does not decode to exactly the recorded
-            count, an index ``>= numel``, trailing bytes).
+            count, an index ``>= numel``, trailing bytes), or it does not fit ``numels``.
         TypeError: ``data`` is not bytes-like.
 
     Example:
         >>> data = encode_mask({"w": [1, 2, 3]}, numels={"w": 4})
-        >>> decode_mask(data)["w"]
+        >>> decode_mask(data, numels={"w": 4})["w"]
         array([1, 2, 3])
+    """
+    return {name: s.indices() for name, s in _iter_sets(data, numels)}
+
+
+def decode_mask_sets(
+    data: bytes, *, numels: Mapping[str, int] | None = None
+) -> dict[str, IndexSet]:
+    """Decode a mask payload without expanding complements: memory ~ the payload's size.
+
+    Every index a payload stores costs it at least one bit, so the stored indices take at most
+    64 bytes (one ``int64``) per payload byte, whatever ``numel`` the header claims.
+
+    Args:
+        data: The payload (``bytes``, ``bytearray`` or ``memoryview``).
+        numels: As for :func:`decode_mask`.
+
+    Returns:
+        For each target parameter, in name order, its :class:`IndexSet`.
+
+    Raises:
+        MaskError, TypeError: As for :func:`decode_mask`.
+
+    Example:
+        >>> sets = decode_mask_sets(encode_mask({"w": [0, 1, 3]}, numels={"w": 4}))
+        >>> sets["w"].complement, sets["w"].stored.tolist(), len(sets["w"])
+        (True, [2], 3)
+    """
+    return dict(_iter_sets(data, numels))
+
+
+def _iter_sets(data: bytes, numels: Mapping[str, int] | None) -> Iterator[tuple[str, IndexSet]]:
+    """Decode the tensors one by one, after every check that needs no decoding.
+
+    A generator, so that decode_mask expands each set while its stored indices are still in
+    cache and frees them before the next tensor (measurably faster for complemented sets).
     """
     data = _as_bytes(data)
     entries = _read_header(data)
-    try:
-        tensors = _st_load(data)
-    except (SafetensorError, KeyError, TypeError, ValueError) as e:
-        raise MaskError(
-            f"mask payload is not a valid safetensors file: {e}", hint=_CORRUPT_HINT
-        ) from e
-    out: dict[str, np.ndarray] = {}
+    if numels is not None:
+        _check_fits(entries, numels)
+    tensors = _load_tensors(data)
     for name, numel, count, b, flags in entries:
-        buf = tensors[name]
-        if buf.dtype != np.uint8 or buf.ndim != 1:
-            raise MaskError(
-                f"mask tensor {name!r} has dtype {buf.dtype} and shape {buf.shape}, "
-                "expected a 1-D uint8 tensor",
-                hint=_CORRUPT_HINT,
-            )
         complement = bool(flags & _FLAG_COMPLEMENT)
         k = numel - count if complement else count
-        x = _rice_decode(name, buf, k, b, numel)
-        out[name] = _complement(x, numel) if complement else x
-    return out
+        x = _rice_decode(name, tensors[name], k, b, numel)
+        yield name, IndexSet(numel=numel, stored=x, complement=complement)
+
+
+def validate_mask(data: bytes) -> MaskInfo:
+    """Check a mask payload completely, in memory proportional to its size, not to its claims.
+
+    Everything :func:`decode_mask` checks is checked here (header, tensor layout, the count of
+    coded indices, every index ``< numel``, stray and trailing bits), so a payload that
+    validates always decodes; but the indices are only counted and summed, a chunk at a time,
+    never materialised. The total ``numel`` over all targets must also be at most
+    ``constants.MAX_TARGET_NUMEL`` (``CONESREG_MAX_TARGET_NUMEL``): no supported base model has
+    more. Extra memory stays below 64 bytes per payload byte plus 1 MiB; use it on every payload
+    that comes from someone else before deciding to decode it.
+
+    Args:
+        data: The payload (``bytes``, ``bytearray`` or ``memoryview``).
+
+    Returns:
+        A :class:`MaskInfo`, as :func:`read_mask_info` gives.
+
+    Raises:
+        MaskError: The payload would not decode, or claims more scalars than any base model has.
+        TypeError: ``data`` is not bytes-like.
+
+    Example:
+        >>> data = encode_mask({"w": [1, 5]}, numels={"w": 8})
+        >>> validate_mask(data).counts
+        {'w': 2}
+        >>> validate_mask(data[:-1])  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        conesreg.errors.MaskError: mask payload is not a valid safetensors file
+    """
+    data = _as_bytes(data)
+    entries = _read_header(data)
+    total = sum(numel for _, numel, _, _, _ in entries)
+    limit = constants.MAX_TARGET_NUMEL
+    if total > limit:
+        raise MaskError(
+            f"mask claims {total} target scalars, more than the {limit} any supported base model "
+            "has",
+            hint="this is not a mask of a real base model; if it is, raise "
+            "CONESREG_MAX_TARGET_NUMEL",
+        )
+    tensors = _load_tensors(data)
+    for name, numel, count, b, flags in entries:
+        k = numel - count if flags & _FLAG_COMPLEMENT else count
+        _rice_check(name, tensors[name], k, b, numel)
+    return MaskInfo(
+        encoding=constants.MASK_ENCODING,
+        numels={name: numel for name, numel, _, _, _ in entries},
+        counts={name: count for name, _, count, _, _ in entries},
+    )
 
 
 def read_mask_info(data: bytes) -> MaskInfo:
     """Read the parameters, numels and counts of a mask payload without decoding it.
 
     Only the header is parsed, so this is cheap, but it does not prove that the tensors decode:
-    :func:`decode_mask` does.
+    :func:`validate_mask` does (in memory ~ the payload), and so does :func:`decode_mask`.
 
     Args:
         data: The payload (``bytes``, ``bytearray`` or ``memoryview``).
@@ -430,6 +551,43 @@ def _corrupt(message: str) -> MaskError:
     return MaskError(message, hint=_CORRUPT_HINT)
 
 
+def _check_fits(entries: list[tuple[str, int, int, int, int]], numels: Mapping[str, int]) -> None:
+    """Refuse a header whose parameters are not the consumer's, before anything is allocated."""
+    for name, numel, _, _, _ in entries:
+        if name not in numels:
+            raise MaskError(
+                f"the mask addresses {name!r}, which the model it is used on does not have",
+                hint="use the mask with the base model it was made for",
+            )
+        if numels[name] != numel:
+            raise MaskError(
+                f"the mask gives {name!r} {numel} scalars, the model it is used on has "
+                f"{numels[name]}",
+                hint="use the mask with the base model it was made for",
+            )
+
+
+def _load_tensors(data: bytes) -> dict[str, np.ndarray]:
+    """The payload's tensors (views of one copy of their bytes), after safetensors' own checks.
+
+    decode and validate share this, so they accept exactly the same file layouts.
+    """
+    try:
+        tensors = _st_load(data)
+    except (SafetensorError, KeyError, TypeError, ValueError) as e:
+        raise MaskError(
+            f"mask payload is not a valid safetensors file: {e}", hint=_CORRUPT_HINT
+        ) from e
+    for name, buf in tensors.items():
+        if buf.dtype != np.uint8 or buf.ndim != 1:
+            raise MaskError(
+                f"mask tensor {name!r} has dtype {buf.dtype} and shape {buf.shape}, "
+                "expected a 1-D uint8 tensor",
+                hint=_CORRUPT_HINT,
+            )
+    return tensors
+
+
 def _read_header(data: bytes) -> list[tuple[str, int, int, int, int]]:
     """Parse and check the header: ``(name, numel, count, b, flags)`` per tensor, name order."""
     if len(data) < 8:
@@ -543,12 +701,8 @@ def _rice_encode(x: np.ndarray) -> tuple[np.ndarray, int]:
     return np.concatenate([np.packbits(low_bits.ravel()), np.packbits(unary)]), b
 
 
-def _rice_decode(name: str, buf: np.ndarray, k: int, b: int, numel: int) -> np.ndarray:
-    """Decode ``k`` indices from one tensor, checking it against the header's numbers."""
-    if k == 0:
-        if buf.size or b:
-            raise _corrupt(f"mask tensor {name!r} holds {buf.size} bytes for an empty set")
-        return np.zeros(0, np.int64)
+def _sections(name: str, buf: np.ndarray, k: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split one tensor into its low parts and unary parts, checking their sizes (``k > 0``)."""
     n_low = -(-k * b // 8)
     if buf.size <= n_low:
         raise _corrupt(
@@ -558,6 +712,20 @@ def _rice_decode(name: str, buf: np.ndarray, k: int, b: int, numel: int) -> np.n
     unary = buf[n_low:]
     if unary[-1] == 0:
         raise _corrupt(f"mask tensor {name!r} has trailing bytes after its last index")
+    return buf[:n_low], unary
+
+
+def _check_empty(name: str, buf: np.ndarray, b: int) -> None:
+    if buf.size or b:
+        raise _corrupt(f"mask tensor {name!r} holds {buf.size} bytes for an empty set")
+
+
+def _rice_decode(name: str, buf: np.ndarray, k: int, b: int, numel: int) -> np.ndarray:
+    """Decode ``k`` indices from one tensor, checking it against the header's numbers."""
+    if k == 0:
+        _check_empty(name, buf, b)
+        return np.zeros(0, np.int64)
+    low, unary = _sections(name, buf, k, b)
     # As bool, flatnonzero takes numpy's fast path (several times faster than on uint8).
     ones = np.flatnonzero(np.unpackbits(unary).view(np.bool_))
     if ones.size != k:
@@ -569,7 +737,7 @@ def _rice_decode(name: str, buf: np.ndarray, k: int, b: int, numel: int) -> np.n
         raise _corrupt(f"mask tensor {name!r} codes an index >= numel ({numel})")
     if b:
         q <<= b
-        q |= _unpack_low(name, buf[:n_low], k, b)
+        q |= _unpack_low(name, low, k, b)
     gaps = q
     gaps += 1
     x = np.cumsum(gaps, out=gaps)
@@ -579,6 +747,56 @@ def _rice_decode(name: str, buf: np.ndarray, k: int, b: int, numel: int) -> np.n
     if int(x[-1]) >= numel or int(x.min()) < 0:
         raise _corrupt(f"mask tensor {name!r} codes an index >= numel ({numel})")
     return x
+
+
+def _rice_check(name: str, buf: np.ndarray, k: int, b: int, numel: int) -> None:
+    """What :func:`_rice_decode` checks, without decoding: O(chunk) memory, whatever ``k``.
+
+    The indices are increasing, so they are all ``< numel`` exactly when the last one is, and
+    the last one is a sum: ``x = (Z << b) + L + k - 1`` where ``Z`` is the number of 0 bits
+    before the last 1 of the unary section (the sum of all high parts) and ``L`` the sum of all
+    low parts. Counting 1s, finding the last 1 and summing low parts never needs the indices;
+    Python integers keep the sums exact (decode's int64 overflow checks have no counterpart).
+    """
+    if k == 0:
+        _check_empty(name, buf, b)
+        return
+    low, unary = _sections(name, buf, k, b)
+    ones = 0
+    for start in range(0, int(unary.size), _CHUNK_BYTES):
+        ones += int(_POPCOUNT[unary[start : start + _CHUNK_BYTES]].sum(dtype=np.int64))
+    if ones != k:
+        raise _corrupt(f"mask tensor {name!r} codes {ones} indices, its metadata says {k}")
+    tail = int(unary[-1])  # not 0 (checked): its lowest set bit is the last 1 of the section
+    last_one = unary.size * 8 - (tail & -tail).bit_length()
+    zeros = last_one + 1 - k
+    last = (zeros << b) + (_sum_low(name, low, k, b) if b else 0) + k - 1
+    if last >= numel:
+        raise _corrupt(f"mask tensor {name!r} codes an index >= numel ({numel})")
+
+
+def _sum_low(name: str, low: np.ndarray, k: int, b: int) -> int:
+    """The sum of the ``k`` b-bit values packed MSB first in ``low``, a chunk at a time.
+
+    A row of 8 values is exactly ``b`` bytes, and bit ``t`` of every row belongs to value
+    ``t // b`` with weight ``2 ** (b - 1 - t % b)``. So the sum is the per-position count of set
+    bits over all rows, weighted: one unpack of each chunk, no per-value array.
+    """
+    full = k // 8
+    counts = np.zeros(8 * b, dtype=np.int64)
+    rows_per_chunk = max(1, _CHUNK_BYTES // b)
+    for row in range(0, full, rows_per_chunk):
+        rows = min(rows_per_chunk, full - row)
+        chunk = low[row * b : (row + rows) * b].reshape(rows, b)
+        counts += np.unpackbits(chunk, axis=1).sum(axis=0, dtype=np.int64)
+    weights = [1 << (b - 1 - t % b) for t in range(8 * b)]
+    total = sum(int(c) * w for c, w in zip(counts.tolist(), weights, strict=True))
+    rest = k - 8 * full
+    if rest:
+        # The last, partial row ends the section, so _unpack_low also checks its padding bits
+        # (full rows have none: 8 values of b bits fill b bytes).
+        total += int(_unpack_low(name, low[full * b :], rest, b).sum())
+    return total
 
 
 def _unpack_low(name: str, low: np.ndarray, k: int, b: int) -> np.ndarray:

@@ -42,8 +42,9 @@ def check_name(value: str, *, what: str = "name") -> str:
 
 
 # C0 and C1 controls and DEL: never part of a name a person typed, and poison in HTTP headers
-# and terminal output (a NUL in an error header drops the connection).
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# and terminal output (a NUL in an error header drops the connection). Also lone surrogates,
+# which a JSON "\ud800" escape makes and which no UTF-8 (no file name, no digest) can encode.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Characters no Windows file name may hold (':' also makes drive letters and NTFS streams).
 _PATH_FORBIDDEN_RE = re.compile(r'[\\:*?"<>|]')
 
@@ -72,8 +73,9 @@ def check_text(value: str, *, what: str, multiline: bool = False) -> str:
     text = value.replace("\t", "").replace("\n", "").replace("\r", "") if multiline else value
     bad = _CONTROL_RE.search(text)
     if bad:
+        kind = "lone surrogate" if bad.group() >= "\ud800" else "control character"
         raise InvalidReferenceError(
-            f"{what} {value[:80]!r} holds the control character {bad.group()!r}",
+            f"{what} {value[:80]!r} holds the {kind} {bad.group()!r}",
             hint="remove control characters (NUL, escapes, line breaks) from it",
         )
     return value

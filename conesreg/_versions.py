@@ -103,7 +103,9 @@ def parse_spec(text: str | None) -> VersionSpec:
     npm_text = " ".join(part.strip() for part in text.split(",") if part.strip())
     try:
         npm = sv.NpmSpec(npm_text)
-    except ValueError:
+    # AttributeError: semantic_version's hyphen ranges crash on a bound that is no version
+    # ("a - b", found by fuzz/artifact.py); it is a malformed spec like any other.
+    except (ValueError, AttributeError):
         raise InvalidReferenceError(
             f"invalid version spec {text!r}",
             hint="use 1.2.3, 1.2, ^1.2, ~1.2, '>=1.2,<2', latest or sha256:<hex>",

@@ -8,6 +8,8 @@ from pathlib import Path
 from platformdirs import user_data_dir
 from pydantic import BaseModel, ConfigDict, Field
 
+from conesreg import constants
+
 _ENV_PREFIX = "CONESREG_SERVER_"
 #: Settings that may come from the environment, by field name (``CONESREG_SERVER_<NAME>``).
 _ENV_FIELDS = (
@@ -16,6 +18,7 @@ _ENV_FIELDS = (
     "max_blob_bytes",
     "max_manifest_bytes",
     "max_hub_commit_bytes",
+    "max_target_numel",
     "orphan_age_seconds",
     "chunk_timeout_seconds",
     "registry_name",
@@ -46,6 +49,15 @@ class Settings(BaseModel):
         default=1 << 30,
         gt=0,
         description="the largest Hub commit body (NDJSON, files base64-encoded inline)",
+    )
+    max_target_numel: int = Field(
+        # A factory: the client's ceiling is read when the settings are made, not at import.
+        default_factory=lambda: constants.MAX_TARGET_NUMEL,
+        gt=0,
+        description="the most target scalars (mask.total) a published concept may have; "
+        "manifests and masks claiming more are refused at publish (422). Default: the client's "
+        "CONESREG_MAX_TARGET_NUMEL (2**32, above any supported base model's whole UNet), which "
+        "also caps it",
     )
     orphan_age_seconds: float = Field(
         default=24 * 3600,
