@@ -22,6 +22,7 @@ from ._deps import (
     DigestP,
     NameP,
     NamespaceP,
+    NamespaceQ,
     VersionP,
     registry_of,
 )
@@ -255,7 +256,7 @@ async def put_blob(
     digest: DigestP,
     request: Request,
     caller: CallerDep,
-    namespace: Annotated[str, Query(description="the namespace the blob is pushed for")],
+    namespace: NamespaceQ,
 ) -> JSONResponse:
     require_push(caller, namespace)
     r.check_digest(digest)
@@ -268,7 +269,7 @@ async def put_blob(
         ):
             upload.write(chunk)
         try:
-            created = await run_in_threadpool(r.commit_upload, reg, upload)
+            created = await run_in_threadpool(r.commit_upload, reg, upload, namespace=namespace)
         except DigestMismatchError as e:
             raise ApiError(
                 400, "digest_mismatch", f"{e}: upload the exact bytes the digest names"
@@ -299,7 +300,7 @@ async def push_version(
         request, limit=settings.max_manifest_bytes, timeout=settings.chunk_timeout_seconds
     )
     manifest = r.validate_manifest(body, namespace=namespace, name=name, version=version)
-    row, created = await run_in_threadpool(r.publish, reg, manifest)
+    row, created = await run_in_threadpool(r.publish, reg, caller, manifest)
     entry = await run_in_threadpool(_entry, reg, row)
     return JSONResponse(entry, status_code=201 if created else 200)
 

@@ -4,12 +4,13 @@ The database is the registry's index and its commit point: a version exists exac
 row (with its blob links and search fields) is committed, in one transaction. Blob bytes live in
 the blob store (:mod:`registry_server._storage`); a ``blobs`` row says an upload finished, and the
 foreign keys from ``version_blobs`` and ``hub_commit_blobs`` keep a referenced blob's row from being
-garbage collected.
+garbage collected; ``blob_uploads`` records which namespaces uploaded it (who may link it).
 
 Repos written through the Hugging Face Hub-compatible API (:mod:`registry_server._hubrepo`) live in
 ``hub_repos``, ``hub_commits`` (immutable) and ``hub_refs`` (branches and tags, which move).
 
-Tables are created on start (``create_all``); there are no migrations yet, the schema is v1.
+Tables are created on start (``create_all``, which also adds a table a newer version introduced to
+an older database); there are no migrations yet, the schema is v1.
 """
 
 from __future__ import annotations
@@ -151,6 +152,23 @@ class Blob(Base):
     digest: Mapped[str] = mapped_column(String(71), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class BlobUpload(Base):
+    """A namespace that uploaded a blob: one row per finished upload *for* that namespace.
+
+    OCI distribution's rule: a blob is linked into a namespace's versions only if that namespace
+    uploaded it (proving it holds the bytes) or the pusher can read a version or Hub commit that
+    already lists it. A digest alone (every lockfile shows them) gives access to nothing. The
+    rows go with their blob (``ON DELETE CASCADE``) when gc collects it.
+    """
+
+    __tablename__ = "blob_uploads"
+
+    digest: Mapped[str] = mapped_column(
+        ForeignKey("blobs.digest", ondelete="CASCADE"), primary_key=True
+    )
+    namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
 class VersionBlob(Base):

@@ -3,18 +3,29 @@
 Route code raises :class:`ApiError`; the handlers installed by :func:`install_handlers` turn it,
 FastAPI's request validation errors, Starlette's routing errors (404/405) and any bug (500) into
 that one shape, so that clients (and the OpenAPI document) see a single error format.
+
+Two rules hold for every response built here:
+
+- a header value never carries raw request text: :func:`header_text` escapes everything but
+  printable ASCII (a NUL or a line break in a header makes the HTTP library drop the connection);
+- a full disk (blob store or database) is **507** ``insufficient_storage``, never a 500: the
+  request changed nothing, and the client should not retry at once.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("registry_server")
 
@@ -45,11 +56,72 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Everything outside printable ASCII once non-ASCII is backslash-escaped: C0 controls and DEL.
+_UNSAFE_HEADER_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_text(value: str) -> str:
+    r"""``value`` as a header value that any HTTP library sends and parses: printable ASCII only.
+
+    Non-ASCII characters become Python escapes (``\xe9``, ``\u2028``) and so do control
+    characters (``\x00``); nothing is dropped, so the text stays recognisable.
+
+    Example:
+        >>> header_text("no revision a\x00b in acme/d\u00e9j\u00e0")
+        'no revision a\\x00b in acme/d\\xe9j\\xe0'
+    """
+    text = value.encode("ascii", "backslashreplace").decode("ascii")
+    return _UNSAFE_HEADER_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
+    """The :class:`ErrorBody` response (plus ``extra`` top-level members); every header value
+    goes through :func:`header_text`."""
     body = ErrorBody(error=ErrorDetail(code=code, message=" ".join(message.split())))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    safe = {name: header_text(value) for name, value in (headers or {}).items()}
+    return JSONResponse({**body.model_dump(), **(extra or {})}, status_code=status, headers=safe)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the database's disk) is full.
+
+    Example:
+        >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+        True
+    """
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        # SQLite: SQLITE_FULL (13, in the low byte of an extended code); PostgreSQL: class 53100.
+        code = getattr(orig, "sqlite_errorcode", None)
+        return (
+            (isinstance(code, int) and code & 0xFF == _SQLITE_FULL)
+            or getattr(orig, "pgcode", None) == _PG_DISK_FULL
+            or (isinstance(orig, BaseException) and is_disk_full(orig))
+        )
+    return False
+
+
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def insufficient_storage() -> ApiError:
+    """The 507 every full disk answers (the request's data was not kept)."""
+    return ApiError(
+        507,
+        "insufficient_storage",
+        "the server's disk is full, so nothing of this request was stored: try again after the "
+        "registry's operator has freed space",
+    )
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -69,6 +141,7 @@ _DESCRIPTIONS = {
     416: "The requested range is outside the blob",
     422: "The body or a parameter fails validation",
     500: "Internal server error",
+    507: "The server's disk is full: nothing was stored",
 }
 
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -98,13 +171,50 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         message = str(exc.detail)
+        headers = dict(exc.headers or {})
         if exc.status_code == 404:
             message = f"no route {request.url.path}: see /openapi.json for the API"
-        return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+        elif exc.status_code == 405:
+            # Starlette names the methods of the first route matching the path only; several
+            # routes share most paths here (GET and PUT of a blob, POST and DELETE of a yank).
+            headers["Allow"] = ", ".join(allowed_methods(app, request))
+        elif exc.status_code == 400 and message == _FASTAPI_BODY_ERROR:
+            # FastAPI's answer to a body json.loads cannot read (RecursionError included).
+            code, message = "malformed_json", "the body is not valid JSON: send a JSON object"
+        return error_response(exc.status_code, code, message, headers)
+
+    async def _os_or_db(request: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):
+            log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
+            full = insufficient_storage()
+            return error_response(full.status, full.code, full.message)
+        return _internal(request)
+
+    # Registered by class (not only as `Exception`): these answers are final, not re-raised.
+    app.add_exception_handler(OSError, _os_or_db)
+    app.add_exception_handler(DBAPIError, _os_or_db)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(
-            500, "internal", "the server failed on this request; its log has the details"
-        )
+        return _internal(request)
+
+
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
+def _internal(request: Request) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(
+        500, "internal", "the server failed on this request; its log has the details"
+    )
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route of ``app`` serves at the request's path (for ``Allow``)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return sorted(methods)

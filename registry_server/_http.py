@@ -158,34 +158,6 @@ async def read_body(request: Request, *, limit: int, timeout: float) -> bytes:
     return b"".join(parts)
 
 
-async def ndjson_lines(
-    request: Request, *, limit: int, line_limit: int, timeout: float
-) -> AsyncIterator[bytes]:
-    """The non-blank lines of an NDJSON body as they arrive (without their line breaks).
-
-    Raises:
-        ApiError: as :func:`body_chunks`; 413 too when one line passes ``line_limit`` bytes
-            (checked as it grows: a huge line is refused before it is all buffered).
-    """
-    buf = bytearray()
-    async for chunk in body_chunks(request, limit=limit, timeout=timeout):
-        # Search only the new bytes: a long line arriving in many chunks stays linear.
-        start = len(buf)
-        buf += chunk
-        while (end := buf.find(b"\n", start)) >= 0:
-            line = bytes(buf[:end])
-            del buf[: end + 1]
-            start = 0
-            if line.strip():
-                yield line
-        if len(buf) > line_limit:
-            raise ApiError(
-                413, "too_large", f"a line of the body passes {line_limit} bytes: a file too large"
-            )
-    if bytes(buf).strip():
-        yield bytes(buf)
-
-
 def _too_large(limit: int) -> ApiError:
     return ApiError(
         413, "too_large", f"the body is larger than this server accepts ({limit} bytes at most)"

@@ -37,11 +37,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import StringConstraints
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from conesreg._manifest import Manifest
@@ -50,17 +52,13 @@ from . import _hubrepo as hr
 from . import _registry as r
 from ._auth import Caller
 from ._db import HubCommit, Namespace, Version
-from ._deps import Ctx, CtxDep, NameP, NamespaceP
-from ._errors import ApiError, responses
+from ._deps import Ctx, CtxDep, NameP, NamespaceP, RevisionP
+from ._errors import ApiError, insufficient_storage, is_disk_full, responses
 from ._http import ranged_response
 
 router = APIRouter()
 
 MANIFEST_FILE = "manifest.json"
-RevisionP = Annotated[
-    str,
-    Path(description="v<version>, <version>, main, a tag or a commit id", examples=["v1.0.0"]),
-]
 FileP = Annotated[str, Path(description="a file of the repo", examples=["manifest.json"])]
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _HUB_CODES = {
@@ -123,14 +121,20 @@ def repo_files(row: Version, manifest: Manifest) -> list[RepoFile]:
 def hub_errors(*, every_message: bool = False) -> Iterator[None]:
     """Add the headers the Hub client reads to the :class:`ApiError` raised inside: X-Error-Code
     (it raises RepositoryNotFoundError and friends by it) and X-Error-Message; the message on
-    every error too if ``every_message`` (the write routes: the client shows it)."""
+    every error too if ``every_message`` (the write routes: the client shows it). A full disk
+    becomes the 507 :func:`~registry_server._errors.insufficient_storage` here, with them."""
     try:
         yield
+    except (OSError, DBAPIError) as e:
+        if not is_disk_full(e):
+            raise
+        full = insufficient_storage()
+        full.headers["X-Error-Message"] = full.message
+        raise full from None
     except ApiError as e:
         if e.code in _HUB_CODES or every_message:
-            # Header values must be Latin-1 without line breaks: escape what the user typed.
-            text = " ".join(e.message.split()).encode("ascii", "backslashreplace").decode()
-            e.headers = {**e.headers, "X-Error-Message": text}
+            # Raw: error_response makes every header value safe (the message holds user text).
+            e.headers = {**e.headers, "X-Error-Message": " ".join(e.message.split())}
             if e.code in _HUB_CODES:
                 e.headers["X-Error-Code"] = _HUB_CODES[e.code]
         raise
@@ -144,10 +148,11 @@ def resolve_revision(
     where = [Version.concept_id == concept.id]
     if revision == "main":
         where.append(Version.is_latest.is_(True))
-    elif _COMMIT_RE.match(revision):
+    elif _COMMIT_RE.fullmatch(revision):
         where.append(Version.digest.startswith(f"sha256:{revision}"))
     else:
-        where.append(Version.version == r.canonical_version(revision))
+        # Text that is no version is a revision name that names nothing: 404, as on the Hub.
+        where.append(Version.version == _version_or_none(revision))
     row = session.scalar(select(Version).where(*where).limit(1))
     if row is None:
         raise ApiError(
@@ -156,6 +161,15 @@ def resolve_revision(
             f"no revision {revision} of {namespace}/{name}: use main, v<version> or a commit id",
         )
     return row
+
+
+def _version_or_none(revision: str) -> str | None:
+    if not r.is_revision(revision):
+        return None
+    try:
+        return r.canonical_version(revision)
+    except ApiError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -287,15 +301,33 @@ def _model_info_response(
     return JSONResponse(_expanded(model_info_json(snap), expand))
 
 
+#: The most ``filter`` values one listing takes.
+_MAX_FILTERS = 50
+
 _INFO: dict[int | str, dict[str, Any]] = {
     200: {"description": "Hub model info"},
     **responses(400, 401, 404, 422),
 }
 
 
+#: What ``expand`` may name: the Hub's model properties (as huggingface_hub lists them); those
+#: this server does not have are simply absent from the answer.
+ExpandProperty = Literal[
+    "author", "baseModels", "cardData", "childrenModelCount", "config", "createdAt", "disabled",
+    "downloads", "downloadsAllTime", "evalResults", "gated", "gguf", "inference",
+    "inferenceProviderMapping", "lastModified", "library_name", "likes", "mask_token",
+    "model-index", "pipeline_tag", "private", "resourceGroup", "safetensors", "sha", "siblings",
+    "spaces", "tags", "transformersInfo", "trendingScore", "usedStorage", "widgetData",
+]  # fmt: skip
 _Expand = Annotated[
-    list[str] | None, Query(description="return only these properties (and the ids)")
+    list[ExpandProperty] | None,
+    Query(
+        description="return only these properties (and the ids)",
+        max_length=len(get_args(ExpandProperty)),
+    ),
 ]
+#: One ``filter`` value: a card tag.
+_Tag = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
 @router.get("/api/models/{namespace}/{name}", responses=_INFO, summary="Hub: model info (main)")
@@ -324,8 +356,12 @@ def model_info_at(
 def list_models(
     ctx: CtxDep,
     tags: Annotated[
-        list[str] | None,
-        Query(alias="filter", description="repeatable; every one must be a tag of the card"),
+        list[_Tag] | None,
+        Query(
+            alias="filter",
+            description="repeatable; every one must be a tag of the card",
+            max_length=_MAX_FILTERS,
+        ),
     ] = None,
     search: Annotated[str | None, Query(max_length=1000, description="part of the id")] = None,
     author: Annotated[str | None, Query(description="the namespace")] = None,

@@ -31,14 +31,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import _hubrepo as hr
 from ._auth import Caller, require_push
-from ._deps import CallerDep, CtxDep, NameP, NamespaceP, registry_of
-from ._errors import ApiError, responses
-from ._http import ndjson_lines
-from ._hub import RevisionP, hub_errors
-from ._registry import Registry
+from ._deps import CallerDep, CtxDep, NameP, NamespaceP, RevisionP, registry_of
+from ._errors import ApiError, error_response, responses
+from ._http import body_chunks
+from ._hub import hub_errors
+from ._registry import TAG_PATTERN, Registry
 
 router = APIRouter()
 
+#: Body bytes gathered before they are parsed in a worker thread.
+_FEED_BYTES = 1 << 20
 _CreatePr = Annotated[str | None, Query(description="pull requests are not supported")]
 _WRITE_ERRORS = responses(400, 401, 403, 404, 409, 422)
 
@@ -73,7 +75,8 @@ class PreuploadRequest(BaseModel):
 class TagRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    tag: str = Field(max_length=200, examples=["v1.0.0"])
+    # The rule is published, and checked by check_tag_name (400 naming it).
+    tag: str = Field(examples=["v1.0.0"], json_schema_extra={"pattern": TAG_PATTERN})
     message: str | None = Field(default=None, max_length=10_000)
 
 
@@ -125,8 +128,7 @@ def create_repo(body: CreateRepoRequest, request: Request, caller: CallerDep) ->
         if e.status != 409:
             raise
         # create_repo(exist_ok=True) reads the repo's url from the 409 too, as the Hub sends it.
-        content = {"error": {"code": e.code, "message": e.message}, "url": url}
-        return JSONResponse(content, status_code=409, headers=e.headers)
+        return error_response(409, e.code, e.message, e.headers, extra={"url": url})
     return JSONResponse({"url": url, "name": repo.repo_id, "id": repo.repo_id})
 
 
@@ -183,19 +185,25 @@ async def commit(
     with hub_errors(every_message=True):
         _no_pull_requests(create_pr)
         repo = await run_in_threadpool(_writable, reg, caller, namespace, name)
-        payload = hr.CommitPayload(reg)
-        lines = ndjson_lines(
-            request,
-            limit=settings.max_hub_commit_bytes,
-            line_limit=hr.line_limit(settings.max_blob_bytes),
-            timeout=settings.chunk_timeout_seconds,
-        )
-        async for line in lines:
-            had_header = payload.has_header
-            await run_in_threadpool(payload.feed, line)
-            if not had_header:  # a stale parent is refused before any file is stored
-                await run_in_threadpool(hr.check_head, reg, repo, revision, payload.parent)
-        row = await run_in_threadpool(hr.commit, reg, repo, revision, payload)
+
+        def check_parent(parent: str | None) -> None:  # a stale parent: refused before any file
+            hr.check_head(reg, repo, revision, parent)
+
+        payload = hr.CommitPayload(reg, repo.namespace, on_header=check_parent)
+        try:
+            batch: list[bytes] = []
+            async for chunk in body_chunks(
+                request, limit=settings.max_hub_commit_bytes, timeout=settings.chunk_timeout_seconds
+            ):
+                batch.append(chunk)
+                if sum(map(len, batch)) >= _FEED_BYTES:  # one worker-thread hop per ~1 MiB
+                    await run_in_threadpool(payload.feed, b"".join(batch))
+                    batch = []
+            await run_in_threadpool(payload.feed, b"".join(batch))
+            await run_in_threadpool(payload.finish)
+            row = await run_in_threadpool(hr.commit, reg, repo, revision, payload)
+        finally:
+            await run_in_threadpool(payload.close)
     return JSONResponse(
         {
             "success": True,
@@ -234,7 +242,15 @@ def create_tag(
 def delete_tag(
     namespace: NamespaceP,
     name: NameP,
-    tag: Annotated[str, Path(alias="revision", description="the tag", examples=["v1.0.0"])],
+    tag: Annotated[
+        str,
+        Path(
+            alias="revision",
+            description="the tag",
+            examples=["v1.0.0"],
+            json_schema_extra={"pattern": TAG_PATTERN},
+        ),
+    ],
     ctx: CtxDep,
 ) -> Response:
     with hub_errors(every_message=True):
@@ -255,10 +271,11 @@ def validate_yaml(body: ValidateYamlRequest) -> JSONResponse:
     except hr.CardError as e:
         message = f"invalid metadata in README.md: {e}"
         # ErrorBody, plus the Hub's "errors" list, whose messages the client shows.
-        content = {
-            "error": {"code": "invalid_metadata", "message": message},
-            "errors": [{"message": message}],
-        }
-        text = message.encode("ascii", "backslashreplace").decode()
-        return JSONResponse(content, status_code=400, headers={"X-Error-Message": text})
+        return error_response(
+            400,
+            "invalid_metadata",
+            message,
+            {"X-Error-Message": " ".join(message.split())},
+            extra={"errors": [{"message": message}]},
+        )
     return JSONResponse({"errors": [], "warnings": []})

@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
@@ -35,13 +35,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conesreg._json import load_json
-from conesreg._names import check_file_path
+from conesreg._names import check_file_path, check_text
 from conesreg.errors import InvalidReferenceError, ManifestError
 
 from . import _registry as r
 from ._auth import Caller, require_push
 from ._db import Concept, HubCommit, HubCommitBlob, HubRef, HubRepo, Namespace, utcnow
 from ._errors import ApiError
+from ._ndjson import Base64Sink, Line, LineSplitter, NotBase64Error
+from ._storage import Upload
 
 #: The one branch of every Hub repo.
 BRANCH = "main"
@@ -52,6 +54,13 @@ _LFS_SUFFIXES = "bin ckpt gguf h5 npy npz onnx pt pth safetensors tar zip"
 GITATTRIBUTES = b"".join(
     f"*.{ext} filter=lfs diff=lfs merge=lfs -text\n".encode() for ext in _LFS_SUFFIXES.split()
 )
+#: A string of a commit's NDJSON line longer than this (a file's base64 content) is decoded into
+#: a temp upload as it arrives instead of being held (see CommitPayload).
+SPILL_BYTES = 1 << 20
+#: The most a commit line may hold besides one file's content (the header's description, ...).
+MAX_LINE_KEPT = 4 << 20
+#: The largest README.md whose YAML front matter (the card) is read: a card is read into memory.
+MAX_README_BYTES = 10_000_000
 #: The most metadata read from a README's front matter (characters, values, nesting).
 MAX_CARD_CHARS = 100_000
 _MAX_CARD_VALUES = 10_000
@@ -59,8 +68,7 @@ _MAX_CARD_DEPTH = 32
 
 _OID_PREFIX_RE = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _PARENT_RE = re.compile(r"^[0-9a-fA-F]{5,40}$")
-_FULL_OID_RE = re.compile(r"^[0-9a-fA-F]{40}$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_TAG_RE = re.compile(r.TAG_PATTERN)
 
 
 # -- files and trees -------------------------------------------------------------------------------
@@ -100,14 +108,25 @@ def check_path(path: Any) -> str:
         raise ApiError(400, "invalid_path", f"{e.message}: {e.hint}") from None
 
 
-def store_file(reg: r.Registry, data: bytes) -> FileEntry:
-    """Put ``data`` into the blob store (once per content) and record it as uploaded now, so
-    that gc leaves it alone until a commit links it."""
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    with reg.storage.open_upload(digest) as upload:
+def store_file(reg: r.Registry, data: bytes, *, namespace: str) -> FileEntry:
+    """Put ``data`` into the blob store (once per content) and record it as uploaded now for
+    ``namespace``, so that gc leaves it alone until a commit links it."""
+    with reg.storage.open_upload(None) as upload:
         upload.write(data)
-        r.commit_upload(reg, upload)
-    return FileEntry(digest=digest, size=len(data), sha1=git_blob_id(data))
+        r.commit_upload(reg, upload, namespace=namespace)
+    return FileEntry(digest=upload.digest, size=len(data), sha1=git_blob_id(data))
+
+
+def store_upload(reg: r.Registry, upload: Upload, *, namespace: str) -> FileEntry:
+    """Commit ``upload`` (written in full) as :func:`store_file` does; its git blob id is read
+    back from the store (it needs the size first, so it cannot be hashed while received)."""
+    with upload:
+        r.commit_upload(reg, upload, namespace=namespace)
+    sha1 = hashlib.sha1(b"blob %d\0" % upload.received)
+    with reg.storage.open_read(upload.digest) as f:
+        while chunk := f.read(1 << 20):
+            sha1.update(chunk)
+    return FileEntry(digest=upload.digest, size=upload.received, sha1=sha1.hexdigest())
 
 
 # -- model cards (README.md front matter) ----------------------------------------------------------
@@ -181,6 +200,19 @@ def card_tags(card: Mapping[str, Any] | None) -> list[str]:
     if not isinstance(tags, list):
         return []
     return list(dict.fromkeys(t for t in tags if isinstance(t, str)))
+
+
+def _stored_card_json(reg: r.Registry, entry: FileEntry) -> str | None:
+    """The card of a README.md just stored (read back: at most :data:`MAX_README_BYTES`)."""
+    if entry.size > MAX_README_BYTES:
+        raise ApiError(
+            413,
+            "too_large",
+            f"{README} has {entry.size} bytes; its metadata is read from at most "
+            f"{MAX_README_BYTES}: keep the model card smaller",
+        )
+    with reg.storage.open_read(entry.digest) as f:
+        return _card_json(f.read(MAX_README_BYTES + 1))
 
 
 def _card_json(data: bytes) -> str | None:
@@ -287,6 +319,8 @@ def revision_not_found(repo: Repo, revision: str) -> ApiError:
 def resolve(session: Session, repo: Repo, revision: str) -> HubCommit:
     """The commit ``revision`` names: a branch, else a tag, else a commit oid of this repo (in
     full, or a unique prefix of at least 7 hex digits); 404 otherwise."""
+    if not r.is_revision(revision):
+        raise revision_not_found(repo, revision)
     oid = session.scalar(
         select(HubRef.target_oid)
         .where(HubRef.repo_id == repo.id, HubRef.name == revision)
@@ -403,7 +437,7 @@ def create_repo(
     """
     r.check_names(namespace, name)
     require_push(caller, namespace)
-    attributes = store_file(reg, GITATTRIBUTES)  # before the lock: file I/O
+    attributes = store_file(reg, GITATTRIBUTES, namespace=namespace)  # before the lock: file I/O
     with reg.sessions() as session:
         try:
             r._lock(session)  # the publish path's writer lock: names are checked race-free
@@ -450,18 +484,29 @@ class DeletePath:
     folder: bool
 
 
-def line_limit(max_file_bytes: int) -> int:
-    """The longest NDJSON line a file of ``max_file_bytes`` can make (base64 plus the JSON)."""
-    return (max_file_bytes + 2) // 3 * 4 + 4096
-
-
 class CommitPayload:
-    """The NDJSON body of a commit, fed one line at a time: a ``header`` line, then ``file``,
-    ``deletedFile`` and ``deletedFolder`` lines. Each file is stored as its line arrives, so
-    the payload holds digests, never the contents."""
+    """The NDJSON body of a commit, fed as it arrives: a ``header`` line, then ``file``,
+    ``deletedFile`` and ``deletedFolder`` lines. Each file is stored as its line arrives, and
+    a file's base64 content is decoded into a temp upload as its bytes arrive
+    (:mod:`registry_server._ndjson`): the payload holds digests, never contents, and memory
+    stays bounded (about :data:`MAX_LINE_KEPT`) whatever the size of the files.
 
-    def __init__(self, reg: r.Registry) -> None:
+    Call :meth:`close` in the end whatever happened: it drops an upload still open.
+    """
+
+    def __init__(
+        self,
+        reg: r.Registry,
+        namespace: str,
+        *,
+        on_header: Callable[[str | None], None] | None = None,
+    ) -> None:
+        # namespace: the repo's (its files are recorded as uploaded for it); on_header: called
+        # with the parent commit (or None) once the header is read, before any file is stored,
+        # to refuse a stale parent early.
         self.reg = reg
+        self.namespace = namespace
+        self._on_header = on_header
         self.title: str | None = None
         self.description = ""
         #: The parent commit the client requires (a prefix of 5 to 40 hex digits), if any.
@@ -469,31 +514,72 @@ class CommitPayload:
         self.ops: list[AddFile | DeletePath] = []
         #: The card of each README.md added, by its digest.
         self.cards: dict[str, str | None] = {}
+        self._split = LineSplitter(
+            open_sink=self._open_sink, spill_at=SPILL_BYTES, max_kept=MAX_LINE_KEPT
+        )
+        self._spilled: dict[int, Upload] = {}  # id(sink) -> the upload it writes
 
-    @property
-    def has_header(self) -> bool:
-        return self.title is not None
-
-    def feed(self, line: bytes) -> None:
-        """Take one line of the body.
+    def feed(self, chunk: bytes) -> None:
+        """Take the next bytes of the body (any cut, lines may span chunks).
 
         Raises:
             ApiError: 400 for a malformed line, an invalid path or README metadata, an LFS
-                file; 413 for a file larger than the server's blob limit.
+                file; 413 for a file larger than the server's blob limit or a line too long.
         """
+        for line in self._split.feed(chunk):
+            self._line(line)
+
+    def finish(self) -> None:
+        """The body ended: take its last line (if it had no line break)."""
+        for line in self._split.close():
+            self._line(line)
+
+    def close(self) -> None:
+        """Drop what is half received (a failed request); nothing stored is touched."""
+        self._split.abort()
+        for upload in self._spilled.values():
+            upload.abort()
+        self._spilled.clear()
+
+    def _open_sink(self) -> Base64Sink:
+        upload = self.reg.storage.open_upload(None)
+        sink = Base64Sink(
+            upload.write, limit=self.reg.settings.max_blob_bytes, on_abort=upload.abort
+        )
+        self._spilled[id(sink)] = upload
+        return sink
+
+    def _line(self, line: Line) -> None:
         try:
-            item = load_json(line, what="a line of the body")
+            self._take(line)
+        finally:
+            if line.sink is not None:  # not used as a file's content: dropped
+                upload = self._spilled.pop(id(line.sink), None)
+                if upload is not None:
+                    upload.abort()
+
+    def _take(self, line: Line) -> None:
+        try:
+            item = load_json(line.text, what="a line of the body")
         except ManifestError as e:
             raise _bad_commit(e.message) from None
         if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
             raise _bad_commit('each line must be {"key": ..., "value": {...}}')
         key, value = item.get("key"), item["value"]
+        spilled = line.placeholder is not None
+        if spilled and not (key == "file" and value.get("content") == line.placeholder):
+            raise _bad_commit(
+                f"a line holds a string longer than {SPILL_BYTES} bytes: only a file's "
+                "content may be that long"
+            )
         if self.title is None:
             if key != "header":
                 raise _bad_commit("the first line must be the header (summary, description)")
             self._header(value)
+            if self._on_header is not None:
+                self._on_header(self.parent)
         elif key == "file":
-            self.ops.append(self._file(value))
+            self.ops.append(self._file(value, line))
         elif key in ("deletedFile", "deletedFolder"):
             path = value.get("path")
             if key == "deletedFolder" and isinstance(path, str):
@@ -518,33 +604,52 @@ class CommitPayload:
             raise _bad_commit("the header needs a summary (the commit message)")
         if not isinstance(description, str):
             raise _bad_commit("the header's description must be a string")
-        if parent is not None and not (isinstance(parent, str) and _PARENT_RE.match(parent)):
+        if parent is not None and not (isinstance(parent, str) and _PARENT_RE.fullmatch(parent)):
             raise _bad_commit("parentCommit must be a commit oid (5 to 40 hex digits)")
         self.title, self.description = summary, description
         self.parent = parent.lower() if parent is not None else None
 
-    def _file(self, value: dict[str, Any]) -> AddFile:
+    def _file(self, value: dict[str, Any], line: Line) -> AddFile:
         path = check_path(value.get("path"))
+        card: str | None = None
         content, encoding = value.get("content"), value.get("encoding", "base64")
         if not isinstance(content, str):
             raise _bad_commit(f"the file line of {path} has no content")
-        if encoding == "base64":
-            try:
-                data = base64.b64decode(content, validate=True)
-            except (binascii.Error, ValueError):
-                raise _bad_commit(f"the content of {path} is not base64") from None
-        elif encoding == "utf-8":
-            data = content.encode()
-        else:
+        if encoding not in ("base64", "utf-8"):
             raise _bad_commit(f"unknown encoding {str(encoding)[:20]!r} of {path}: use base64")
-        limit = self.reg.settings.max_blob_bytes
-        if len(data) > limit:
-            raise ApiError(
-                413, "too_large", f"{path} has {len(data)} bytes; this server takes {limit} at most"
-            )
-        card = _card_json(data) if path == README else None  # 400 before anything is stored
-        entry = store_file(self.reg, data)
+        if line.sink is not None:  # the content was streamed into an upload as it arrived
+            if encoding != "base64":
+                raise _bad_commit(
+                    f"the content of {path} is over {SPILL_BYTES} bytes: send it base64-encoded"
+                )
+            assert isinstance(line.sink, Base64Sink)
+            try:
+                line.sink.finish()
+            except NotBase64Error as e:
+                raise _bad_commit(f"the content of {path} is not base64: {e}") from None
+            upload = self._spilled.pop(id(line.sink))
+            entry = store_upload(self.reg, upload, namespace=self.namespace)
+        else:
+            if encoding == "base64":
+                try:
+                    data = base64.b64decode(content, validate=True)
+                except (binascii.Error, ValueError):
+                    raise _bad_commit(f"the content of {path} is not base64") from None
+            else:
+                data = content.encode()
+            limit = self.reg.settings.max_blob_bytes
+            if len(data) > limit:
+                raise ApiError(
+                    413,
+                    "too_large",
+                    f"{path} has {len(data)} bytes; this server takes {limit} at most",
+                )
+            if path == README:  # 400 before anything is stored
+                card = _card_json(data)
+            entry = store_file(self.reg, data, namespace=self.namespace)
         if path == README:
+            if line.sink is not None:  # streamed: its card is read back from the store
+                card = _stored_card_json(self.reg, entry)
             self.cards[entry.digest] = card
         return AddFile(path, entry)
 
@@ -646,22 +751,21 @@ def commit(reg: r.Registry, repo: Repo, branch: str, payload: CommitPayload) -> 
 
 
 def check_tag_name(tag: str) -> str:
-    """A tag name, or 400: letters, digits and ``._+-`` (starting with a letter or digit), at
-    most 128 characters, no ``..``, not ``main`` and not a 40-hex commit oid."""
-    if (
-        not _TAG_RE.match(tag)
-        or ".." in tag
-        or tag.endswith((".", ".lock"))
-        or tag == BRANCH
-        or _FULL_OID_RE.match(tag)
-    ):
-        raise ApiError(
-            400,
-            "invalid_tag",
-            f"{tag[:200]!r} is not a tag name here: use letters, digits and ._+- "
-            "(such as v1.0.0), not main and not a commit oid",
-        )
-    return tag
+    """A tag name (:data:`registry_server._registry.TAG_PATTERN`, which the OpenAPI document
+    publishes, and no control character), or 400."""
+    try:
+        check_text(tag, what="tag")
+    except InvalidReferenceError:
+        pass  # the pattern refuses it too, with the message below
+    else:
+        if _TAG_RE.fullmatch(tag):
+            return tag
+    raise ApiError(
+        400,
+        "invalid_tag",
+        f"{tag[:200]!r} is not a tag name here: use letters, digits and ._+- "
+        "(such as v1.0.0), not main and not a commit oid",
+    )
 
 
 def create_tag(reg: r.Registry, repo: Repo, tag: str, revision: str, message: str | None) -> HubRef:

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -32,14 +33,16 @@ from sqlalchemy.sql.elements import ColumnElement
 from conesreg._json import load_json
 from conesreg._manifest import IndexEntry, Manifest, parse_manifest
 from conesreg._mask import validate_mask
-from conesreg._names import check_name
+from conesreg._names import NAME_MAX, NAME_RE, check_name, check_text
 from conesreg._versions import parse_version, sort_releases
 from conesreg.errors import InvalidReferenceError, ManifestError, MaskError
 
 from ._auth import Caller
 from ._db import (
     Blob,
+    BlobUpload,
     Concept,
+    HubCommit,
     HubCommitBlob,
     HubRepo,
     ManifestData,
@@ -109,11 +112,37 @@ def open_registry(settings: Settings) -> Registry:
 
 
 # -- validation of path parameters ---------------------------------------------------------------
+# The patterns the OpenAPI document publishes (see _deps); the checks below enforce exactly these
+# (whole-string matches), so the document and the server agree on every value.
+NAME_PATTERN = NAME_RE.pattern
+NAME_MAX_LENGTH = NAME_MAX
+_NUM = r"(?:0|[1-9][0-9]*)"
+_PRE = r"(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
+#: Full semver 2.0 (the grammar of semver.org, ASCII digits), with the optional leading ``v``.
+VERSION_PATTERN = (
+    rf"^v?{_NUM}\.{_NUM}\.{_NUM}(?:-{_PRE}(?:\.{_PRE})*)?(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?$"
+)
+VERSION_MAX_LENGTH = 128
+DIGEST_PATTERN = DIGEST_RE.pattern
+#: A Hub revision: a branch, a tag, a version (``v1.2.0``) or a commit id, all of this shape.
+REVISION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
+#: A Hub tag name: letters, digits and ``._+-`` (starting with a letter or digit), at most 128
+#: characters, no ``..``, not ending in ``.`` or ``.lock``, not ``main``, not a 40-hex commit id.
+TAG_PATTERN = (
+    r"^(?!main$)(?![0-9a-fA-F]{40}$)(?!.*\.\.)(?!.*\.$)(?!.*\.lock$)"
+    r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
+)
+_VERSION_RE = re.compile(VERSION_PATTERN)
+_REVISION_RE = re.compile(REVISION_PATTERN)
+
+
 def check_names(namespace: str, name: str) -> None:
-    """400 unless both are valid name segments (this also refuses '..', '/', '%', uppercase)."""
+    """400 unless both are valid name segments (this also refuses '..', '/', '%', uppercase and
+    every control character, a trailing line break included)."""
     try:
-        check_name(namespace, what="namespace")
-        check_name(name)
+        for value, what in ((namespace, "namespace"), (name, "name")):
+            check_text(value, what=what)
+            check_name(value, what=what)
     except InvalidReferenceError as e:
         raise ApiError(400, "invalid_name", f"{e.message} ({e.hint})") from None
 
@@ -121,13 +150,23 @@ def check_names(namespace: str, name: str) -> None:
 def canonical_version(text: str) -> str:
     """The version as manifests spell it; 400 unless it is a full semver version."""
     try:
+        if len(text) > VERSION_MAX_LENGTH or not _VERSION_RE.fullmatch(text):
+            raise InvalidReferenceError(
+                f"invalid version {text[:80]!r}",
+                hint="versions are MAJOR.MINOR.PATCH with an optional -prerelease, e.g. 1.2.0",
+            )
         return str(parse_version(text))
     except InvalidReferenceError as e:
         raise ApiError(400, "invalid_version", f"{e.message} ({e.hint})") from None
 
 
+def is_revision(text: str) -> bool:
+    """Whether ``text`` has the shape of a Hub revision (anything else names nothing here)."""
+    return _REVISION_RE.fullmatch(text) is not None
+
+
 def check_digest(text: str) -> str:
-    if not DIGEST_RE.match(text):
+    if not DIGEST_RE.fullmatch(text):
         raise ApiError(
             400, "invalid_digest", f"{text[:80]!r} is not a digest: write sha256:<64 lowercase hex>"
         )
@@ -203,21 +242,68 @@ def find_manifest(session: Session, caller: Caller, digest: str) -> Version:
     return row
 
 
+def hub_repo_visible(caller: Caller) -> ColumnElement[bool]:
+    """SQL condition on ``HubRepo`` joined with its ``Namespace``: ``caller`` may read the repo
+    (neither it nor its namespace is private, or the namespace is the caller's)."""
+    return or_(
+        and_(HubRepo.private.is_(False), Namespace.private.is_(False)),
+        Namespace.name.in_(caller.readable_private),
+    )
+
+
+def readable_blobs(session: Session, caller: Caller, digests: Iterable[str]) -> set[str]:
+    """Those of ``digests`` that a version or a Hub commit ``caller`` may read lists."""
+    wanted = list(set(digests))
+    if not wanted:
+        return set()
+    in_versions = (
+        select(VersionBlob.digest)
+        .join(Version, Version.id == VersionBlob.version_id)
+        .where(VersionBlob.digest.in_(wanted), visible(caller))
+    )
+    in_commits = (
+        select(HubCommitBlob.digest)
+        .join(HubCommit, HubCommit.oid == HubCommitBlob.commit_oid)
+        .join(HubRepo, HubRepo.id == HubCommit.repo_id)
+        .join(Namespace, Namespace.id == HubRepo.namespace_id)
+        .where(HubCommitBlob.digest.in_(wanted), hub_repo_visible(caller))
+    )
+    return set(session.scalars(in_versions.union(in_commits)))
+
+
+def uploaded_for(session: Session, namespace: str | None, digests: Iterable[str]) -> set[str]:
+    """Those of ``digests`` that were uploaded for ``namespace`` (its own uploads)."""
+    wanted = list(set(digests))
+    if namespace is None or not wanted:
+        return set()
+    query = select(BlobUpload.digest).where(
+        BlobUpload.namespace == namespace, BlobUpload.digest.in_(wanted)
+    )
+    return set(session.scalars(query))
+
+
+def linkable_blobs(
+    session: Session, caller: Caller, namespace: str, digests: Iterable[str]
+) -> set[str]:
+    """Those of ``digests`` that ``caller`` may link into ``namespace``: uploaded for it, or
+    listed by a version or Hub commit ``caller`` may read (OCI distribution's mount rule)."""
+    wanted = set(digests)
+    own = uploaded_for(session, namespace, wanted)
+    return own | readable_blobs(session, caller, wanted - own)
+
+
 def blob_readable(session: Session, caller: Caller, digest: str, *, head: bool) -> int:
     """The size of blob ``digest`` if ``caller`` may read it, else 404.
 
-    Readable means listed by a version ``caller`` may read. A HEAD by the holder of a push token
-    also sees unpublished uploads, so that a client can skip uploading what is already here.
+    Readable means listed by a version or a Hub commit ``caller`` may read. A HEAD with a push
+    token also sees what was uploaded for the token's own namespace (published or not), so that
+    a client can skip uploading again what it may link anyway; a blob only another namespace
+    uploaded is 404 to it, exactly as one that is not here.
     """
     check_digest(digest)
-    linked = exists(
-        select(VersionBlob.digest)
-        .join(Version, Version.id == VersionBlob.version_id)
-        .where(VersionBlob.digest == digest, visible(caller))
-    )
-    ok = session.scalar(select(linked))
+    ok = bool(readable_blobs(session, caller, [digest]))
     if not ok and head and caller.scope in ("push", "admin"):
-        ok = session.get(Blob, digest) is not None
+        ok = bool(uploaded_for(session, caller.namespace, [digest]))
     size = session.scalar(select(Blob.size).where(Blob.digest == digest)) if ok else None
     if size is None:
         raise ApiError(
@@ -371,15 +457,23 @@ def validate_manifest(body: bytes, *, namespace: str, name: str, version: str) -
     return manifest
 
 
-def check_blobs(reg: Registry, session: Session, manifest: Manifest) -> None:
-    """Every blob is uploaded with its size; the mask decodes to what the manifest says.
+def check_blobs(reg: Registry, session: Session, caller: Caller, manifest: Manifest) -> None:
+    """Every blob is uploaded with its size and may be linked by ``caller``; the mask decodes to
+    what the manifest says.
+
+    A blob may be linked only if it was uploaded for the manifest's namespace or a version or
+    Hub commit ``caller`` may read lists it (:func:`linkable_blobs`); any other blob is answered
+    exactly as one that is not here, so a digest seen in a lockfile reveals nothing.
 
     Raises:
-        ApiError: 400 blob missing or of the wrong size, 422 a mask that does not fit.
+        ApiError: 400 blob missing (or not linkable) or of the wrong size, 422 a mask that does
+            not fit.
     """
     digests = [b.digest for b in manifest.blobs]
     rows = session.execute(select(Blob.digest, Blob.size).where(Blob.digest.in_(digests)))
-    known = {digest for digest, _ in rows}
+    known = {digest for digest, _ in rows} & linkable_blobs(
+        session, caller, manifest.namespace, digests
+    )
     for blob in manifest.blobs:
         stored = reg.storage.size(blob.digest) if blob.digest in known else None
         if stored is None:
@@ -478,8 +572,9 @@ def _search_fields(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def publish(reg: Registry, manifest: Manifest) -> tuple[Version, bool]:
-    """Validate the blobs of ``manifest`` and commit it as a new version.
+def publish(reg: Registry, caller: Caller, manifest: Manifest) -> tuple[Version, bool]:
+    """Validate the blobs of ``manifest`` (``caller`` must be allowed to link them, see
+    :func:`check_blobs`) and commit it as a new version.
 
     Returns:
         The version row and True if it was created, False if this exact content was there.
@@ -491,7 +586,7 @@ def publish(reg: Registry, manifest: Manifest) -> tuple[Version, bool]:
         existing = _existing(session, manifest)
         if existing is not None:  # answered before the (possibly slow) mask check
             return _same_or_conflict(existing, manifest), False
-        check_blobs(reg, session, manifest)
+        check_blobs(reg, session, caller, manifest)
         session.rollback()  # end the read snapshot before taking the lock
         try:
             _lock(session)
@@ -610,8 +705,9 @@ def set_yanked(
 
 
 # -- uploads --------------------------------------------------------------------------------------
-def commit_upload(reg: Registry, upload: Upload) -> bool:
-    """Verify ``upload``, move it into place, then record it; True if the blob is new here.
+def commit_upload(reg: Registry, upload: Upload, *, namespace: str) -> bool:
+    """Verify ``upload``, move it into place, then record it, as uploaded for ``namespace`` (which
+    may then link it, see :func:`linkable_blobs`); True if the blob is new here.
 
     The file is published before its row is written (so a slow fsync never holds the database's
     writer lock). If gc collects an old orphan copy of the same blob in between, the row may
@@ -621,29 +717,43 @@ def commit_upload(reg: Registry, upload: Upload) -> bool:
 
     Raises:
         DigestMismatchError: the bytes do not hash to the digest; nothing is kept.
+        OSError: the disk is full; nothing is kept.
     """
     digest = upload.digest
     with reg.sessions() as session:
         existed = session.get(Blob, digest) is not None and reg.storage.exists(digest)
     upload.commit()
-    with reg.sessions() as session:
-        try:
-            result = session.execute(
-                update(Blob)
-                .where(Blob.digest == digest)
-                .values(uploaded_at=utcnow(), size=upload.received)
-                .execution_options(synchronize_session=False)
-            )
-            refreshed = cast("CursorResult[Any]", result).rowcount
-            if not refreshed:
-                session.add(Blob(digest=digest, size=upload.received, uploaded_at=utcnow()))
-            session.commit()
-        except IntegrityError:  # the same blob committed concurrently: it is here now
-            session.rollback()
-        except BaseException:
-            session.rollback()
-            raise
+    for attempt in (1, 2):
+        with reg.sessions() as session:
+            try:
+                _record_upload(session, digest, upload.received, namespace)
+                session.commit()
+                break
+            except IntegrityError:
+                # The same blob (or upload) was recorded concurrently, or gc took the row in
+                # between: once more sees the row as it is now.
+                session.rollback()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                session.rollback()
+                raise
     return not existed
+
+
+def _record_upload(session: Session, digest: str, size: int, namespace: str) -> None:
+    result = session.execute(
+        update(Blob)
+        .where(Blob.digest == digest)
+        .values(uploaded_at=utcnow(), size=size)
+        .execution_options(synchronize_session=False)
+    )
+    if not cast("CursorResult[Any]", result).rowcount:
+        session.add(Blob(digest=digest, size=size, uploaded_at=utcnow()))
+        session.flush()
+    if session.get(BlobUpload, (digest, namespace)) is None:
+        session.add(BlobUpload(digest=digest, namespace=namespace))
+        session.flush()
 
 
 # -- search ---------------------------------------------------------------------------------------

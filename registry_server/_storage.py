@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -33,6 +33,8 @@ class DigestMismatchError(ValueError):
 class Upload(Protocol):
     """One blob being received. Use as a context manager: leaving it uncommitted aborts it."""
 
+    #: The digest the upload was opened for; for an upload of unknown content (opened with
+    #: ``digest=None``), the digest of the bytes written so far.
     digest: str
     #: Bytes written so far.
     received: int
@@ -44,6 +46,7 @@ class Upload(Protocol):
 
         Raises:
             DigestMismatchError: nothing is kept.
+            OSError: the disk is full (or failing); nothing is kept.
         """
         ...
 
@@ -57,7 +60,10 @@ class Upload(Protocol):
 class BlobStorage(Protocol):
     """What the server needs from a blob store."""
 
-    def open_upload(self, digest: str) -> Upload: ...
+    def open_upload(self, digest: str | None) -> Upload:
+        """A new upload of the blob ``digest``, or of content not known yet (None: the blob is
+        stored under whatever digest its bytes have)."""
+        ...
 
     def open_read(self, digest: str) -> BinaryIO:
         """A seekable binary file. Raises FileNotFoundError if the blob is absent."""
@@ -83,18 +89,23 @@ class BlobStorage(Protocol):
 
 
 class _FileUpload:
-    """A temp file in the blob's final folder, hashed while written."""
+    """A temp file in the blob's final folder (or, for content not known yet, in the folder
+    above it: the same file system either way), hashed while written."""
 
-    def __init__(self, final: Path, digest: str) -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=final.parent)
+    def __init__(self, folder: Path, final_of: Callable[[str], Path], digest: str | None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
         self._file = os.fdopen(fd, "wb")
         self._tmp = Path(name)
-        self._final = final
+        self._final_of = final_of
         self._hash = hashlib.sha256()
         self._done = False
-        self.digest = digest
+        self._expected = digest
         self.received = 0
+
+    @property
+    def digest(self) -> str:
+        return self._expected or "sha256:" + self._hash.hexdigest()
 
     def write(self, chunk: bytes) -> None:
         self._hash.update(chunk)
@@ -103,21 +114,26 @@ class _FileUpload:
 
     def commit(self) -> None:
         actual = "sha256:" + self._hash.hexdigest()
-        if actual != self.digest:
+        if self._expected is not None and actual != self._expected:
             self.abort()
-            raise DigestMismatchError(self.digest, actual, self.received)
+            raise DigestMismatchError(self._expected, actual, self.received)
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        final = self._final_of(actual)
+        final.parent.mkdir(parents=True, exist_ok=True)
         # Replacing an existing copy is harmless (same bytes, verified) and heals a damaged one.
-        os.replace(self._tmp, self._final)
-        _fsync_dir(self._final.parent)
+        os.replace(self._tmp, final)
+        _fsync_dir(final.parent)
         self._done = True
 
     def abort(self) -> None:
         if not self._done:
             self._done = True
-            self._file.close()
+            # Closing flushes the buffer, which fails again on a full disk: the temp file must
+            # go all the same.
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> _FileUpload:
@@ -151,13 +167,14 @@ class FileBlobStorage:
         self.root = Path(root)
 
     def path(self, digest: str) -> Path:
-        if not DIGEST_RE.match(digest):  # the only way a path is built: never from user text
+        if not DIGEST_RE.fullmatch(digest):  # the only way a path is built: never from user text
             raise ValueError(f"not a sha256 digest: {digest!r}")
         h = digest.removeprefix("sha256:")
         return self.root / "sha256" / h[:2] / h
 
-    def open_upload(self, digest: str) -> _FileUpload:
-        return _FileUpload(self.path(digest), digest)
+    def open_upload(self, digest: str | None) -> _FileUpload:
+        folder = self.path(digest).parent if digest is not None else self.root / "sha256"
+        return _FileUpload(folder, self.path, digest)
 
     def open_read(self, digest: str) -> BinaryIO:
         return open(self.path(digest), "rb")
@@ -180,13 +197,15 @@ class FileBlobStorage:
             if p.name.startswith(_TMP_PREFIX):
                 continue
             with contextlib.suppress(FileNotFoundError):
-                if p.stat().st_mtime < cutoff and DIGEST_RE.match("sha256:" + p.name):
+                if p.stat().st_mtime < cutoff and DIGEST_RE.fullmatch("sha256:" + p.name):
                     yield "sha256:" + p.name
 
     def remove_stale_uploads(self, cutoff: float) -> int:
         removed = 0
         base = self.root / "sha256"
-        for p in base.glob(f"??/{_TMP_PREFIX}*") if base.is_dir() else ():
+        # In a blob's folder, or (content not known when it started) in the one above.
+        patterns = (f"??/{_TMP_PREFIX}*", f"{_TMP_PREFIX}*")
+        for p in (q for pat in patterns for q in base.glob(pat)) if base.is_dir() else ():
             with contextlib.suppress(FileNotFoundError):
                 if p.stat().st_mtime < cutoff:
                     p.unlink()

@@ -73,11 +73,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(extra.pop("$defs", {}))
                 components[model.__name__] = extra
+            _optional_token_on_reads(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _optional_token_on_reads(schema: dict[str, Any]) -> None:
+    """Reads take a token but do not need one (public namespaces): OpenAPI says so with an
+    empty security requirement next to the bearer one. Writes keep the token required."""
+    for path_item in schema.get("paths", {}).values():
+        for method, operation in path_item.items():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            if method in ("get", "head") and security and {} not in security:
+                operation["security"] = [*security, {}]
 
 
 def serve(settings: Settings | None = None, *, host: str = "127.0.0.1", port: int = 8750) -> None:
