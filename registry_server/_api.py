@@ -211,7 +211,12 @@ def search(
     base_model: Annotated[str | None, Query(description="a base-model hash")] = None,
     class_word: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=r.MAX_PAGE)] = 50,
-    cursor: Annotated[str | None, Query(max_length=2000, description="from next_cursor")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1, max_length=2000, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor"
+        ),
+    ] = None,
 ) -> JSONResponse:
     rows, next_cursor = r.search(
         ctx.session,

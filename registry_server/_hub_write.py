@@ -35,26 +35,51 @@ from ._deps import CallerDep, CtxDep, NameP, NamespaceP, RevisionP, registry_of
 from ._errors import ApiError, error_response, responses
 from ._http import body_chunks
 from ._hub import hub_errors
-from ._registry import TAG_PATTERN, Registry
+from ._registry import NAME_MAX_LENGTH, NAME_PATTERN, TAG_PATTERN, Registry
 
 router = APIRouter()
 
 #: Body bytes gathered before they are parsed in a worker thread.
 _FEED_BYTES = 1 << 20
-_CreatePr = Annotated[str | None, Query(description="pull requests are not supported")]
+_NO_PR = ("", "0", "false", "False")
+_CreatePr = Annotated[
+    str | None,
+    Query(
+        description="pull requests are not supported: absent or false",
+        json_schema_extra={"enum": [*_NO_PR, None]},
+    ),
+]
+#: A name in a JSON body: the rule is published, and checked by check_names (400 naming it).
+_NAME_FIELD: dict[str, Any] = {
+    "pattern": NAME_PATTERN,
+    "maxLength": NAME_MAX_LENGTH,
+    "minLength": 1,
+}
 _WRITE_ERRORS = responses(400, 401, 403, 404, 409, 422)
 
 
 class CreateRepoRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: str = Field(max_length=200, examples=["cat"])
+    name: str = Field(max_length=200, examples=["cat"], json_schema_extra=_NAME_FIELD)
     organization: str | None = Field(
-        default=None, max_length=200, description="the namespace (default: the token's)"
+        default=None,
+        max_length=200,
+        description="the namespace (default: the token's)",
+        json_schema_extra=_NAME_FIELD,
     )
-    type: str | None = Field(default=None, description="model (the only kind here)")
+    # Checked by the route (400 naming what is served), published as enums.
+    type: str | None = Field(
+        default=None,
+        description="model (the only kind here)",
+        json_schema_extra={"enum": ["model", None]},
+    )
     private: bool | None = None
-    visibility: str | None = Field(default=None, description="public or private")
+    visibility: str | None = Field(
+        default=None,
+        description="public or private",
+        json_schema_extra={"enum": ["public", "private", None]},
+    )
 
 
 class PreuploadFile(BaseModel):
@@ -88,7 +113,7 @@ class ValidateYamlRequest(BaseModel):
 
 
 def _no_pull_requests(create_pr: str | None) -> None:
-    if create_pr not in (None, "", "0", "false", "False"):
+    if create_pr is not None and create_pr not in _NO_PR:
         raise ApiError(400, "not_supported", "pull requests are not supported here: commit to main")
 
 
@@ -107,7 +132,7 @@ def _base_url(request: Request) -> str:
     summary="Hub: create a model repo (409 if it exists)",
 )
 def create_repo(body: CreateRepoRequest, request: Request, caller: CallerDep) -> JSONResponse:
-    namespace = body.organization or caller.namespace
+    namespace = body.organization if body.organization is not None else caller.namespace
     url = f"{_base_url(request)}/{namespace}/{body.name}"
     try:
         with hub_errors(every_message=True):
@@ -192,14 +217,16 @@ async def commit(
         payload = hr.CommitPayload(reg, repo.namespace, on_header=check_parent)
         try:
             batch: list[bytes] = []
+            held = 0
             async for chunk in body_chunks(
                 request, limit=settings.max_hub_commit_bytes, timeout=settings.chunk_timeout_seconds
             ):
                 batch.append(chunk)
-                if sum(map(len, batch)) >= _FEED_BYTES:  # one worker-thread hop per ~1 MiB
-                    await run_in_threadpool(payload.feed, b"".join(batch))
-                    batch = []
-            await run_in_threadpool(payload.feed, b"".join(batch))
+                held += len(chunk)
+                if held >= _FEED_BYTES:  # one worker-thread hop per ~1 MiB
+                    await run_in_threadpool(_feed, payload, batch)
+                    batch, held = [], 0
+            await run_in_threadpool(_feed, payload, batch)
             await run_in_threadpool(payload.finish)
             row = await run_in_threadpool(hr.commit, reg, repo, revision, payload)
         finally:
@@ -213,6 +240,13 @@ async def commit(
             "pullRequestUrl": None,
         }
     )
+
+
+def _feed(payload: hr.CommitPayload, chunks: list[bytes]) -> None:
+    # In pieces of at most _FEED_BYTES, however the transport cut the body.
+    for chunk in chunks:
+        for start in range(0, len(chunk), _FEED_BYTES):
+            payload.feed(chunk[start : start + _FEED_BYTES])
 
 
 @router.post(

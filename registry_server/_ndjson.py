@@ -232,10 +232,10 @@ class Base64Sink:
         """
         if self.error is not None:
             return
-        data = self._raw_tail + raw
+        data = self._raw_tail + raw if self._raw_tail else raw
         self._raw_tail = b""
-        cut = data.rfind(b"\\")
-        if cut >= 0 and len(data) - cut < 6 and not _ESCAPE.match(data, cut):
+        cut = data.rfind(b"\\", -6)
+        if cut >= 0 and not _ESCAPE.match(data, cut):
             data, self._raw_tail = data[:cut], data[cut:]  # complete in the next chunk, maybe
         try:
             data = _unescape(data) if b"\\" in data else data
@@ -254,12 +254,13 @@ class Base64Sink:
             if self._pads > 2:
                 self.error = "it has more than two padding characters"
                 return
-        self._pending += data
-        # Decode every whole quad before the padding now; keep the rest for the next call.
-        usable = (len(self._pending) - self._pads) // 4 * 4
+        # Decode every whole quad before the padding now; keep the rest (under 4 characters,
+        # and the padding) for the next call. No copy of the chunk is made on the way.
+        buf = bytes(self._pending) + data if self._pending else data
+        usable = (len(buf) - self._pads) // 4 * 4
         if usable:
-            self._emit(bytes(self._pending[:usable]))
-            del self._pending[:usable]
+            self._emit(memoryview(buf)[:usable])
+        self._pending = bytearray(buf[usable:])
 
     def finish(self) -> None:
         """Decode the rest.
@@ -282,7 +283,7 @@ class Base64Sink:
         if self._on_abort is not None:
             self._on_abort()
 
-    def _emit(self, quads: bytes) -> None:
+    def _emit(self, quads: bytes | memoryview) -> None:
         try:
             out = binascii.a2b_base64(quads)
         except binascii.Error:

@@ -765,10 +765,11 @@ def _encode_cursor(score: int, namespace: str, name: str) -> str:
 def _decode_cursor(cursor: str) -> tuple[int, str, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        score, namespace, name = json.loads(raw)
+        # A cursor is the client's text: parsed with the depth cap like every untrusted JSON.
+        score, namespace, name = load_json(raw, what="the cursor")
         if isinstance(score, int) and isinstance(namespace, str) and isinstance(name, str):
             return score, namespace, name
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, binascii.Error, ManifestError):
         pass
     raise ApiError(
         400, "invalid_cursor", "the cursor is not one this server gave: start without it"
