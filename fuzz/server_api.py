@@ -131,11 +131,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: Folders of the repository that tools (pytest, ruff, hypothesis, git) write to on their own.
+_TOOL_DIRS = {".git", ".hypothesis", ".pytest_cache", ".ruff_cache", "__pycache__", "fuzz-out"}
+
+
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``folder`` (``.git`` left out) with its size and mtime."""
+    """Every file under ``folder`` (tool caches left out) with its size and mtime."""
     found: dict[str, tuple[int, int]] = {}
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if d != ".git"]
+        dirnames[:] = [d for d in dirnames if d not in _TOOL_DIRS]
         for name in filenames:
             p = os.path.join(dirpath, name)
             with contextlib.suppress(OSError):

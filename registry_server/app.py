@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 components.update(extra.pop("$defs", {}))
                 components[model.__name__] = extra
             _optional_token_on_reads(schema)
+            _single_values_of_repeated_params(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -89,6 +90,24 @@ def _optional_token_on_reads(schema: dict[str, Any]) -> None:
             security = operation.get("security") if isinstance(operation, dict) else None
             if method in ("get", "head") and security and {} not in security:
                 operation["security"] = [*security, {}]
+
+
+def _single_values_of_repeated_params(schema: dict[str, Any]) -> None:
+    """A repeatable query parameter of plain strings (``?tag=a&tag=b``) also takes one value
+    (``?tag=a``, what most clients send), and is never null in a query string: document it as
+    "a list of strings, or a string". FastAPI writes "a list of strings, or null"."""
+    plain = {"type": "string"}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            for param in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                branches = param.get("schema", {}).get("anyOf")
+                if param.get("in") != "query" or not isinstance(branches, list):
+                    continue
+                arrays = [
+                    b for b in branches if b.get("type") == "array" and b.get("items") == plain
+                ]
+                if arrays and {"type": "null"} in branches:
+                    param["schema"]["anyOf"] = [*arrays, plain]
 
 
 def serve(settings: Settings | None = None, *, host: str = "127.0.0.1", port: int = 8750) -> None:
