@@ -1,8 +1,10 @@
 """Blob storage: where the bytes of masks, previews and other blobs live, by sha256.
 
 The interface is deliberately narrow (an S3 store will implement it later): an upload is opened
-for an expected digest, written in chunks (hashed on the way), then committed, which verifies
-the digest and makes the blob visible at once or not at all. Reads are plain seekable files.
+for an expected digest (or for content not known yet, stored under the digest it turns out to
+have), written in chunks (hashed on the way), then committed, which verifies the digest and
+makes the blob visible at once or not at all; an upload left uncommitted (an error, a full disk)
+leaves nothing behind. Reads are plain seekable files.
 The database, not the store, says which blobs are published (see :mod:`registry_server._db`).
 """
 
