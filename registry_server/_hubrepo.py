@@ -18,7 +18,6 @@ These functions hold the logic of the Hub write emulation; the routes are in
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import math
@@ -42,7 +41,7 @@ from . import _registry as r
 from ._auth import Caller, require_push
 from ._db import Concept, HubCommit, HubCommitBlob, HubRef, HubRepo, Namespace, utcnow
 from ._errors import ApiError
-from ._ndjson import Base64Sink, Line, LineSplitter, NotBase64Error
+from ._ndjson import Base64Sink, Line, LineSplitter, NotBase64Error, PlainSink
 from ._storage import Upload
 
 #: The one branch of every Hub repo.
@@ -203,7 +202,7 @@ def card_tags(card: Mapping[str, Any] | None) -> list[str]:
 
 
 def _stored_card_json(reg: r.Registry, entry: FileEntry) -> str | None:
-    """The card of a README.md just stored (read back: at most :data:`MAX_README_BYTES`)."""
+    """The card of a README.md just stored, read back (at most :data:`MAX_README_BYTES`)."""
     if entry.size > MAX_README_BYTES:
         raise ApiError(
             413,
@@ -541,11 +540,13 @@ class CommitPayload:
             upload.abort()
         self._spilled.clear()
 
-    def _open_sink(self) -> Base64Sink:
+    def _open_sink(self, *, utf8: bool = False) -> Base64Sink | PlainSink:
+        """A decoder into a new upload (base64, or the text as UTF-8 for a short utf-8 content),
+        remembered until the line that uses it is done."""
         upload = self.reg.storage.open_upload(None)
-        sink = Base64Sink(
-            upload.write, limit=self.reg.settings.max_blob_bytes, on_abort=upload.abort
-        )
+        limit = self.reg.settings.max_blob_bytes
+        sink_type = PlainSink if utf8 else Base64Sink
+        sink = sink_type(upload.write, limit=limit, on_abort=upload.abort)
         self._spilled[id(sink)] = upload
         return sink
 
@@ -611,46 +612,30 @@ class CommitPayload:
 
     def _file(self, value: dict[str, Any], line: Line) -> AddFile:
         path = check_path(value.get("path"))
-        card: str | None = None
         content, encoding = value.get("content"), value.get("encoding", "base64")
         if not isinstance(content, str):
             raise _bad_commit(f"the file line of {path} has no content")
         if encoding not in ("base64", "utf-8"):
             raise _bad_commit(f"unknown encoding {str(encoding)[:20]!r} of {path}: use base64")
-        if line.sink is not None:  # the content was streamed into an upload as it arrived
-            if encoding != "base64":
-                raise _bad_commit(
-                    f"the content of {path} is over {SPILL_BYTES} bytes: send it base64-encoded"
-                )
-            assert isinstance(line.sink, Base64Sink)
+        sink = line.sink
+        if sink is not None and encoding != "base64":
+            raise _bad_commit(
+                f"the content of {path} is over {SPILL_BYTES} bytes: send it base64-encoded"
+            )
+        if sink is None:  # short enough to be kept in the line: through the same decoder
             try:
-                line.sink.finish()
-            except NotBase64Error as e:
-                raise _bad_commit(f"the content of {path} is not base64: {e}") from None
-            upload = self._spilled.pop(id(line.sink))
-            entry = store_upload(self.reg, upload, namespace=self.namespace)
-        else:
-            if encoding == "base64":
-                try:
-                    data = base64.b64decode(content, validate=True)
-                except (binascii.Error, ValueError):
-                    raise _bad_commit(f"the content of {path} is not base64") from None
-            else:
-                data = content.encode()
-            limit = self.reg.settings.max_blob_bytes
-            if len(data) > limit:
-                raise ApiError(
-                    413,
-                    "too_large",
-                    f"{path} has {len(data)} bytes; this server takes {limit} at most",
-                )
-            if path == README:  # 400 before anything is stored
-                card = _card_json(data)
-            entry = store_file(self.reg, data, namespace=self.namespace)
-        if path == README:
-            if line.sink is not None:  # streamed: its card is read back from the store
-                card = _stored_card_json(self.reg, entry)
-            self.cards[entry.digest] = card
+                data = content.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800")
+                raise _bad_commit(f"the content of {path} is not text") from None
+            sink = self._open_sink(utf8=encoding == "utf-8")
+            sink.write(data)
+        try:
+            sink.finish()
+        except NotBase64Error as e:
+            raise _bad_commit(f"the content of {path} is not base64: {e}") from None
+        entry = store_upload(self.reg, self._spilled.pop(id(sink)), namespace=self.namespace)
+        if path == README:  # a commit with a broken card fails; the stored blob is gc's
+            self.cards[entry.digest] = _stored_card_json(self.reg, entry)
         return AddFile(path, entry)
 
 

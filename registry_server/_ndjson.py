@@ -291,13 +291,46 @@ class Base64Sink:
             return
         self.decoded += len(out)
         if self.decoded > self._limit:
-            raise ApiError(
-                413,
-                "too_large",
-                f"a file of the commit is larger than {self._limit} bytes, the most this server "
-                "takes",
-            )
+            raise _file_too_large(self._limit)
         self._write(out)
+
+
+class PlainSink:
+    """The same interface for content that is the text itself (``"encoding": "utf-8"``, short
+    enough to have been kept in its line): the bytes go on as they are, ``limit`` at most."""
+
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        *,
+        limit: int,
+        on_abort: Callable[[], None] | None = None,
+    ) -> None:
+        self._write = write
+        self._limit = limit
+        self._on_abort = on_abort
+        self.decoded = 0
+
+    def write(self, data: bytes) -> None:
+        self.decoded += len(data)
+        if self.decoded > self._limit:
+            raise _file_too_large(self._limit)
+        self._write(data)
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        if self._on_abort is not None:
+            self._on_abort()
+
+
+def _file_too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "too_large",
+        f"a file of the commit is larger than {limit} bytes, the most this server takes",
+    )
 
 
 def _unescape(data: bytes) -> bytes:
