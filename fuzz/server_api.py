@@ -170,7 +170,14 @@ def serve(layout: Layout) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]
     )
     cmd = [sys.executable, "-m", "registry_server", "--data", str(layout.data), "--port", str(port)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=layout.cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=layout.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
