@@ -33,7 +33,7 @@ def check_name(value: str, *, what: str = "name") -> str:
             f"{what} {value!r} is {len(value)} characters long",
             hint=f"use at most {NAME_MAX} characters",
         )
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):  # match() would let "dog\n" through (`$` before a \n)
         raise InvalidReferenceError(
             f"invalid {what} {value!r}",
             hint="use lowercase letters and digits, separated by single '.', '_' or '-'",

@@ -42,7 +42,7 @@ def parse_version(text: str) -> sv.Version:
 
 def check_digest(text: str) -> str:
     """Return ``text`` if it is ``sha256:`` followed by 64 lowercase hex digits."""
-    if not DIGEST_RE.match(text):
+    if not DIGEST_RE.fullmatch(text):
         raise InvalidReferenceError(
             f"invalid digest {text!r}", hint="write digests as sha256:<64 lowercase hex digits>"
         )

@@ -20,6 +20,26 @@ def _env_bool(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _env_positive(name: str, default: float, *, unit: str = "seconds") -> float:
+    """A positive number from ``name``; anything else falls back to ``default`` with a warning
+    (a typo must not make every command fail at import)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        import warnings
+
+        warnings.warn(
+            f"{name}={raw!r} is not a positive number of {unit}; using {default:g}", stacklevel=2
+        )
+        return default
+    return value
+
+
 # --- where things live -------------------------------------------------------------------------
 #: Root of the verified, content-addressed download cache.
 CACHE_DIR: Path = _env_path("CONESREG_CACHE_DIR", user_cache_dir("conesreg"))
@@ -86,33 +106,12 @@ MAX_SEGMENT_BYTES = 255
 #: Largest total number of target scalars (N) a manifest or mask may claim. SDXL's whole UNet
 #: has 2.6e9 parameters, so every real candidate set fits; a forged header claiming more is
 #: refused before anything is allocated for it.
-MAX_TARGET_NUMEL: int = int(os.environ.get("CONESREG_MAX_TARGET_NUMEL") or 1 << 32)
+MAX_TARGET_NUMEL: int = int(_env_positive("CONESREG_MAX_TARGET_NUMEL", 1 << 32, unit="scalars"))
 
 #: Temp files older than this are leftovers of a killed process and may be removed.
 STALE_TMP_SECONDS = 3600
 
-
 # -- HTTP registries ----------------------------------------------------------------------------
-def _env_positive(name: str, default: float, *, unit: str = "seconds") -> float:
-    """A positive number from ``name``; anything else falls back to ``default`` with a warning
-    (a typo must not make every command fail at import)."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        import warnings
-
-        warnings.warn(
-            f"{name}={raw!r} is not a positive number of {unit}; using {default:g}", stacklevel=2
-        )
-        return default
-    return value
-
-
 #: Seconds to connect, and to wait for each read, before a request to a registry fails.
 HTTP_CONNECT_TIMEOUT = 10.0
 HTTP_READ_TIMEOUT: float = _env_positive("CONESREG_HTTP_TIMEOUT", 60.0)

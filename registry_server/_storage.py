@@ -13,15 +13,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from conesreg._versions import DIGEST_RE
+
 _TMP_PREFIX = ".tmp-"
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class DigestMismatchError(ValueError):

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from conesreg._names import ConceptRef, parse_ref
-from conesreg._versions import parse_spec, parse_version, select_version
+from conesreg._names import ConceptRef, check_name, parse_ref
+from conesreg._versions import check_digest, parse_spec, parse_version, select_version
 from conesreg.errors import InvalidReferenceError, VersionNotFoundError, YankedVersionError
 
 
@@ -51,6 +51,15 @@ def test_parse_ref_rejects(text: str) -> None:
     with pytest.raises(InvalidReferenceError) as e:
         parse_ref(text, default_namespace=None)
     assert e.value.hint  # every refusal says how to fix it
+
+
+@pytest.mark.parametrize("text", ["dog\n", "dog\x00", "\ndog"])
+def test_check_name_matches_the_whole_text(text: str) -> None:
+    # re.match with `$` accepts a trailing newline: names reach URLs, paths and headers.
+    with pytest.raises(InvalidReferenceError):
+        check_name(text)
+    with pytest.raises(InvalidReferenceError):
+        check_digest("sha256:" + "a" * 64 + text.replace("dog", ""))
 
 
 def test_name_length_limit() -> None:
