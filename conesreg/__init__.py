@@ -52,6 +52,7 @@ __all__ = [
     "save_mask",
     "save_png",
     "uninstall",
+    "validate_mask",
     "write_draft",
 ]
 
@@ -63,6 +64,7 @@ _LAZY = {
     "decode_mask": "_mask",
     "save_mask": "_mask",
     "load_mask": "_mask",
+    "validate_mask": "_mask",
     "Concept": "_concept",
     "load_concepts": "_concept",
     "overlap": "_concept",

@@ -12,7 +12,7 @@ from ._install import Session
 from ._manifest import BlobRef, Manifest, MaskDescriptor, parse_draft, parse_manifest, utcnow
 from ._names import check_name
 from ._versions import parse_version
-from .errors import ConceptNotFoundError, ManifestError, MaskError, VersionNotFoundError
+from .errors import ConceptNotFoundError, ManifestError, VersionNotFoundError
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -37,7 +37,7 @@ def build_manifest(
     Raises:
         ManifestError, MaskError, InvalidReferenceError.
     """
-    from ._mask import decode_mask, read_mask_info
+    from ._mask import decode_mask_sets, read_mask_info
 
     draft_dir = Path(draft_dir)
     concept_file = draft_dir / constants.DRAFT_MANIFEST
@@ -59,18 +59,11 @@ def build_manifest(
     version = str(parse_version(version))
 
     data = mask_file.read_bytes()
-    info = read_mask_info(data)
     shapes = {t.name: t.numel for t in draft.base_model.targets}
-    for param, numel in info.numels.items():
-        if param not in shapes:
-            raise MaskError(f"the mask addresses {param!r}, which is not a target parameter")
-        if numel != shapes[param]:
-            raise MaskError(
-                f"the mask gives {param!r} {numel} scalars but the base model has {shapes[param]}"
-            )
-    # Decoded only once the sizes are known to be the model's: a forged header cannot make us
-    # allocate more than the base model has. Corrupt payloads and bad indices fail here.
-    decode_mask(data)
+    # The sizes are checked against the draft's base model before anything is decoded; then every
+    # index is checked in memory ~ the file's size: corrupt payloads and bad indices fail here.
+    decode_mask_sets(data, numels=shapes)
+    info = read_mask_info(data)
 
     files: dict[str, Path] = {}
     blobs: list[BlobRef] = []
