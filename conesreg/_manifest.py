@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,6 +33,18 @@ from .errors import ConesregError, IntegrityError, ManifestError
 
 Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$", max_length=64)]
+
+
+def _semver(value: str) -> str:
+    try:
+        return str(parse_version(value))
+    except ConesregError as e:
+        raise ValueError(e.message) from None
+
+
+#: A full semver version, spelled canonically. Listings from servers are held to it too: a
+#: version ends up in cache paths and URLs.
+Version = Annotated[str, AfterValidator(_semver)]
 
 
 class _Model(BaseModel):
@@ -153,20 +166,12 @@ class Manifest(_Model):
     schema_version: Literal[1] = constants.MANIFEST_SCHEMA_VERSION
     namespace: Name
     name: Name
-    version: str
+    version: Version
     kind: Literal["cones-mask/1"] = constants.CONCEPT_KIND
     base_model: BaseModelRef
     mask: MaskDescriptor
     metadata: ConceptMetadata
     blobs: tuple[BlobRef, ...]
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, value: str) -> str:
-        try:
-            return str(parse_version(value))
-        except ConesregError as e:
-            raise ValueError(e.message) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -242,7 +247,7 @@ class IndexEntry(_Model):
     registry: str
     namespace: Name
     name: Name
-    version: str
+    version: Version
     digest: Digest
     yanked: bool = False
     yank_reason: str | None = None
@@ -260,15 +265,6 @@ class IndexEntry(_Model):
         description="the source's own pointer to this version where a version name alone can "
         "move (a Hub commit SHA behind a tag); None where versions are immutable by construction",
     )
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, value: str) -> str:
-        # Listings come from servers: a version is used in paths and URLs, so it must be one.
-        try:
-            return str(parse_version(value))
-        except ConesregError as e:
-            raise ValueError(e.message) from None
 
     @property
     def id(self) -> str:
