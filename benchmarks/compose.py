@@ -24,8 +24,8 @@ import torch
 
 from conesreg import Concept, apply
 from conesreg._base_hash import base_model_hash, clear_cache, target_shapes
-from conesreg._manifest import parse_manifest
-from conesreg._mask import decode_mask, encode_mask
+from conesreg.artifact._manifest import parse_manifest
+from conesreg.artifact._mask import decode_mask, encode_mask
 from conesreg.testing import make_tiny_pipeline, make_tiny_tokenizer
 
 SD15_UNET = dict(
@@ -64,7 +64,7 @@ def make_concepts(unet, base_hash: str, seed: int = 0) -> list[tuple[object, byt
             n: np.sort(rng.choice(k, int(k * SPARSITY), replace=False)) for n, k in numels.items()
         }
         data = encode_mask(idx, numels=numels)
-        from conesreg._digests import sha256_bytes
+        from conesreg.artifact._digests import sha256_bytes
 
         counts = {n: len(v) for n, v in idx.items()}
         manifest = parse_manifest(

@@ -48,7 +48,7 @@ from conesreg._find import (
     union_masks,
     write_draft,
 )
-from conesreg._mask import encode_mask, information_bound_bytes
+from conesreg.artifact._mask import encode_mask, information_bound_bytes
 from conesreg.mini.classifier import load_classifier, predict
 from conesreg.mini.model import load_mini_pipeline
 from conesreg.mini.subjects import (

@@ -1,4 +1,4 @@
-"""Benchmark of the mask codec (conesreg._mask): size and speed against simple baselines.
+"""Benchmark of the mask codec (conesreg.artifact._mask): size and speed against simple baselines.
 
 Run as ``python benchmarks/mask_codec.py``. Everything is seeded; every ratio is against a
 baseline measured in the same run, so the figures compare across machines:
@@ -26,7 +26,7 @@ import numpy as np
 # Run from a checkout without installing: make the repo root importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conesreg._mask import decode_mask, encode_mask, information_bound_bytes
+from conesreg.artifact._mask import decode_mask, encode_mask, information_bound_bytes
 
 SEED = 20240601
 SIZE_TARGET = 1.05  # payload / information bound at k = 1%

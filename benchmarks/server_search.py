@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from sqlalchemy import insert
 
-from conesreg._manifest import (
+from conesreg.artifact._manifest import (
     BaseModelRef,
     ConceptMetadata,
     Manifest,
@@ -60,7 +60,7 @@ QUERIES: dict[str, dict[str, Any]] = {
 def _template() -> dict[str, Any]:
     from helpers import make_draft
 
-    from conesreg._push import build_manifest
+    from conesreg.artifact import build_manifest
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest, _ = build_manifest(make_draft(Path(tmp) / "d"), version="1.0.0")

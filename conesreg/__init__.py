@@ -5,16 +5,39 @@ Example:
     >>> conesreg.install(["acme/dog@^1.2"])  # doctest: +SKIP
 """
 
-from ._base_hash import base_model_hash
-from ._install import install, uninstall
-from ._lockfile import LockedConcept, Lockfile
-from ._manifest import IndexEntry, Manifest, ManifestDraft
-from ._names import ConceptRef, parse_ref
-from ._push import build_manifest, push
-from ._versions import VersionSpec, parse_spec
-from .sources import Source, open_source
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._base_hash import base_model_hash
+    from ._compose import ConceptHandle, active_concepts, apply, load_pipeline, restore
+    from ._concept import Concept, load_concepts, overlap
+    from ._demo import run_demo
+    from ._find import FindConfig, find_neurons, refine_neurons, write_draft
+    from ._generate import generate, save_png
+    from ._install import install, uninstall
+    from ._lockfile import LockedConcept, Lockfile
+    from ._push import push
+    from .artifact import (
+        ConceptRef,
+        IndexEntry,
+        Manifest,
+        ManifestDraft,
+        VersionSpec,
+        build_manifest,
+        decode_mask,
+        encode_mask,
+        load_mask,
+        parse_ref,
+        parse_spec,
+        save_mask,
+        validate_mask,
+    )
+    from .sources import Source, open_source
+
+    __version__: str
 
 __all__ = [
     "Concept",
@@ -57,14 +80,32 @@ __all__ = [
 ]
 
 
-# Loaded on first use: the mask codec needs numpy, composing needs torch and diffusers, and
-# `import conesreg` (and every registry command) must stay light.
+# Every public name is loaded on first use, from the module that defines it: `import conesreg`
+# loads no submodule, so registry commands, the server (which shares only `conesreg.artifact`)
+# and embedding applications pay only for what they touch. The mask codec needs numpy, composing
+# and finding need torch and diffusers.
 _LAZY = {
-    "encode_mask": "_mask",
-    "decode_mask": "_mask",
-    "save_mask": "_mask",
-    "load_mask": "_mask",
-    "validate_mask": "_mask",
+    "ConceptRef": "artifact",
+    "IndexEntry": "artifact",
+    "Manifest": "artifact",
+    "ManifestDraft": "artifact",
+    "VersionSpec": "artifact",
+    "build_manifest": "artifact",
+    "decode_mask": "artifact",
+    "encode_mask": "artifact",
+    "load_mask": "artifact",
+    "parse_ref": "artifact",
+    "parse_spec": "artifact",
+    "save_mask": "artifact",
+    "validate_mask": "artifact",
+    "LockedConcept": "_lockfile",
+    "Lockfile": "_lockfile",
+    "Source": "sources",
+    "open_source": "sources",
+    "base_model_hash": "_base_hash",
+    "install": "_install",
+    "uninstall": "_install",
+    "push": "_push",
     "Concept": "_concept",
     "load_concepts": "_concept",
     "overlap": "_concept",
@@ -83,9 +124,21 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'conesreg' has no attribute {name!r}")
+    if name == "__version__":
+        # pyproject.toml is the one place the version is written; the installed metadata says it.
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("conesreg")
+        except PackageNotFoundError:  # a source tree that was never installed
+            value = "0+unknown"
+        globals()["__version__"] = value  # read once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

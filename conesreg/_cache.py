@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import constants
-from ._manifest import IndexEntry, Manifest, parse_manifest
 from ._storage import BlobStore, atomic_write, ensure_dir, remove_stale_temps
+from .artifact._manifest import IndexEntry, Manifest, parse_manifest
 
 
 @dataclass(frozen=True)

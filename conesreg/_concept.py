@@ -17,12 +17,12 @@ import numpy as np
 from ._cache import Cache
 from ._install import Session, install
 from ._lockfile import LockedConcept
-from ._manifest import IndexEntry, Manifest
+from .artifact._manifest import IndexEntry, Manifest
 from .errors import BaseModelMismatchError, MaskError
 from .sources import BlobOrigin
 
 if TYPE_CHECKING:
-    from ._mask import IndexSet
+    from .artifact._mask import IndexSet
 
 #: Pairs of concepts sharing more than this Jaccard index of their neurons get a warning: a
 #: shared neuron serves both subjects, so heavy sharing means they will blend.
@@ -96,7 +96,7 @@ class Concept:
             [3, 7]
         """
         if self._indices is None:
-            from ._mask import decode_mask
+            from .artifact._mask import decode_mask
 
             assert self._mask is not None  # one of the two, by construction
             try:
@@ -111,7 +111,7 @@ class Concept:
         Raises:
             MaskError: the indices name a parameter that is not one of the manifest's targets.
         """
-        from ._mask import IndexSet, decode_mask_sets
+        from .artifact._mask import IndexSet, decode_mask_sets
 
         numels = {t.name: t.numel for t in self.manifest.base_model.targets}
         if self._indices is None:
@@ -130,7 +130,7 @@ class Concept:
     @classmethod
     def from_draft(cls, draft_dir: Path, *, version: str = "0.0.0-draft") -> Concept:
         """A concept straight from a draft directory (``conesreg find`` output), unpublished."""
-        from ._push import build_manifest
+        from .artifact._build import build_manifest
 
         manifest, files = build_manifest(Path(draft_dir), version=version)
         return cls(manifest, mask=files[manifest.mask.blob].read_bytes())
@@ -139,29 +139,21 @@ class Concept:
 def read_concept(manifest: Manifest, cache: Cache) -> Concept:
     """An installed concept from the cache (digest re-checked on read), its mask still encoded.
 
-    The mask is validated in full (in memory ~ its size) and must fit the manifest's targets;
-    it is decoded later, within the sizes of whatever it is applied to.
+    The mask must be the one the manifest describes (:func:`~conesreg.artifact.check_mask`:
+    validated in full, in memory ~ its size, and fitting the manifest's targets and counts); it
+    is decoded later, within the sizes of whatever it is applied to.
 
     Raises:
         IntegrityError: the cached mask is missing or corrupted.
-        MaskError: the mask is corrupt or disagrees with the manifest (counts or sizes).
+        MaskError: the mask is corrupt or disagrees with the manifest (encoding, sizes, counts).
     """
-    from ._mask import validate_mask
+    from .artifact._check import check_mask
 
     data = cache.blobs.read(manifest.mask.blob)
     try:
-        info = validate_mask(data)
+        check_mask(manifest, data)
     except MaskError as e:
         raise MaskError(f"{manifest.id}@{manifest.version}: {e.message}", hint=e.hint) from None
-    shapes = {t.name: t.numel for t in manifest.base_model.targets}
-    for param, numel in info.numels.items():
-        if shapes.get(param) != numel:
-            raise MaskError(
-                f"{manifest.id}@{manifest.version}: mask size of {param!r} disagrees with manifest"
-            )
-    counts = {k: v for k, v in info.counts.items() if v}
-    if counts != manifest.mask.counts:
-        raise MaskError(f"{manifest.id}@{manifest.version}: mask counts disagree with manifest")
     return Concept(manifest, mask=data)
 
 

@@ -21,8 +21,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import constants
-from ._names import check_name
 from ._storage import atomic_write
+from .artifact import constants as artifact_constants
+from .artifact._names import check_name
 from .errors import ConesregError, ConfigError
 
 
@@ -43,7 +44,7 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    default_namespace: str = constants.DEFAULT_NAMESPACE
+    default_namespace: str = artifact_constants.DEFAULT_NAMESPACE
     default_registry: str = constants.DEFAULT_REGISTRY
     offline: bool = False
     #: The base model of ``generate`` and ``load_pipeline`` when none is given.

@@ -34,6 +34,7 @@ from . import constants
 from ._base_hash import base_model_hash
 from ._objective import denoising_target
 from ._storage import atomic_write
+from .artifact import constants as artifact_constants
 from .errors import ConesregError
 
 #: Prior-preservation images are cached under this format version; sampled with these steps.
@@ -555,13 +556,13 @@ def write_draft(
 
     from ._compose import apply
     from ._concept import Concept
-    from ._mask import encode_mask
+    from .artifact._mask import encode_mask
 
     out_dir = Path(out_dir)
-    (out_dir / constants.DRAFT_PREVIEWS).mkdir(parents=True, exist_ok=True)
+    (out_dir / artifact_constants.DRAFT_PREVIEWS).mkdir(parents=True, exist_ok=True)
     shapes = {n: tuple(pipe.unet.get_parameter(n).shape) for n in mask}
     numels = {n: int(np.prod(s)) for n, s in shapes.items()}
-    atomic_write(out_dir / constants.DRAFT_MASK, encode_mask(mask, numels=numels))
+    atomic_write(out_dir / artifact_constants.DRAFT_MASK, encode_mask(mask, numels=numels))
     draft = {
         "name": name,
         **({"namespace": namespace} if namespace else {}),
@@ -577,7 +578,7 @@ def write_draft(
             **({"parents": list(parents)} if parents else {}),
         },
     }
-    atomic_write(out_dir / constants.DRAFT_MANIFEST, json.dumps(draft, indent=2).encode())
+    atomic_write(out_dir / artifact_constants.DRAFT_MANIFEST, json.dumps(draft, indent=2).encode())
     concept = Concept.from_draft(out_dir)  # validates the draft exactly as push will
     for label, masked in (("without-mask", False), ("with-mask", True)):
         handle = apply(pipe, [concept]) if masked else None
@@ -586,7 +587,7 @@ def write_draft(
                 image = pipe(
                     config.class_prompt, generator=torch.Generator().manual_seed(seed)
                 ).images[0]
-                image.save(out_dir / constants.DRAFT_PREVIEWS / f"{label}-{seed}.png")
+                image.save(out_dir / artifact_constants.DRAFT_PREVIEWS / f"{label}-{seed}.png")
         finally:
             if handle is not None:
                 handle.restore()

@@ -10,9 +10,9 @@ from typing import Any, Protocol
 from ._cache import Cache
 from ._config import Config, load_config
 from ._lockfile import LockedConcept, Lockfile, lockfile_path, read_lockfile, write_lockfile
-from ._manifest import BlobRef, IndexEntry, Manifest
-from ._names import ConceptRef, parse_ref
 from ._resolver import Resolution, resolve
+from .artifact._manifest import BlobRef, IndexEntry, Manifest
+from .artifact._names import ConceptRef, parse_ref
 from .errors import InvalidReferenceError, LockfileError, OfflineError, StaleLockfileError
 from .sources import BlobOrigin, Source, open_source
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._lockfile import LockedConcept
-from ._manifest import IndexEntry
-from ._names import ConceptRef
-from ._versions import VersionSpec, parse_spec, select_version
+from .artifact._manifest import IndexEntry
+from .artifact._names import ConceptRef
+from .artifact._versions import VersionSpec, parse_spec, select_version
 from .errors import IntegrityError, RevisionMovedError
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ._lockfile import Lockfile
-from ._manifest import IndexEntry, Manifest, ManifestDraft
+from .artifact._manifest import IndexEntry, Manifest, ManifestDraft
 
 SCHEMAS = {
     "manifest.schema.json": Manifest,

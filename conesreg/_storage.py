@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from . import constants
-from ._digests import hex_of, sha256_file
+from .artifact._digests import hex_of, sha256_file
 from .errors import ConesregError, IntegrityError, StorageError
 
 if TYPE_CHECKING:

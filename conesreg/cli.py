@@ -391,7 +391,7 @@ def find(
     a beach"} per line, as in a Hugging Face image folder) captions each image: captions that
     name the class word and the rest of the scene make the concept hold in other prompts.
     """
-    from ._names import parse_ref
+    from .artifact._names import parse_ref
 
     s = _session()
     r = parse_ref(ref, default_namespace=s.config.default_namespace)
@@ -584,7 +584,9 @@ def _class_prompt(manifest: Any) -> str:
 
 
 def _image_files(paths: tuple[Path, ...]) -> list[Path]:
-    suffixes = {".png", ".jpg", ".jpeg", ".webp"}
+    from .artifact import constants as artifact_constants
+
+    suffixes = artifact_constants.IMAGE_SUFFIXES
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -675,7 +677,7 @@ def search(
     source = s.source(registry)
     filters = {"tags": tags, "base_model_hash": base_model, "class_word": class_word}
     if s.is_offline(source):
-        from ._versions import sort_releases
+        from .artifact._versions import sort_releases
         from .sources._local import rank_matches
 
         # Offline, a remote registry is searched as far as the cache knows it: the newest cached
@@ -709,7 +711,7 @@ def info(refs: tuple[str, ...], overlap: bool, as_json: bool) -> None:
 
     With --overlap, show how many neurons each pair of concepts shares instead.
     """
-    from ._versions import parse_spec, select_version
+    from .artifact._versions import parse_spec, select_version
 
     s = _session()
     entries = []
@@ -813,7 +815,7 @@ def versions(ref: str, everything: bool, as_json: bool) -> None:
 
 
 def _yank(ref: str, yanked: bool, reason: str | None) -> None:
-    from ._versions import parse_version
+    from .artifact._versions import parse_version
 
     s = _session()
     r = s.parse(ref)

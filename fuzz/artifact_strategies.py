@@ -44,18 +44,18 @@ import numpy as np
 from hypothesis import strategies as st
 from safetensors.numpy import save as st_save
 
-from conesreg import constants
-from conesreg._json import load_json
-from conesreg._manifest import canonical_json, parse_manifest
-from conesreg._mask import (
+from conesreg.artifact import constants
+from conesreg.artifact._json import load_json
+from conesreg.artifact._manifest import canonical_json, parse_manifest
+from conesreg.artifact._mask import (
     decode_mask,
     decode_mask_sets,
     encode_mask,
     read_mask_info,
     validate_mask,
 )
-from conesreg._names import NAME_MAX, NAME_RE, check_file_path, check_name, parse_ref
-from conesreg._versions import parse_spec, parse_version
+from conesreg.artifact._names import NAME_MAX, NAME_RE, check_file_path, check_name, parse_ref
+from conesreg.artifact._versions import parse_spec, parse_version
 from conesreg.errors import ConesregError, IntegrityError, ManifestError, MaskError
 
 __all__ = [

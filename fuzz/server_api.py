@@ -43,8 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = Path(__file__).resolve().with_name("schemathesis.toml")
 sys.path.insert(0, str(REPO))
 
-from conesreg._mask import save_mask  # noqa: E402
-from conesreg._push import build_manifest  # noqa: E402
+from conesreg.artifact import build_manifest  # noqa: E402
+from conesreg.artifact._mask import save_mask  # noqa: E402
 from registry_server import Settings, create_namespace, create_token  # noqa: E402
 
 #: The callers schemathesis runs as, in turn: (label, token key in `Seeded.tokens` or None).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conesreg._mask import save_mask
+from conesreg.artifact._mask import save_mask
 
 #: A small stand-in for a UNet's cross-attention K/V targets.
 TARGETS = [

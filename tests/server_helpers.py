@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 
-from conesreg._manifest import Manifest
-from conesreg._push import build_manifest
+from conesreg.artifact import build_manifest
+from conesreg.artifact._manifest import Manifest
 from registry_server import Settings, create_app, create_namespace, create_token
 
 REPO = Path(__file__).resolve().parents[1]

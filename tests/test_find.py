@@ -455,7 +455,7 @@ def test_captions_pair_each_image_with_its_own_prompt(subject: np.ndarray) -> No
 def test_cli_reads_captions_from_metadata_jsonl(
     isolated: Path, tiny_pipeline_dir: Path, subject: np.ndarray, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conesreg._mask import decode_mask
+    from conesreg.artifact._mask import decode_mask
     from conesreg.cli import main
 
     folder = _save_images(isolated / "dogs", subject)

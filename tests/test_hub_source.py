@@ -190,7 +190,7 @@ def test_corrupted_file_is_refused(
         Path(api.hf_hub_download("acme/owl", "manifest.json", revision="v1.0.0")).read_text()
     )
     manifest["version"] = "1.0.1"
-    from conesreg._manifest import canonical_json
+    from conesreg.artifact._manifest import canonical_json
 
     mask = (draft / "mask.safetensors").read_bytes()
     commit = api.create_commit(

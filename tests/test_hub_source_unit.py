@@ -12,8 +12,8 @@ from helpers import make_draft
 from huggingface_hub.errors import HfHubHTTPError
 
 from conesreg import constants
-from conesreg._manifest import IndexEntry
-from conesreg._push import build_manifest
+from conesreg.artifact import build_manifest
+from conesreg.artifact._manifest import IndexEntry
 from conesreg.errors import AuthenticationError, SourceError
 from conesreg.sources._hub import HubSource, _tag_version, model_card
 

@@ -115,7 +115,7 @@ def test_corrupted_cache_blob_is_refetched(published: dict[str, str]) -> None:
 def test_corrupted_registry_blob_never_enters_cache(published: dict[str, str]) -> None:
     src = LocalSource()
     manifest = src.versions("acme", "dog")[-1]
-    from conesreg._manifest import parse_manifest
+    from conesreg.artifact._manifest import parse_manifest
 
     m = parse_manifest(src.manifest("acme", "dog", manifest.version))
     src.blobs.path(m.mask.blob).write_bytes(b"tampered")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import make_draft
 
-from conesreg._manifest import parse_manifest
-from conesreg._push import build_manifest
 from conesreg._schemas import render_schemas
+from conesreg.artifact import build_manifest
+from conesreg.artifact._manifest import parse_manifest
 from conesreg.errors import IntegrityError, ManifestError
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"

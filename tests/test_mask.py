@@ -1,4 +1,4 @@
-"""Tests of the mask codec (conesreg._mask): round trips, validation and corrupt payloads."""
+"""Tests of the mask codec (conesreg.artifact._mask): round trips, validation, corrupt payloads."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from conesreg import constants
-from conesreg._mask import (
+from conesreg.artifact._mask import (
     MaskInfo,
     decode_mask,
     encode_mask,

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from conesreg._names import ConceptRef, check_name, parse_ref
-from conesreg._versions import check_digest, parse_spec, parse_version, select_version
+from conesreg.artifact._names import ConceptRef, check_name, parse_ref
+from conesreg.artifact._versions import check_digest, parse_spec, parse_version, select_version
 from conesreg.errors import InvalidReferenceError, VersionNotFoundError, YankedVersionError
 
 

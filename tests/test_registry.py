@@ -16,7 +16,7 @@ from helpers import make_draft
 
 from conesreg import push
 from conesreg._install import Session
-from conesreg._manifest import parse_manifest
+from conesreg.artifact._manifest import parse_manifest
 from conesreg.errors import (
     ConceptNotFoundError,
     ImmutableVersionError,

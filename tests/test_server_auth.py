@@ -11,7 +11,7 @@ from helpers import make_draft
 from server_helpers import Server, auth, push_draft, running_server
 from sqlalchemy import create_engine, text
 
-from conesreg._push import build_manifest
+from conesreg.artifact import build_manifest
 from registry_server import (
     AdminError,
     create_namespace,

@@ -24,7 +24,7 @@ import pytest
 from helpers import make_draft
 from server_helpers import Process, auth, push_draft, start_process, stop_process
 
-from conesreg._manifest import Manifest
+from conesreg.artifact._manifest import Manifest
 from registry_server import Settings, create_namespace, create_token, gc
 
 REPO = "acme/dog"

@@ -17,8 +17,8 @@ from helpers import make_draft
 from server_helpers import Process, auth, push_draft, start_process, stop_process, upload_blobs
 from sqlalchemy import create_engine, text
 
-from conesreg._manifest import parse_manifest
-from conesreg._push import build_manifest
+from conesreg.artifact import build_manifest
+from conesreg.artifact._manifest import parse_manifest
 from registry_server import Settings, create_namespace, create_token
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ from server_helpers import Server, auth, push_draft, put_manifest, running_serve
 from sqlalchemy import create_engine, text
 
 from conesreg import constants
-from conesreg._manifest import IndexEntry, parse_manifest
-from conesreg._push import build_manifest
+from conesreg.artifact import build_manifest
+from conesreg.artifact._manifest import IndexEntry, parse_manifest
 from conesreg.sources import LocalSource
 
 

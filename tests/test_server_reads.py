@@ -9,7 +9,7 @@ import pytest
 from helpers import make_draft
 from server_helpers import Server, auth, push_draft, running_server
 
-from conesreg._manifest import Manifest
+from conesreg.artifact._manifest import Manifest
 
 
 @pytest.fixture

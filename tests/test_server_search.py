@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from server_helpers import Server, publish_table, running_server
 
-from conesreg.sources._local import match_score
+from conesreg.artifact import match_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -76,7 +76,7 @@ def test_filters(server: Server) -> None:
 
 
 def test_order_matches_the_embedded_registry_scoring(server: Server) -> None:
-    from conesreg._manifest import IndexEntry
+    from conesreg.artifact._manifest import IndexEntry
 
     results = _all_pages(server, q="dog")
     entries = [IndexEntry.model_validate(e) for e in results]

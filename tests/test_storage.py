@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conesreg._digests import sha256_bytes
 from conesreg._storage import BlobStore, atomic_write, remove_stale_temps
+from conesreg.artifact._digests import sha256_bytes
 from conesreg.errors import IntegrityError, StorageError
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._config import Config
+from ..artifact._ranking import match_score
 from ..errors import ConfigError
 from ._base import BlobOrigin, Source
-from ._local import LocalSource, match_score
+from ._local import LocalSource
 
 
 def open_source(config: Config, registry: str | None = None) -> Source:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from .._manifest import IndexEntry, Manifest
+from ..artifact._manifest import IndexEntry, Manifest
 
 
 @dataclass(frozen=True)

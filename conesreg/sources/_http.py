@@ -22,8 +22,9 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from .. import constants
-from .._json import load_json
-from .._manifest import IndexEntry, Manifest
+from ..artifact import constants as artifact_constants
+from ..artifact._json import load_json
+from ..artifact._manifest import IndexEntry, Manifest
 from ..errors import (
     AuthenticationError,
     ConceptNotFoundError,
@@ -119,7 +120,7 @@ class HttpSource:
         r = self._request(
             "GET",
             path,
-            limit=constants.MAX_MANIFEST_BYTES,
+            limit=artifact_constants.MAX_MANIFEST_BYTES,
             what=f"the manifest of {namespace}/{name}@{version}",
         )
         if r.status_code == 404:
@@ -272,7 +273,7 @@ class HttpSource:
             "PUT",
             path,
             content=manifest.canonical_json(),
-            headers={"Content-Type": constants.MEDIA_TYPE_MANIFEST},
+            headers={"Content-Type": artifact_constants.MEDIA_TYPE_MANIFEST},
             limit=constants.HTTP_MAX_JSON_BYTES,
             what="the answer to a publication",
         )

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from .. import constants
-from .._digests import sha256_bytes
-from .._json import load_json
-from .._manifest import IndexEntry, Manifest, parse_manifest
-from .._versions import parse_version, sort_releases
+from ..artifact import constants as artifact_constants
+from ..artifact._digests import sha256_bytes
+from ..artifact._json import load_json
+from ..artifact._manifest import IndexEntry, Manifest, parse_manifest
+from ..artifact._versions import parse_version, sort_releases
 from ..errors import (
     AuthenticationError,
     ConceptNotFoundError,
@@ -43,9 +44,9 @@ from ._base import BlobOrigin
 
 T = TypeVar("T")
 
-MANIFEST_FILE = constants.HUB_MANIFEST_FILE
-CARD_FILE = constants.HUB_CARD_FILE
-YANKED_FILE = constants.HUB_YANKED_FILE
+MANIFEST_FILE = artifact_constants.HUB_MANIFEST_FILE
+CARD_FILE = artifact_constants.HUB_CARD_FILE
+YANKED_FILE = artifact_constants.HUB_YANKED_FILE
 #: Files of a repo that are not part of any version (never deleted by a version commit).
 _REPO_FILES = {YANKED_FILE, ".gitattributes"}
 #: The tag that names a version: ``v`` and a full semver version.
@@ -365,11 +366,11 @@ class HubSource:
         into its own cache, and one larger than any manifest may be is refused unread."""
         path = Path(self._download(repo, filename, revision))
         with open(path, "rb") as f:
-            data = f.read(constants.MAX_MANIFEST_BYTES + 1)
-        if len(data) > constants.MAX_MANIFEST_BYTES:
+            data = f.read(artifact_constants.MAX_MANIFEST_BYTES + 1)
+        if len(data) > artifact_constants.MAX_MANIFEST_BYTES:
             raise SourceError(
                 f"hf://{repo}@{revision[:12]} has a {filename} of more than "
-                f"{constants.MAX_MANIFEST_BYTES:,} bytes, which no conesreg version has",
+                f"{artifact_constants.MAX_MANIFEST_BYTES:,} bytes, which no conesreg version has",
                 hint="the repo (or the endpoint) is broken or hostile; do not install from it",
             )
         return data

@@ -23,9 +23,10 @@ from typing import BinaryIO
 from pydantic import BaseModel, ConfigDict
 
 from .. import constants
-from .._manifest import IndexEntry, Manifest, parse_manifest, utcnow
 from .._storage import BlobStore, atomic_write, ensure_dir, file_lock, remove_stale_temps
-from .._versions import sort_releases
+from ..artifact._manifest import IndexEntry, Manifest, parse_manifest, utcnow
+from ..artifact._ranking import match_score
+from ..artifact._versions import sort_releases
 from ..errors import ConceptNotFoundError, ImmutableVersionError, VersionNotFoundError
 from ._base import BlobOrigin
 
@@ -171,38 +172,6 @@ class LocalSource:
             record = _VersionRecord.model_validate_json(record_path.read_bytes())
             record.yanked, record.yank_reason = yanked, (reason if yanked else None)
             atomic_write(record_path, record.model_dump_json().encode())
-
-
-def match_score(
-    entry: IndexEntry,
-    query: str,
-    *,
-    tags: Sequence[str] = (),
-    base_model_hash: str | None = None,
-    class_word: str | None = None,
-) -> int:
-    """0 if ``entry`` fails a filter or a query term; else higher for better matches.
-
-    Every query term must occur in the name, namespace, description, tags or class word; a term
-    equal to the name or class word counts most. Shared by every source that searches locally.
-    """
-    if base_model_hash and entry.base_model_hash != base_model_hash:
-        return 0
-    if class_word and entry.class_word.lower() != class_word.lower():
-        return 0
-    if any(t.lower() not in {x.lower() for x in entry.tags} for t in tags):
-        return 0
-    terms = query.lower().split()
-    if not terms:
-        return 1
-    fields = [entry.name, entry.namespace, entry.class_word, entry.description, *entry.tags]
-    hay = " ".join(fields).lower()
-    score = 1
-    for term in terms:
-        if term not in hay:
-            return 0
-        score += 10 if term in (entry.name, entry.class_word.lower()) else 2
-    return score
 
 
 def rank_matches(

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
 import artifact_strategies as fz
 
-from conesreg._mask import decode_mask, encode_mask, read_mask_info
-from conesreg._names import check_file_path
-from conesreg._versions import parse_spec
+from conesreg.artifact._mask import decode_mask, encode_mask, read_mask_info
+from conesreg.artifact._names import check_file_path
+from conesreg.artifact._versions import parse_spec
 from conesreg.errors import InvalidReferenceError
 
 

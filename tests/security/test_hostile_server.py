@@ -27,8 +27,8 @@ import pytest
 from helpers import make_draft
 
 from conesreg import constants
-from conesreg._manifest import IndexEntry
-from conesreg._push import build_manifest
+from conesreg.artifact import build_manifest
+from conesreg.artifact._manifest import IndexEntry
 from conesreg.cli import main
 
 GIB = 1 << 30
@@ -455,7 +455,7 @@ def test_hub_manifest_and_blob_caps(
     import huggingface_hub
 
     from conesreg._install import Session
-    from conesreg._manifest import BlobRef
+    from conesreg.artifact._manifest import BlobRef
     from conesreg.errors import IntegrityError, SourceError
     from conesreg.sources import BlobOrigin
     from conesreg.sources._hub import HubSource

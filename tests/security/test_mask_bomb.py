@@ -27,9 +27,9 @@ from server_helpers import Server, put_manifest, running_server, upload_blobs
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
 from artifact_strategies import amplification_bound, forge_mask, manifest_document
 
-from conesreg import constants
-from conesreg._manifest import Manifest, canonical_json, parse_manifest
-from conesreg._mask import decode_mask, decode_mask_sets, encode_mask, validate_mask
+from conesreg.artifact import constants
+from conesreg.artifact._manifest import Manifest, canonical_json, parse_manifest
+from conesreg.artifact._mask import decode_mask, decode_mask_sets, encode_mask, validate_mask
 from conesreg.errors import BaseModelMismatchError, MaskError
 from conesreg.sources import LocalSource
 from registry_server import Settings
@@ -268,9 +268,9 @@ def test_apply_checks_shapes_before_decoding(isolated: Path, tiny_pipeline: Any)
 def test_apply_checks_the_base_model_before_decoding(
     isolated: Path, tiny_pipeline: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conesreg import _mask
     from conesreg._base_hash import target_shapes
     from conesreg._compose import apply
+    from conesreg.artifact import _mask
 
     unet = copy.deepcopy(tiny_pipeline.unet)
     shapes = {n: list(s) for n, s in target_shapes(unet).items()}

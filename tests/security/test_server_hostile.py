@@ -34,7 +34,7 @@ from helpers import make_draft
 from server_helpers import Server, auth, free_port, push_draft, put_manifest, running_server
 from sqlalchemy import event, func, select
 
-from conesreg._push import build_manifest
+from conesreg.artifact import build_manifest
 from registry_server import _storage, create_app, create_namespace, create_token, gc
 from registry_server._registry import open_registry
 

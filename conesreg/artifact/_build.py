@@ -1,0 +1,134 @@
+"""A draft directory (as ``conesreg find`` writes it) made into the manifest it would publish.
+
+Pure: files in, a :class:`Manifest` and its blob files out; no session, cache or network, so
+loading a draft (:meth:`conesreg.Concept.from_draft`) and publishing one (:func:`conesreg.push`)
+build the same manifest by the same code.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from datetime import datetime
+from pathlib import Path
+
+from . import constants
+from ._digests import sha256_file
+from ._manifest import BlobRef, Manifest, MaskDescriptor, parse_draft, parse_manifest, utcnow
+from ._names import check_name
+from ._versions import parse_version
+from .errors import ManifestError
+
+
+def build_manifest(
+    draft_dir: Path,
+    *,
+    version: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    created: datetime | None = None,
+) -> tuple[Manifest, dict[str, Path]]:
+    """Validate a draft directory and build the manifest it would publish.
+
+    The draft holds ``concept.json`` (a :class:`ManifestDraft`), ``mask.safetensors`` and
+    optionally ``previews/*.png``. The mask is checked in full against the manifest
+    (:func:`check_mask`), so a mask with indices out of range or for parameters the base model
+    lacks is refused before anything is written.
+
+    Args:
+        draft_dir: The draft directory.
+        version: A full semver version, e.g. ``"1.0.0"``.
+        namespace: The namespace to publish under (default: the draft's, else
+            ``constants.DEFAULT_NAMESPACE``).
+        name: The concept name (default: the draft's).
+        created: The creation time (default: the draft's, else now).
+
+    Returns:
+        The manifest and a map from each blob digest to its file.
+
+    Raises:
+        ManifestError: a file is missing or fails the schema.
+        MaskError: the mask is corrupt or does not fit the draft's base model.
+        InvalidReferenceError: a bad namespace, name or version.
+
+    Example:
+        >>> manifest, files = build_manifest(Path("out/dog"), version="1.0.0")  # doctest: +SKIP
+    """
+    # The mask codec needs numpy: loaded here, so that importing the publish path stays light.
+    from ._check import _check_targets, check_mask
+    from ._mask import read_mask_info
+
+    draft_dir = Path(draft_dir)
+    concept_file = draft_dir / constants.DRAFT_MANIFEST
+    mask_file = draft_dir / constants.DRAFT_MASK
+    for required in (concept_file, mask_file):
+        if not required.is_file():
+            raise ManifestError(
+                f"{draft_dir} has no {required.name}",
+                hint="push a directory written by `conesreg find` (concept.json, mask)",
+            )
+    draft = parse_draft(concept_file.read_bytes())
+    ns = check_name(namespace or draft.namespace or constants.DEFAULT_NAMESPACE, what="namespace")
+    nm = name or draft.name
+    if nm is None:
+        raise ManifestError(
+            f"{concept_file} names no concept", hint="pass --name NAMESPACE/NAME or set 'name'"
+        )
+    check_name(nm)
+    version = str(parse_version(version))
+
+    data = mask_file.read_bytes()
+    shapes = {t.name: t.numel for t in draft.base_model.targets}
+    # The header's sizes are checked against the draft's base model before the manifest is
+    # built from its counts (a misfit is the mask's error, not the manifest's); check_mask below
+    # then validates every index, in memory ~ the file's size.
+    info = read_mask_info(data)
+    _check_targets(info, shapes)
+
+    files: dict[str, Path] = {}
+    blobs: list[BlobRef] = []
+
+    def add(path: Path, media_type: str) -> str:
+        digest, size = sha256_file(path)
+        rel = path.relative_to(draft_dir).as_posix()
+        if digest not in files:
+            files[digest] = path
+            blobs.append(BlobRef(digest=digest, size=size, media_type=media_type, path=rel))
+        return digest
+
+    mask_digest = add(mask_file, constants.MEDIA_TYPE_MASK)
+    preview_paths = [draft_dir / p for p in draft.preview_files] or sorted(
+        p
+        for p in (draft_dir / constants.DRAFT_PREVIEWS).glob("*")
+        if p.suffix.lower() in constants.IMAGE_SUFFIXES
+    )
+    previews = []
+    for p in preview_paths:
+        if not p.is_file():
+            raise ManifestError(f"preview {p} listed in {concept_file.name} does not exist")
+        previews.append(add(p, mimetypes.guess_type(p.name)[0] or "application/octet-stream"))
+
+    counts = {k: v for k, v in info.counts.items() if v}
+    metadata = draft.metadata.model_copy(
+        update={
+            "previews": tuple(previews),
+            "created": created or draft.metadata.created or utcnow(),
+        }
+    )
+    body = {
+        "namespace": ns,
+        "name": nm,
+        "version": version,
+        "base_model": draft.base_model.model_dump(),
+        "mask": MaskDescriptor(
+            blob=mask_digest,
+            encoding=info.encoding,
+            total=sum(shapes.values()),
+            selected=sum(counts.values()),
+            counts=counts,
+        ).model_dump(),
+        "metadata": metadata.model_dump(),
+        "blobs": [b.model_dump() for b in blobs],
+    }
+    manifest = parse_manifest(body)
+    check_mask(manifest, data)
+    return manifest, files
