@@ -1,7 +1,7 @@
 """The exceptions conesreg raises (public): the artifact's, :mod:`conesreg.artifact.errors`.
 
 One set of classes for the client, the server and the artifact layer they share; this module is
-the client's public name for it.
+the client's public name for it, with the same ``__all__``.
 
 Example:
     >>> from conesreg import errors
@@ -11,50 +11,5 @@ Example:
 
 from __future__ import annotations
 
-from .artifact.errors import (
-    AuthenticationError,
-    BaseModelMismatchError,
-    ConceptNotFoundError,
-    ConesregError,
-    ConesregWarning,
-    ConfigError,
-    DeviceMemoryError,
-    ImmutableVersionError,
-    IntegrityError,
-    InvalidReferenceError,
-    LockfileError,
-    ManifestError,
-    MaskError,
-    OfflineError,
-    RevisionMovedError,
-    SourceError,
-    StaleLockfileError,
-    StorageError,
-    UnsupportedPipelineError,
-    VersionNotFoundError,
-    YankedVersionError,
-)
-
-__all__ = [
-    "AuthenticationError",
-    "BaseModelMismatchError",
-    "ConceptNotFoundError",
-    "ConesregError",
-    "ConesregWarning",
-    "ConfigError",
-    "DeviceMemoryError",
-    "ImmutableVersionError",
-    "IntegrityError",
-    "InvalidReferenceError",
-    "LockfileError",
-    "ManifestError",
-    "MaskError",
-    "OfflineError",
-    "RevisionMovedError",
-    "SourceError",
-    "StaleLockfileError",
-    "StorageError",
-    "UnsupportedPipelineError",
-    "VersionNotFoundError",
-    "YankedVersionError",
-]
+from .artifact.errors import *  # noqa: F403
+from .artifact.errors import __all__  # noqa: F401

@@ -94,3 +94,27 @@ def test_schema_accepts_real_manifest(manifest_dict: dict) -> None:
 
     schema = json.loads((SCHEMAS / "manifest.schema.json").read_text())
     jsonschema.validate(manifest_dict, schema)
+
+
+def test_check_mask_is_the_one_rule(tmp_path: Path) -> None:
+    from conesreg.artifact import check_mask, encode_mask
+    from conesreg.errors import MaskError
+
+    manifest, files = build_manifest(make_draft(tmp_path / "d"), version="1.0.0")
+    data = files[manifest.mask.blob].read_bytes()
+    assert {k: v for k, v in check_mask(manifest, data).counts.items() if v} == manifest.mask.counts
+    numels = {t.name: t.numel for t in manifest.base_model.targets}
+    first = sorted(numels)[0]
+    for payload, message in [
+        (encode_mask({first: [0, 1]}, numels=numels), "not the counts"),
+        (encode_mask({"other.weight": [0]}, numels={"other.weight": 4}), "not a target"),
+        (encode_mask({first: [0]}, numels={first: numels[first] + 1}), "scalars, the base model"),
+        (data[:-7], "safetensors"),
+    ]:
+        with pytest.raises(MaskError, match=message):
+            check_mask(manifest, payload)
+    other = manifest.mask.model_copy(update={"encoding": "other/1"})
+    with pytest.raises(MaskError, match="the manifest says other/1"):
+        check_mask(manifest.model_copy(update={"mask": other}), data)
+    with pytest.raises(MaskError, match="more than the 8 accepted"):
+        check_mask(manifest, data, max_target_numel=8)

@@ -37,7 +37,7 @@ def load_json(
         >>> load_json("[[[]]]", max_depth=2)
         Traceback (most recent call last):
         ...
-        conesreg.errors.ManifestError: the document nests deeper than 2 levels
+        conesreg.artifact.errors.ManifestError: the document nests deeper than 2 levels
     """
     limit = constants.MAX_JSON_DEPTH if max_depth is None else max_depth
     try:

@@ -308,7 +308,7 @@ def validate_mask(data: bytes) -> MaskInfo:
         {'w': 2}
         >>> validate_mask(data[:-1])  # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):
-        conesreg.errors.MaskError: mask payload is not a valid safetensors file
+        conesreg.artifact.errors.MaskError: mask payload is not a valid safetensors file
     """
     data = _as_bytes(data)
     entries = _read_header(data)

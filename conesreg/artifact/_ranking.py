@@ -45,8 +45,10 @@ def match_score(
         to the name or class word and ``SCORE_PARTIAL`` per other term.
 
     Example:
-        >>> match_score(entry, "dog")  # doctest: +SKIP  (an entry named "dog")
+        >>> match_score(dog_entry, "dog")  # acme/dog, class word "dog"  # doctest: +SKIP
         11
+        >>> match_score(dog_entry, "cat")  # doctest: +SKIP
+        0
     """
     if base_model_hash and entry.base_model_hash != base_model_hash:
         return 0
