@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from conesreg._names import check_name
-from conesreg.errors import InvalidReferenceError
+from conesreg.artifact import check_name
+from conesreg.artifact.errors import InvalidReferenceError
 
 from ._auth import check_scope, hash_token, new_token_secret, token_state
 from ._db import Namespace, Token, utcnow

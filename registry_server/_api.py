@@ -9,8 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from conesreg import constants
-from conesreg._manifest import IndexEntry, Manifest
+from conesreg.artifact import IndexEntry, Manifest, constants
 
 from . import _registry as r
 from ._auth import Caller, authenticate, is_anonymous, require_push

@@ -45,7 +45,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from conesreg._manifest import Manifest
+from conesreg.artifact import Manifest
 
 from . import _hubrepo as hr
 from . import _registry as r

@@ -33,9 +33,8 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conesreg._json import load_json
-from conesreg._names import check_file_path, check_text
-from conesreg.errors import InvalidReferenceError, ManifestError
+from conesreg.artifact import check_file_path, check_text, load_json
+from conesreg.artifact.errors import InvalidReferenceError, ManifestError
 
 from . import _registry as r
 from ._auth import Caller, require_push

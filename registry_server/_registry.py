@@ -30,12 +30,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from conesreg._json import load_json
-from conesreg._manifest import IndexEntry, Manifest, parse_manifest
-from conesreg._mask import validate_mask
-from conesreg._names import NAME_MAX, NAME_RE, check_name, check_text
-from conesreg._versions import parse_version, sort_releases
-from conesreg.errors import InvalidReferenceError, ManifestError, MaskError
+from conesreg.artifact import (
+    NAME_MAX,
+    NAME_RE,
+    IndexEntry,
+    Manifest,
+    check_name,
+    check_text,
+    load_json,
+    parse_manifest,
+    parse_version,
+    sort_releases,
+    validate_mask,
+)
+from conesreg.artifact.errors import InvalidReferenceError, ManifestError, MaskError
 
 from ._auth import Caller
 from ._db import (
