@@ -158,7 +158,7 @@ def test_server_killed_mid_download_client_waits_and_resumes(
     proc, settings, _ = server
     port = int(proc.url.rsplit(":", 1)[1])
     digest = _big_digest(proc.url)
-    # Enough attempts (with backoff capped at 4 s) to span a restart on a busy machine.
+    # Enough attempts (with backoff capped at 8 s) to span a restart on a busy machine.
     monkeypatch.setattr(constants, "HTTP_ATTEMPTS", 40)
     reached, killed = threading.Event(), threading.Event()
 

@@ -27,7 +27,7 @@ def _http_error(status: int, headers: dict[str, str] | None = None) -> HfHubHTTP
 @pytest.fixture
 def source(monkeypatch: pytest.MonkeyPatch) -> tuple[HubSource, list[float]]:
     slept: list[float] = []
-    monkeypatch.setattr("conesreg.sources._hub.time.sleep", slept.append)
+    monkeypatch.setattr("conesreg.sources._retry.time.sleep", slept.append)
     return HubSource(endpoint="http://hub.test"), slept
 
 
