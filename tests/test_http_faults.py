@@ -16,13 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import make_draft
-from server_helpers import Process, push_draft, start_process, stop_process
 
 from conesreg import constants
 from conesreg.cli import main
 from conesreg.sources._http import HttpSource
+from conesreg.testing import make_draft, push_draft
 from registry_server import Settings, create_namespace, create_token
+from registry_server.testing import Process, start_process, stop_process
 
 BIG = 4 << 20  # the preview blob: big enough to be cut in the middle
 

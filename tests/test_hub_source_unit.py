@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx2
 import pytest
 import yaml
-from helpers import make_draft
 from huggingface_hub.errors import HfHubHTTPError
 
 from conesreg import constants
@@ -16,6 +15,7 @@ from conesreg._manifest import IndexEntry
 from conesreg._push import build_manifest
 from conesreg.errors import AuthenticationError, SourceError
 from conesreg.sources._hub import HubSource, _tag_version, model_card
+from conesreg.testing import make_draft
 
 
 def _http_error(status: int, headers: dict[str, str] | None = None) -> HfHubHTTPError:
