@@ -309,7 +309,7 @@ class HttpSource:
         import httpx
 
         for attempt in _retry.attempts():
-            reply = None
+            reply: _Reply | None = None  # a failed connection leaves none (and no Retry-After)
             try:
                 with self._open(method, path, **kwargs) as r:
                     if method == "HEAD":
