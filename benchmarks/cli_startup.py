@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 RUNS = 7
 
 
@@ -33,7 +31,7 @@ def best_of(cmd: list[str], env: dict[str, str]) -> float:
 
 
 def main() -> None:
-    from helpers import make_draft
+    from conesreg.testing import make_draft
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -195,10 +195,7 @@ def bench_sd15() -> dict[str, float]:
 def bench_generation() -> float:
     pipe = make_tiny_pipeline(seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from helpers import make_tiny_draft
+        from conesreg.testing import make_tiny_draft
 
         concept = Concept.from_draft(make_tiny_draft(Path(tmp) / "d", pipe, fraction=0.05))
 

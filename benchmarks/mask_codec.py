@@ -19,12 +19,8 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-
-# Run from a checkout without installing: make the repo root importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conesreg.artifact._mask import decode_mask, encode_mask, information_bound_bytes
 

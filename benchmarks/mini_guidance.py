@@ -14,14 +14,11 @@ Lin et al. (2023) give for over-exposure at zero terminal SNR.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+# A sibling benchmark: Python puts this folder on the path when a benchmark runs.
 import mini_binding_probe as probe
+import torch
 
 import conesreg.mini.subjects as subjects
 from conesreg.mini.classifier import load_classifier

@@ -4,18 +4,19 @@ latency over 100,000 concepts (targets: >= 500 manifest GETs/s, p99 < 50 ms, 0 e
 
 Run: ``python benchmarks/server_load.py [--seconds 10] [--clients 8] [--concepts 100000]``.
 
-1. Seeds a fresh data folder with N concepts (``server_search.seed``: realistic manifests, one
-   version each) and starts ``python -m registry_server`` on it. Beside it runs the baseline: a
-   bare ASGI app under the same uvicorn settings that answers every GET with a fixed body the
-   size of a manifest, i.e. what this machine, uvicorn and this client harness can do at all.
+1. Seeds a fresh data folder with N concepts (``registry_server.testing.seed_search``: realistic
+   manifests, one version each) and starts ``python -m registry_server`` on it. Beside it runs
+   the baseline: a bare ASGI app under the same uvicorn settings that answers every GET with a
+   fixed body the size of a manifest, i.e. what this machine, uvicorn and this client harness
+   can do at all.
 2. Load: the clients (asyncio tasks in this process, one keep-alive connection each) GET
    manifests by version for the given time, after a one-second warm-up; the same harness runs
    against the baseline. Two mixes: "hot", random picks among 2,000 concepts (a public
    manifest read before is answered from memory), and "each new", every request a manifest not
    read before (the database path: auth, version lookup, manifest row). Prints requests/s, p50,
    p99 and errors for each, and the ratios to the baseline.
-3. Search: ``GET /v1/search`` for each query kind of ``server_search.QUERIES`` in turn (median and
-   worst of 7), against one GET of the baseline.
+3. Search: ``GET /v1/search`` for each query kind of ``registry_server.testing.SEARCH_QUERIES``
+   in turn (median and worst of 7), against one GET of the baseline.
 
 The server and the clients share the machine's cores, as they would on a developer's box; the
 baseline shares them the same way, which is what the ratios are for.
@@ -38,16 +39,13 @@ from typing import Any
 
 import httpx
 
+from conesreg.testing import make_manifest
+from registry_server import Settings
+from registry_server._registry import open_registry
+from registry_server.app import KEEP_ALIVE_SECONDS
+from registry_server.testing import SEARCH_QUERIES, free_port, seed_search
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from server_helpers import free_port  # noqa: E402
-from server_search import QUERIES, seed  # noqa: E402
-
-from registry_server import Settings  # noqa: E402
-from registry_server._registry import open_registry  # noqa: E402
-from registry_server.app import KEEP_ALIVE_SECONDS  # noqa: E402
 
 BASELINE_APP = """
 import uvicorn
@@ -150,7 +148,7 @@ def main() -> None:
         settings = Settings(data=Path(tmp) / "server")
         reg = open_registry(settings)
         t = time.perf_counter()
-        seed(reg, a.concepts)
+        seed_search(reg, a.concepts, template=make_manifest().model_dump(mode="json"))
         reg.engine.dispose()
         print(f"seeded {a.concepts:,} concepts in {time.perf_counter() - t:.1f} s")
 
@@ -212,7 +210,7 @@ def main() -> None:
             with httpx.Client(base_url=url, timeout=30) as c, httpx.Client(base_url=base_url) as bc:
                 base_ms = statistics.median(_timed(bc, "/") for _ in range(21)) * 1000
                 worst_median = 0.0
-                for label, params in QUERIES.items():
+                for label, params in SEARCH_QUERIES.items():
                     query = {
                         "q": params.get("query"),
                         "tag": params.get("tags"),

@@ -3,7 +3,7 @@
 Run as ``python fuzz/artifact.py`` (default: 100,000 inputs, shared by the targets in proportion
 to their weights), ``--inputs N`` for another count, ``--seconds S`` to stop each target at its
 share of S seconds, ``--seed`` for another sequence. The targets, strategies and properties are
-those of ``tests/security/test_fuzz_artifact.py`` (``fuzz/artifact_strategies.py``); the test
+those of ``tests/security/test_fuzz_artifact.py`` (``conesreg.testing.fuzz``); the test
 runs a short derandomized budget of them in every test run, this runs the long one.
 
 It runs in one process on one thread (numpy's thread pools are pinned to 1 before numpy
@@ -38,11 +38,9 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-# Run from a checkout without installing: make the repo root importable (this folder is already).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import artifact_strategies as fz  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+
+import conesreg.testing.fuzz as fz  # noqa: E402
 
 
 class _OutOfTime(BaseException):

@@ -38,14 +38,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from conesreg.artifact import build_manifest
+from conesreg.artifact._mask import save_mask
+from registry_server import Settings, create_namespace, create_token
+
 REPO = Path(__file__).resolve().parents[1]
 #: The campaign's schemathesis settings (the few rejections no schema can express).
 CONFIG = Path(__file__).resolve().with_name("schemathesis.toml")
-sys.path.insert(0, str(REPO))
-
-from conesreg.artifact import build_manifest  # noqa: E402
-from conesreg.artifact._mask import save_mask  # noqa: E402
-from registry_server import Settings, create_namespace, create_token  # noqa: E402
 
 #: The callers schemathesis runs as, in turn: (label, token key in `Seeded.tokens` or None).
 CALLERS = (("anonymous", None), ("read", "read"), ("push", "push"))

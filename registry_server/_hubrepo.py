@@ -98,7 +98,7 @@ def card_of(commit: HubCommit) -> dict[str, Any] | None:
 
 
 def check_path(path: Any) -> str:
-    """A file path of a repo (:func:`conesreg._names.check_file_path`, the rule blob paths of
+    """A file path of a repo (``conesreg.artifact.check_file_path``, the rule blob paths of
     manifests follow too), or 400 ``invalid_path``."""
     try:
         return check_file_path(path, what="repo path")

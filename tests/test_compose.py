@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_draft
 
 import conesreg
 from conesreg import Concept
@@ -24,7 +23,7 @@ from conesreg.errors import (
     MaskError,
     UnsupportedPipelineError,
 )
-from conesreg.testing import make_tiny_pipeline
+from conesreg.testing import make_tiny_draft, make_tiny_pipeline
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conesreg.cli import main
+from conesreg.testing import make_draft
 from registry_server import Settings, create_app, create_namespace, create_token
-from tests.helpers import make_draft
-from tests.server_helpers import free_port
+from registry_server.testing import free_port
 
 
 @pytest.fixture

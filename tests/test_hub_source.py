@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import make_draft
-from server_helpers import Process, start_process, stop_process
 
 from conesreg.cli import main
+from conesreg.testing import make_draft
 from registry_server import Settings, create_namespace, create_token
+from registry_server.testing import Process, start_process, stop_process
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx2
 import pytest
 import yaml
-from helpers import make_draft
 from huggingface_hub.errors import HfHubHTTPError
 
 from conesreg import constants
@@ -16,6 +15,7 @@ from conesreg.artifact import build_manifest
 from conesreg.artifact._manifest import IndexEntry
 from conesreg.errors import AuthenticationError, SourceError
 from conesreg.sources._hub import HubSource, _tag_version, model_card
+from conesreg.testing import make_draft
 
 
 def _http_error(status: int, headers: dict[str, str] | None = None) -> HfHubHTTPError:
@@ -27,7 +27,7 @@ def _http_error(status: int, headers: dict[str, str] | None = None) -> HfHubHTTP
 @pytest.fixture
 def source(monkeypatch: pytest.MonkeyPatch) -> tuple[HubSource, list[float]]:
     slept: list[float] = []
-    monkeypatch.setattr("conesreg.sources._hub.time.sleep", slept.append)
+    monkeypatch.setattr("conesreg.sources._retry.time.sleep", slept.append)
     return HubSource(endpoint="http://hub.test"), slept
 
 

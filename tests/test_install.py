@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import make_draft
 
 from conesreg import install, push, uninstall
 from conesreg._cache import Cache
@@ -24,6 +23,7 @@ from conesreg.errors import (
     YankedVersionError,
 )
 from conesreg.sources import LocalSource
+from conesreg.testing import make_draft
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_draft
 
 from conesreg._schemas import render_schemas
 from conesreg.artifact import build_manifest
 from conesreg.artifact._manifest import parse_manifest
 from conesreg.errors import IntegrityError, ManifestError
+from conesreg.testing import make_draft
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 

@@ -7,11 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from helpers import make_draft
-from server_helpers import Server, auth, push_draft, running_server
 from sqlalchemy import create_engine, text
 
 from conesreg.artifact import build_manifest
+from conesreg.testing import auth, make_draft, push_draft
 from registry_server import (
     AdminError,
     create_namespace,
@@ -19,6 +18,7 @@ from registry_server import (
     list_tokens,
     revoke_token,
 )
+from registry_server.testing import Server, running_server
 
 
 @pytest.fixture

@@ -12,17 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import make_draft
 from PIL import Image
-from server_helpers import (
-    Server,
-    auth,
-    publish_table,
-    push_draft,
-    running_server,
-    start_process,
-    stop_process,
-)
+
+from conesreg.testing import auth, make_draft, publish_table, push_draft
+from registry_server.testing import Server, running_server, start_process, stop_process
 
 OTHER_BASE = "sha256:" + "cd" * 32
 CONCEPTS = [

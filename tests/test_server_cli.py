@@ -12,10 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from server_helpers import REPO, free_port
 
 from conesreg.cli import main
 from registry_server import Settings, create_app
+from registry_server.testing import free_port
+
+#: The checkout: scripts run from here import this code.
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

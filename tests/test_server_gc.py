@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import make_draft
-from server_helpers import Server, push_draft, put_manifest, running_server, upload_blobs
 
 from conesreg.artifact import build_manifest
+from conesreg.testing import make_draft, push_draft, put_manifest, upload_blobs
 from registry_server import _registry as registry
 from registry_server import create_app, gc
+from registry_server.testing import Server, running_server
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import make_draft
-from server_helpers import Process, auth, push_draft, start_process, stop_process
 
 from conesreg.artifact._manifest import Manifest
+from conesreg.testing import auth, make_draft, push_draft
 from registry_server import Settings, create_namespace, create_token
+from registry_server.testing import Process, start_process, stop_process
 
 CLIENT = textwrap.dedent(
     """

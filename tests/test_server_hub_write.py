@@ -21,11 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import make_draft
-from server_helpers import Process, auth, push_draft, start_process, stop_process
 
 from conesreg.artifact._manifest import Manifest
+from conesreg.testing import auth, make_draft, push_draft
 from registry_server import Settings, create_namespace, create_token, gc
+from registry_server.testing import Process, start_process, stop_process
 
 REPO = "acme/dog"
 README_V1 = "---\ntags:\n- conesreg\n- dog\nlicense: mit\nbase_model: tiny/test\n---\n# A dog\n"

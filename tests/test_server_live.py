@@ -13,13 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import make_draft
-from server_helpers import Process, auth, push_draft, start_process, stop_process, upload_blobs
 from sqlalchemy import create_engine, text
 
 from conesreg.artifact import build_manifest
 from conesreg.artifact._manifest import parse_manifest
+from conesreg.testing import auth, make_draft, push_draft, upload_blobs
 from registry_server import Settings, create_namespace, create_token
+from registry_server.testing import Process, start_process, stop_process
 
 pytestmark = pytest.mark.slow
 

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import make_draft
-from server_helpers import Server, auth, push_draft, put_manifest, running_server, upload_blobs
 from sqlalchemy import create_engine, text
 
 from conesreg import constants
 from conesreg.artifact import build_manifest
 from conesreg.artifact._manifest import IndexEntry, parse_manifest
 from conesreg.sources import LocalSource
+from conesreg.testing import auth, make_draft, push_draft, put_manifest, upload_blobs
+from registry_server.testing import Server, running_server
 
 
 @pytest.fixture

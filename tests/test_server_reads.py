@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import make_draft
-from server_helpers import Server, auth, push_draft, running_server
 
 from conesreg.artifact._manifest import Manifest
+from conesreg.testing import auth, make_draft, push_draft
+from registry_server.testing import Server, running_server
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import schemathesis
 from fastapi import FastAPI
-from helpers import make_draft
-from server_helpers import push_draft, running_server
+
+from conesreg.testing import make_draft, push_draft
+from registry_server.testing import running_server
 
 
 @pytest.fixture(scope="module")

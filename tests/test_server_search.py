@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_helpers import Server, publish_table, running_server
 
 from conesreg.artifact import match_score
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from conesreg.testing import publish_table
+from registry_server.testing import Server, running_server
 
 OTHER_BASE = "sha256:" + "cd" * 32
 CONCEPTS = [
@@ -108,16 +106,16 @@ def test_bad_search_parameters(server: Server) -> None:
 def test_search_at_100k_concepts(tmp_path: Path) -> None:
     """Every benchmark query answers a bounded page of matching rows at scale (its speed is
     benchmarks/server_search.py's to measure, not a test's)."""
-    from server_search import QUERIES, seed
-
+    from conesreg.testing import make_manifest
     from registry_server import Settings
     from registry_server._auth import ANONYMOUS
     from registry_server._registry import entries_json, open_registry, search
+    from registry_server.testing import SEARCH_QUERIES, seed_search
 
     reg = open_registry(Settings(data=tmp_path))
-    seed(reg, 100_000)
+    seed_search(reg, 100_000, template=make_manifest().model_dump(mode="json"))
     with reg.sessions() as session:
-        for label, params in QUERIES.items():
+        for label, params in SEARCH_QUERIES.items():
             rows, cursor = search(session, ANONYMOUS, **params)
             entries = entries_json(session, rows, "server")
             assert len(entries) == len(rows) <= params.get("limit", 50), label

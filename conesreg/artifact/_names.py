@@ -151,7 +151,7 @@ class ConceptRef:
 def parse_ref(text: str, *, default_namespace: str | None = None) -> ConceptRef:
     """Parse ``[REGISTRY/]NAMESPACE/NAME[@SPEC]`` (or ``SCHEME://NAMESPACE/NAME[@SPEC]``).
 
-    The spec is kept as text here and checked by :func:`conesreg._versions.parse_spec`.
+    The spec is kept as text here and checked by :func:`conesreg.artifact._versions.parse_spec`.
 
     Args:
         text: the reference as the user typed it.

@@ -33,12 +33,10 @@ from ..errors import (
     SourceError,
     VersionNotFoundError,
 )
+from . import _retry
 from ._base import BlobOrigin
 
 _CHUNK = 1 << 20
-#: Statuses worth another try: overload and gateway trouble. Not 507 (a full disk stays full)
-#: and not 501/505 (the server will never support the request).
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: Redirects are followed for reads only: a streamed upload cannot be sent twice.
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _BROKEN = "the registry is broken or hostile: tell its operator; nothing it sent was kept"
@@ -171,7 +169,7 @@ class HttpSource:
             except httpx.TransportError as e:
                 self._left()
                 attempt += 1
-                if attempt >= constants.HTTP_ATTEMPTS:
+                if _retry.is_last(attempt):
                     raise SourceError(
                         f"download of {digest} from {self.url} failed: {_why(e)}",
                         hint="check the connection and retry; the partial file was discarded",
@@ -306,11 +304,13 @@ class HttpSource:
         self, method: str, path: str, *, limit: int, what: str, rewind: Any = None, **kwargs: Any
     ) -> _Reply:
         """Send and read the answer whole (at most ``limit`` bytes of a success, what it is
-        named by ``what``), with retries on connection errors and 5xx/429 (every request here is
-        idempotent: reads, and writes of content-addressed or immutable data)."""
+        named by ``what``), retried on connection errors and transient statuses as
+        :mod:`._retry` says (every request here is idempotent: reads, and writes of
+        content-addressed or immutable data)."""
         import httpx
 
-        for attempt in range(1, constants.HTTP_ATTEMPTS + 1):
+        for attempt in _retry.attempts():
+            reply: _Reply | None = None  # a failed connection leaves none (and no Retry-After)
             try:
                 with self._open(method, path, **kwargs) as r:
                     if method == "HEAD":
@@ -321,7 +321,7 @@ class HttpSource:
                         reply = self._error_reply(r)
             except httpx.TransportError as e:
                 self._left()  # past the deadline: say that, not "cannot reach"
-                if attempt == constants.HTTP_ATTEMPTS:
+                if _retry.is_last(attempt):
                     raise SourceError(
                         f"cannot reach registry {self.name!r} at {self.url}: {_why(e)}",
                         hint="check the URL with `conesreg config list`, or work --offline",
@@ -329,11 +329,11 @@ class HttpSource:
             except httpx.HTTPError as e:
                 raise self._unfollowable(e) from None
             else:
-                if reply.status_code not in _RETRY_STATUSES or attempt == constants.HTTP_ATTEMPTS:
+                if not _retry.is_transient(reply.status_code) or _retry.is_last(attempt):
                     return reply
             if rewind is not None:
                 kwargs["content"] = rewind()  # a generator body is spent after one try
-            self._pause(attempt)
+            self._pause(attempt, reply)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.contextmanager
@@ -466,8 +466,11 @@ class HttpSource:
         read = min(constants.HTTP_READ_TIMEOUT, left)
         return httpx.Timeout(read, connect=min(constants.HTTP_CONNECT_TIMEOUT, left))
 
-    def _pause(self, attempt: int) -> None:
-        time.sleep(min(_backoff(attempt), self._left()))
+    def _pause(self, attempt: int, reply: _Reply | None = None) -> None:
+        """Wait before the next try (honouring the failed ``reply``'s ``Retry-After``), never
+        past the deadline."""
+        retry_after = reply.headers.get("retry-after") if reply is not None else None
+        _retry.pause(attempt, retry_after=retry_after, left=self._left())
 
     def _check(self, r: _Reply) -> None:
         if 200 <= r.status_code < 300:
@@ -508,10 +511,6 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             yield chunk
-
-
-def _backoff(attempt: int) -> float:
-    return min(0.25 * 2 ** (attempt - 1), 4.0)
 
 
 def _why(e: BaseException) -> str:

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from .. import constants
 from ..artifact import constants as artifact_constants
 from ..artifact._digests import sha256_bytes
 from ..artifact._json import load_json
@@ -40,6 +38,7 @@ from ..errors import (
     SourceError,
     VersionNotFoundError,
 )
+from . import _retry
 from ._base import BlobOrigin
 
 T = TypeVar("T")
@@ -376,9 +375,9 @@ class HubSource:
         return data
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``, retried with backoff on 429, 5xx and connection errors (Hub
-        rate limits come with Retry-After); failures become conesreg errors with a next step.
-        Not-found errors pass through for the caller to name."""
+        """``fn(*args, **kwargs)``, retried on connection errors and transient statuses as
+        :mod:`._retry` says (Hub rate limits come with Retry-After); failures become conesreg
+        errors with a next step. Not-found errors pass through for the caller to name."""
         from huggingface_hub.errors import (
             EntryNotFoundError,
             HfHubHTTPError,
@@ -388,7 +387,7 @@ class HubSource:
             RevisionNotFoundError,
         )
 
-        for attempt in range(1, constants.HTTP_ATTEMPTS + 1):
+        for attempt in _retry.attempts():
             try:
                 return fn(*args, **kwargs)
             except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
@@ -407,27 +406,34 @@ class HubSource:
                         hint="log in with `hf auth login` (or set HF_TOKEN) with a token that "
                         "may do this",
                     ) from None
-                if status != 429 and status < 500:
+                if status < 500 and not _retry.is_transient(status):
                     raise SourceError(f"the Hub refused {what}: {message}") from None
-                if attempt == constants.HTTP_ATTEMPTS:
+                if not _retry.is_transient(status):  # 507, 501, 505: another try fails the same
+                    raise SourceError(
+                        f"the Hub failed {what} (HTTP {status}): {message}",
+                        hint="retry later; https://status.huggingface.co says whether it is down",
+                    ) from None
+                if _retry.is_last(attempt):
                     raise SourceError(
                         f"the Hub failed {what} (HTTP {status}) {attempt} times: {message}",
                         hint="retry later; https://status.huggingface.co says whether it is down",
                     ) from None
-                delay = _retry_after(e.response) or _backoff(attempt)
-            except HTTPError as e:  # connection refused, reset, timed out
-                if attempt == constants.HTTP_ATTEMPTS:
+                retry_after = (
+                    e.response.headers.get("retry-after") if e.response is not None else None
+                )
+            except HTTPError as e:  # connection refused, reset, timed out: no answer
+                if _retry.is_last(attempt):
                     raise SourceError(
                         f"cannot reach the Hub at {self.endpoint} while {what}: {e}",
                         hint="check the connection, or work from the cache with "
                         "HF_HUB_OFFLINE=1 or --offline",
                     ) from None
-                delay = _backoff(attempt)
+                retry_after = None
             except ConesregError:
                 raise
             except OSError as e:
                 raise _local_error(e, what) from None
-            time.sleep(delay)
+            _retry.pause(attempt, retry_after=retry_after)
         raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -455,18 +461,6 @@ def _tag_version(tag: str) -> str | None:
     try:
         return str(parse_version(tag[len(TAG_PREFIX) :]))
     except ConesregError:
-        return None
-
-
-def _backoff(attempt: int) -> float:
-    return min(0.5 * 2 ** (attempt - 1), 8.0)
-
-
-def _retry_after(response: Any) -> float | None:
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return min(float(value), 60.0) if value is not None else None
-    except ValueError:
         return None
 
 

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_draft
 
 import conesreg
 from conesreg import constants
 from conesreg._cache import Cache
 from conesreg.cli import main
 from conesreg.errors import SourceError, StorageError
+from conesreg.testing import make_draft
 
 
 def _temps(root: Path) -> list[Path]:

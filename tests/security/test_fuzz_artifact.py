@@ -1,6 +1,6 @@
 """The artifact fuzz campaign on a short, deterministic budget (the long run: fuzz/artifact.py).
 
-Each target's strategy and property live in ``fuzz/artifact_strategies.py``, shared with the
+Each target's strategy and property live in ``conesreg.testing.fuzz``, shared with the
 long run; here every target runs a fixed number of derandomized examples with no example
 database, so each run of the suite tries the same inputs. A property fails on a broken promise
 (the memory bound of validation, validate-ok without decode-ok, a parse that does not
@@ -9,21 +9,15 @@ round-trip) and on any exception other than the project's own errors.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-
-# The strategies are shared with the long run, which lives outside the test tree.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
-import artifact_strategies as fz
 
 from conesreg.artifact._mask import decode_mask, encode_mask, read_mask_info
 from conesreg.artifact._names import check_file_path
 from conesreg.artifact._versions import parse_spec
 from conesreg.errors import InvalidReferenceError
+from conesreg.testing import fuzz as fz
 
 
 def budget(examples: int) -> settings:

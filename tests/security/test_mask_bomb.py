@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,17 +21,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from server_helpers import Server, put_manifest, running_server, upload_blobs
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
-from artifact_strategies import amplification_bound, forge_mask, manifest_document
 
 from conesreg.artifact import constants
 from conesreg.artifact._manifest import Manifest, canonical_json, parse_manifest
 from conesreg.artifact._mask import decode_mask, decode_mask_sets, encode_mask, validate_mask
 from conesreg.errors import BaseModelMismatchError, MaskError
 from conesreg.sources import LocalSource
+from conesreg.testing import put_manifest, upload_blobs
+from conesreg.testing.fuzz import amplification_bound, forge_mask, manifest_document
 from registry_server import Settings
+from registry_server.testing import Server, running_server
 
 #: A full set of 2**28 neurons, stored as its empty complement (the issue's ~143-byte bomb).
 BOMB_28 = forge_mask([[1 << 28, 1 << 28, 0, 1]], {"w": b""})

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_helpers import Server, running_server
 
 from registry_server import _registry as r
 from registry_server._errors import ApiError
+from registry_server.testing import Server, running_server
 
 REPO = Path(__file__).resolve().parents[2]
 #: The campaign's budget here: CI runs it, so it stays near a minute (three callers).

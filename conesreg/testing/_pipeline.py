@@ -161,7 +161,7 @@ def make_tiny_tokenizer(*, words: tuple[str, ...] = TINY_WORDS) -> CLIPTokenizer
         >>> tok.convert_ids_to_tokens(tok("a photo of a dog").input_ids)
         ['<|startoftext|>', 'a</w>', 'photo</w>', 'of</w>', 'a</w>', 'dog</w>', '<|endoftext|>']
     """
-    from ._tokenizer import make_word_tokenizer
+    from .._tokenizer import make_word_tokenizer
 
     return make_word_tokenizer(words, max_length=_MAX_LENGTH)
 

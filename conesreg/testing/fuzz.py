@@ -8,6 +8,8 @@ paths. This module is the fuzz campaign over it, in two budgets:
 * ``fuzz/artifact.py`` runs the same targets for 100,000 inputs or more, counts them, and saves
   a reproducer of every crash.
 
+It needs ``hypothesis`` (the ``test`` extra), which nothing else in conesreg imports.
+
 A *target* is a hypothesis strategy plus a property (a ``check_*`` function). A property raises
 ``AssertionError`` when the code under test broke a promise; any exception other than the
 project's own errors (:class:`conesreg.errors.ConesregError`) escaping it is a crash as well.

@@ -30,13 +30,13 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import make_draft
-from server_helpers import Server, auth, free_port, push_draft, put_manifest, running_server
 from sqlalchemy import event, func, select
 
 from conesreg.artifact import build_manifest
+from conesreg.testing import auth, make_draft, push_draft, put_manifest
 from registry_server import _storage, create_app, create_namespace, create_token, gc
 from registry_server._registry import open_registry
+from registry_server.testing import Server, free_port, running_server
 
 DEEP = 100_000
 

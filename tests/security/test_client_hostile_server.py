@@ -24,12 +24,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from helpers import make_draft
 
 from conesreg import constants
 from conesreg.artifact import build_manifest
 from conesreg.artifact._manifest import IndexEntry
 from conesreg.cli import main
+from conesreg.testing import make_draft
 
 GIB = 1 << 30
 #: What a client may have received beyond a cap: loopback socket buffers hold a few MiB that

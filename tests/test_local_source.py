@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_draft
 
 from conesreg import push
 from conesreg._install import Session
@@ -25,6 +24,7 @@ from conesreg.errors import (
     VersionNotFoundError,
 )
 from conesreg.sources import LocalSource
+from conesreg.testing import make_draft
 
 
 def test_push_then_read_back(isolated: Path) -> None:

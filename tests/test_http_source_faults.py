@@ -16,13 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import make_draft
-from server_helpers import Process, push_draft, start_process, stop_process
 
 from conesreg import constants
 from conesreg.cli import main
 from conesreg.sources._http import HttpSource
+from conesreg.testing import make_draft, push_draft
 from registry_server import Settings, create_namespace, create_token
+from registry_server.testing import Process, start_process, stop_process
 
 BIG = 4 << 20  # the preview blob: big enough to be cut in the middle
 
@@ -158,7 +158,7 @@ def test_server_killed_mid_download_client_waits_and_resumes(
     proc, settings, _ = server
     port = int(proc.url.rsplit(":", 1)[1])
     digest = _big_digest(proc.url)
-    # Enough attempts (with backoff capped at 4 s) to span a restart on a busy machine.
+    # Enough attempts (with backoff capped at 8 s) to span a restart on a busy machine.
     monkeypatch.setattr(constants, "HTTP_ATTEMPTS", 40)
     reached, killed = threading.Event(), threading.Event()
 

@@ -1,0 +1,254 @@
+"""Test support for the registry server, its tests and benchmarks: a server in-process
+(:func:`running_server`) or as a subprocess (:func:`start_process`), and a registry seeded
+straight through the database with many concepts for search at scale (:func:`seed_search`).
+
+Pushing to a server the way clients do (drafts, blobs, manifests) is client code:
+:mod:`conesreg.testing` (``make_draft``, ``push_draft``, ``auth``); a test combines the two.
+This module imports nothing of the client but its artifact layer.
+
+Example:
+    >>> from conesreg.testing import make_draft, push_draft
+    >>> with running_server(tmp_path) as server:  # doctest: +SKIP
+    ...     _, r = push_draft(server.client, make_draft(tmp_path / "dog"), version="1.0.0",
+    ...                       token=server.token)
+    ...     assert r.status_code == 201
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from conesreg.artifact._manifest import BaseModelRef, ConceptMetadata, Manifest, canonical_json
+
+# The public API, as a user would import it.
+from . import Settings, create_app, create_namespace, create_token
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from ._registry import Registry
+
+__all__ = [
+    "SEARCH_QUERIES",
+    "Process",
+    "Server",
+    "free_port",
+    "running_server",
+    "seed_search",
+    "start_process",
+    "stop_process",
+]
+
+#: The folder that holds the ``registry_server`` package (the checkout, for an editable
+#: install): where a server subprocess starts, so that it imports this same code.
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- a server in this process ------------------------------------------------------------------
+@dataclass
+class Server:
+    """An in-process server (TestClient) with namespace ``acme`` and a push token for it."""
+
+    client: TestClient
+    settings: Settings
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The ``Authorization`` header of :attr:`token`."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@contextlib.contextmanager
+def running_server(tmp_path: Path, **settings: Any) -> Iterator[Server]:
+    """A server on ``tmp_path / "server"``, served in-process by a ``TestClient``.
+
+    Args:
+        tmp_path: a folder for the server's data.
+        **settings: other :class:`Settings` fields (limits, the registry's name...).
+
+    Yields:
+        `Server`: the client, the settings and a push token of namespace ``acme``.
+    """
+    from fastapi.testclient import TestClient
+
+    s = Settings(data=tmp_path / "server", **settings)
+    create_namespace(s, "acme")
+    _, token = create_token(s, namespace="acme", scope="push")
+    with TestClient(create_app(s)) as client:
+        yield Server(client=client, settings=s, token=token)
+
+
+# -- a server in a subprocess ------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Process:
+    """A server subprocess: the process, its URL and its log file."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+def start_process(
+    data: Path, *, env: dict[str, str] | None = None, timeout: float = 120, port: int | None = None
+) -> Process:
+    """``python -m registry_server`` on ``data``, listening on loopback; returns once it answers.
+
+    Args:
+        data: the server's data folder; its log goes beside it (``server-PORT.log``).
+        env: environment variables added to this process's.
+        timeout: seconds to wait for the server to answer.
+        port: the port (default: a free one).
+
+    Returns:
+        `Process`: stop it with :func:`stop_process`.
+
+    Raises:
+        RuntimeError: the server exited, or did not answer within ``timeout`` (the message
+            holds its log).
+    """
+    port = port or free_port()
+    log = data.parent / f"server-{port}.log"
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "registry_server", "--data", str(data), "--port", str(port)],
+            cwd=_ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/v1/index", timeout=1).status_code == 200:
+                return Process(proc=proc, url=url, log=log)
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start in {timeout} s: {log.read_text()}")
+
+
+def stop_process(p: Process) -> None:
+    """Terminate the server (SIGTERM, then SIGKILL after 10 s) and wait for it."""
+    if p.proc.poll() is None:
+        p.proc.terminate()
+        try:
+            p.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+            p.proc.wait()
+
+
+# -- search at scale ---------------------------------------------------------------------------
+CLASS_WORDS = ["dog", "cat", "star", "heart", "car", "house", "tree", "bird", "fish", "horse"]
+TAGS = ["animal", "pet", "shape", "vehicle", "plant", "portrait", "style", "toy", "food", "art"]
+WORDS = ["red", "blue", "tiny", "old", "striped", "purple", "happy", "shiny", "wooden", "soft"]
+BASES = ["sha256:" + hashlib.sha256(str(i).encode()).hexdigest() for i in range(20)]
+
+#: One search of each kind (keyword arguments of the registry's ``search``), by label: what
+#: benchmarks/server_search.py times and tests/test_server_search.py checks at 100,000 concepts.
+SEARCH_QUERIES: dict[str, dict[str, Any]] = {
+    "browse, no filter": {},
+    "one common word": {"query": "dog"},
+    "two words": {"query": "dog red"},
+    "rare word (full scan)": {"query": "concept-4242"},
+    "none match (full scan)": {"query": "zebra"},
+    "tag": {"tags": ["animal"]},
+    "two tags + class word": {"tags": ["animal", "pet"], "class_word": "cat"},
+    "base model": {"base_model_hash": BASES[3]},
+    "word + base model, 100 results": {"query": "red", "base_model_hash": BASES[3], "limit": 100},
+}
+
+
+def seed_search(reg: Registry, n: int, *, template: Mapping[str, Any], seed: int = 0) -> None:
+    """Insert ``n`` concepts with one version each, directly (no HTTP, one transaction).
+
+    Realistic manifests (copies of ``template`` under other names), 1,000 namespaces, and words
+    and tags from small vocabularies, so that common words match thousands of concepts.
+
+    Args:
+        reg: an open registry with no concepts yet.
+        n: how many concepts.
+        template: a published manifest as JSON data (e.g.
+            ``conesreg.testing.make_manifest().model_dump(mode="json")``); each concept copies
+            it with its own namespace, name, base model hash, class word, tags and description.
+        seed: seeds the choice of words, tags and base models.
+    """
+    from sqlalchemy import insert
+
+    from ._db import Concept, ManifestData, Namespace, Version, VersionTag
+    from ._registry import _search_fields
+
+    rng = random.Random(seed)
+    base = dict(template)
+    namespaces = [{"id": i + 1, "name": f"ns{i}", "private": False} for i in range(1000)]
+    concepts, versions, tags, manifests = [], [], [], []
+    for i in range(n):
+        ns = namespaces[i % len(namespaces)]["name"]
+        name = f"concept-{i}"
+        cw = rng.choice(CLASS_WORDS)
+        t = sorted(rng.sample(TAGS, rng.randint(0, 3)))
+        desc = " ".join(rng.sample(WORDS, 3)) + f" {cw}"
+        bh = rng.choice(BASES)
+        data = {
+            **base,
+            "namespace": ns,
+            "name": name,
+            "base_model": {**base["base_model"], "hash": bh},
+            "metadata": {**base["metadata"], "class_word": cw, "tags": t, "description": desc},
+        }
+        body = canonical_json(data)
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        manifests.append({"digest": digest, "data": body})
+        # Only what the search fields read: building full models for 100k rows takes minutes.
+        light = Manifest.model_construct(
+            namespace=ns,
+            name=name,
+            base_model=BaseModelRef.model_construct(hash=bh),
+            metadata=ConceptMetadata.model_construct(class_word=cw, description=desc, tags=t),
+        )
+        concepts.append({"id": i + 1, "namespace_id": i % len(namespaces) + 1, "name": name})
+        versions.append(
+            {
+                "id": i + 1,
+                "concept_id": i + 1,
+                "namespace": ns,
+                "name": name,
+                "version": "1.0.0",
+                "digest": digest,
+                "is_latest": True,
+                **_search_fields(light),
+            }
+        )
+        tags += [{"version_id": i + 1, "tag": x} for x in t]
+    with reg.sessions.begin() as session:
+        session.execute(insert(Namespace), namespaces)
+        session.execute(insert(Concept), concepts)
+        session.execute(insert(ManifestData), manifests)
+        session.execute(insert(Version), versions)
+        session.execute(insert(VersionTag), tags)
+    with reg.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
