@@ -46,8 +46,8 @@ from server_helpers import free_port  # noqa: E402
 from server_search import QUERIES, seed  # noqa: E402
 
 from registry_server import Settings  # noqa: E402
-from registry_server._registry import open_registry  # noqa: E402
 from registry_server.app import KEEP_ALIVE_SECONDS  # noqa: E402
+from registry_server.core.registry import open_registry  # noqa: E402
 
 BASELINE_APP = """
 import uvicorn

@@ -29,9 +29,9 @@ from conesreg._manifest import (
     canonical_json,
 )
 from registry_server import Settings
-from registry_server._auth import ANONYMOUS
-from registry_server._db import Concept, ManifestData, Namespace, Version, VersionTag
-from registry_server._registry import (
+from registry_server.core.auth import ANONYMOUS
+from registry_server.core.db import Concept, ManifestData, Namespace, Version, VersionTag
+from registry_server.core.registry import (
     Registry,
     _search_fields,
     entries_json,

@@ -11,7 +11,8 @@ Example:
     >>> app = create_app(settings)  # doctest: +SKIP
 """
 
-from ._admin import (
+from .app import create_app, serve
+from .core.admin import (
     AdminError,
     TokenInfo,
     create_namespace,
@@ -20,9 +21,8 @@ from ._admin import (
     list_tokens,
     revoke_token,
 )
-from ._registry import GcReport
-from ._settings import Settings
-from .app import create_app, serve
+from .core.registry import GcReport
+from .core.settings import Settings
 
 __all__ = [
     "AdminError",

@@ -14,8 +14,8 @@ from helpers import make_draft
 from server_helpers import Server, push_draft, put_manifest, running_server, upload_blobs
 
 from conesreg._push import build_manifest
-from registry_server import _registry as registry
 from registry_server import create_app, gc
+from registry_server.core import registry
 
 
 @pytest.fixture

@@ -111,8 +111,8 @@ def test_search_at_100k_concepts(tmp_path: Path) -> None:
     from server_search import QUERIES, seed
 
     from registry_server import Settings
-    from registry_server._auth import ANONYMOUS
-    from registry_server._registry import entries_json, open_registry, search
+    from registry_server.core.auth import ANONYMOUS
+    from registry_server.core.registry import entries_json, open_registry, search
 
     reg = open_registry(Settings(data=tmp_path))
     seed(reg, 100_000)

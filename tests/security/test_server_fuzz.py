@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_helpers import Server, running_server
 
-from registry_server import _registry as r
-from registry_server._errors import ApiError
+from registry_server.core import registry as r
+from registry_server.web.errors import ApiError
 
 REPO = Path(__file__).resolve().parents[2]
 #: The campaign's budget here: CI runs it, so it stays near a minute (three callers).
@@ -134,7 +134,7 @@ def test_the_version_pattern_is_the_version_check(value: str) -> None:
 @_SETTINGS
 @given(st.one_of(st.from_regex(r.TAG_PATTERN, fullmatch=True), st.text(max_size=50)))
 def test_the_tag_pattern_is_the_tag_check(value: str) -> None:
-    from registry_server._hubrepo import check_tag_name
+    from registry_server.hub.repos import check_tag_name
 
     published = re.fullmatch(r.TAG_PATTERN, value) is not None
     assert _accepts(check_tag_name, value) == published

@@ -1,7 +1,7 @@
 """Hugging Face Hub-compatible write endpoints: what ``huggingface_hub`` sends for
 ``create_repo``, ``create_commit`` (``upload_file``, ``upload_folder``), ``create_tag`` and
-``delete_tag``. The logic is in :mod:`registry_server._hubrepo`; reads are in
-:mod:`registry_server._hub`.
+``delete_tag``. The logic is in :mod:`registry_server.hub.repos`; reads are in
+:mod:`registry_server.hub.reads`.
 
 - ``POST /api/repos/create``: JSON ``name``, ``organization``, ``type``, ``private`` or
   ``visibility``; 200 ``{"url", "name", "id"}``, 409 if it exists (``exist_ok`` swallows it).
@@ -29,13 +29,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import _hubrepo as hr
-from ._auth import Caller, require_push
-from ._deps import CallerDep, CtxDep, NameP, NamespaceP, RevisionP, registry_of
-from ._errors import ApiError, error_response, responses
-from ._http import body_chunks
-from ._hub import hub_errors
-from ._registry import NAME_MAX_LENGTH, NAME_PATTERN, TAG_PATTERN, Registry
+from ..core.auth import Caller, require_push
+from ..core.registry import NAME_MAX_LENGTH, NAME_PATTERN, TAG_PATTERN, Registry
+from ..web.deps import CallerDep, CtxDep, NameP, NamespaceP, RevisionP, registry_of
+from ..web.errors import ApiError, error_response, responses
+from ..web.transfer import body_chunks
+from . import repos as hr
+from .reads import hub_errors
 
 router = APIRouter()
 

@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from conesreg import constants
 from conesreg._manifest import IndexEntry, Manifest
 
-from . import _registry as r
-from ._auth import Caller, authenticate, is_anonymous, require_push
-from ._deps import (
+from ..core import registry as r
+from ..core.auth import Caller, authenticate, is_anonymous, require_push
+from ..core.blobstore import DigestMismatchError
+from ..web.deps import (
     BearerDep,
     CallerDep,
     Ctx,
@@ -26,9 +27,8 @@ from ._deps import (
     VersionP,
     registry_of,
 )
-from ._errors import ApiError, responses
-from ._http import body_chunks, etag_matches, ranged_response, read_body
-from ._storage import DigestMismatchError
+from ..web.errors import ApiError, responses
+from ..web.transfer import body_chunks, etag_matches, ranged_response, read_body
 
 router = APIRouter(prefix="/v1")
 

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from . import _registry as r
-from ._deps import CtxDep, NameP, NamespaceP
-from ._errors import ApiError
+from ..core import registry as r
+from ..web.deps import CtxDep, NameP, NamespaceP
+from ..web.errors import ApiError
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")

@@ -1,7 +1,7 @@
 """Hub repos: model repos written with ``huggingface_hub`` (create_repo, create_commit, tags).
 
 These functions hold the logic of the Hub write emulation; the routes are in
-:mod:`registry_server._hub_write` (writes) and :mod:`registry_server._hub` (reads).
+:mod:`registry_server.hub.writes` (writes) and :mod:`registry_server.hub.reads` (reads).
 
 - A repo belongs to a namespace and has a name that no native concept of that namespace has
   (one name, one kind: both sides check under the writer lock).
@@ -10,7 +10,7 @@ These functions hold the logic of the Hub write emulation; the routes are in
   Creating a repo writes an initial commit holding ``.gitattributes``, as the Hub does.
 - Refs move: the branch ``main`` (the only branch) and tags. A commit moves ``main`` only if
   its parent is still the head; every write takes the writer lock of the publish path first
-  (:func:`registry_server._registry._lock`), so that check cannot race.
+  (:func:`registry_server.core.registry._lock`), so that check cannot race.
 - File contents are blobs of the content-addressed store, linked from their commits
   (``hub_commit_blobs``) so that gc keeps them; the same file is stored once.
 """
@@ -37,12 +37,12 @@ from conesreg._json import load_json
 from conesreg._names import check_file_path, check_text
 from conesreg.errors import InvalidReferenceError, ManifestError
 
-from . import _registry as r
-from ._auth import Caller, require_push
-from ._db import Concept, HubCommit, HubCommitBlob, HubRef, HubRepo, Namespace, utcnow
-from ._errors import ApiError
-from ._ndjson import Base64Sink, Line, LineSplitter, NotBase64Error, PlainSink
-from ._storage import Upload
+from ..core import registry as r
+from ..core.auth import Caller, require_push
+from ..core.blobstore import Upload
+from ..core.db import Concept, HubCommit, HubCommitBlob, HubRef, HubRepo, Namespace, utcnow
+from ..web.errors import ApiError
+from .ndjson import Base64Sink, Line, LineSplitter, NotBase64Error, PlainSink
 
 #: The one branch of every Hub repo.
 BRANCH = "main"
@@ -487,7 +487,7 @@ class CommitPayload:
     """The NDJSON body of a commit, fed as it arrives: a ``header`` line, then ``file``,
     ``deletedFile`` and ``deletedFolder`` lines. Each file is stored as its line arrives, and
     a file's base64 content is decoded into a temp upload as its bytes arrive
-    (:mod:`registry_server._ndjson`): the payload holds digests, never contents, and memory
+    (:mod:`registry_server.hub.ndjson`): the payload holds digests, never contents, and memory
     stays bounded (about :data:`MAX_LINE_KEPT`) whatever the size of the files.
 
     Call :meth:`close` in the end whatever happened: it drops an upload still open.
@@ -736,7 +736,7 @@ def commit(reg: r.Registry, repo: Repo, branch: str, payload: CommitPayload) -> 
 
 
 def check_tag_name(tag: str) -> str:
-    """A tag name (:data:`registry_server._registry.TAG_PATTERN`, which the OpenAPI document
+    """A tag name (:data:`registry_server.core.registry.TAG_PATTERN`, which the OpenAPI document
     publishes, and no control character), or 400."""
     try:
         check_text(tag, what="tag")

@@ -22,8 +22,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ._db import SCOPES, Namespace, Token, utcnow
-from ._errors import ApiError
+from ..web.errors import ApiError
+from .db import SCOPES, Namespace, Token, utcnow
 
 TOKEN_PREFIX = "crs_"
 

@@ -16,10 +16,10 @@ from sqlalchemy import select
 from conesreg._names import check_name
 from conesreg.errors import InvalidReferenceError
 
-from ._auth import check_scope, hash_token, new_token_secret, token_state
-from ._db import Namespace, Token, utcnow
-from ._registry import GcReport, Registry, collect_garbage, open_registry
-from ._settings import Settings
+from .auth import check_scope, hash_token, new_token_secret, token_state
+from .db import Namespace, Token, utcnow
+from .registry import GcReport, Registry, collect_garbage, open_registry
+from .settings import Settings
 
 
 class AdminError(ValueError):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ._errors import ApiError
+from ..web.errors import ApiError
 
 _OUTSIDE = re.compile(rb'["\n]')
 _INSIDE = re.compile(rb'["\\\n]')

@@ -1,7 +1,7 @@
 """What the registry does, independent of HTTP: look up, publish, yank, search, list, upload.
 
-Routes (:mod:`registry_server._api`, :mod:`registry_server._hub`) parse requests and call these
-functions; every deliberate failure is an :class:`~registry_server._errors.ApiError`.
+Routes (:mod:`registry_server.api.routes`, :mod:`registry_server.hub.reads`) parse requests and
+call these functions; every deliberate failure is an :class:`~registry_server.web.errors.ApiError`.
 
 Publishing is validated first (schema, URL, blobs present with their sizes, the mask decodes and
 matches the manifest), outside any lock; then one short transaction inserts the version, its blob
@@ -37,8 +37,10 @@ from conesreg._names import NAME_MAX, NAME_RE, check_name, check_text
 from conesreg._versions import parse_version, sort_releases
 from conesreg.errors import InvalidReferenceError, ManifestError, MaskError
 
-from ._auth import Caller
-from ._db import (
+from ..web.errors import ApiError
+from .auth import Caller
+from .blobstore import DIGEST_RE, BlobStorage, FileBlobStorage, Upload
+from .db import (
     Blob,
     BlobUpload,
     Concept,
@@ -55,9 +57,7 @@ from ._db import (
     session_factory,
     utcnow,
 )
-from ._errors import ApiError
-from ._settings import Settings
-from ._storage import DIGEST_RE, BlobStorage, FileBlobStorage, Upload
+from .settings import Settings
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -112,7 +112,7 @@ def open_registry(settings: Settings) -> Registry:
 
 
 # -- validation of path parameters ---------------------------------------------------------------
-# The patterns the OpenAPI document publishes (see _deps); the checks below enforce exactly these
+# The patterns the OpenAPI document publishes (see web.deps); the checks below enforce exactly these
 # (whole-string matches), so the document and the server agree on every value.
 NAME_PATTERN = NAME_RE.pattern
 NAME_MAX_LENGTH = NAME_MAX

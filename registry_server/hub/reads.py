@@ -7,7 +7,7 @@ Two kinds of model repo are served under the same routes:
   version, or ``main`` for the latest non-yanked version, or the 40-hex commit id this server
   derives from the manifest digest); its files are ``manifest.json`` (the canonical manifest)
   and every blob under its manifest path;
-- a Hub repo (written with ``huggingface_hub``, see :mod:`registry_server._hubrepo`): a revision
+- a Hub repo (written with ``huggingface_hub``, see :mod:`registry_server.hub.repos`): a revision
   is the branch ``main``, a tag, or a commit oid (or a unique prefix of 7+ hex digits); its files
   are that commit's tree; model info carries the ``tags`` and ``cardData`` of its README.md's
   YAML front matter. A Hub repo the caller may not read is answered as a name never used.
@@ -47,13 +47,13 @@ from sqlalchemy.orm import Session
 
 from conesreg._manifest import Manifest
 
-from . import _hubrepo as hr
-from . import _registry as r
-from ._auth import Caller
-from ._db import HubCommit, Namespace, Version
-from ._deps import Ctx, CtxDep, NameP, NamespaceP, RevisionP
-from ._errors import ApiError, insufficient_storage, is_disk_full, responses
-from ._http import ranged_response
+from ..core import registry as r
+from ..core.auth import Caller
+from ..core.db import HubCommit, Namespace, Version
+from ..web.deps import Ctx, CtxDep, NameP, NamespaceP, RevisionP
+from ..web.errors import ApiError, insufficient_storage, is_disk_full, responses
+from ..web.transfer import ranged_response
+from . import repos as hr
 
 router = APIRouter()
 
@@ -121,7 +121,7 @@ def hub_errors(*, every_message: bool = False) -> Iterator[None]:
     """Add the headers the Hub client reads to the :class:`ApiError` raised inside: X-Error-Code
     (it raises RepositoryNotFoundError and friends by it) and X-Error-Message; the message on
     every error too if ``every_message`` (the write routes: the client shows it). A full disk
-    becomes the 507 :func:`~registry_server._errors.insufficient_storage` here, with them."""
+    becomes the 507 :func:`~registry_server.web.errors.insufficient_storage` here, with them."""
     try:
         yield
     except (OSError, DBAPIError) as e:
