@@ -31,13 +31,9 @@ from conesreg._manifest import (
 from registry_server import Settings
 from registry_server.core.auth import ANONYMOUS
 from registry_server.core.db import Concept, ManifestData, Namespace, Version, VersionTag
-from registry_server.core.registry import (
-    Registry,
-    _search_fields,
-    entries_json,
-    open_registry,
-    search,
-)
+from registry_server.core.publishing import search_fields
+from registry_server.core.queries import entries_json, search
+from registry_server.core.registry import Registry, open_registry
 
 CLASS_WORDS = ["dog", "cat", "star", "heart", "car", "house", "tree", "bird", "fish", "horse"]
 TAGS = ["animal", "pet", "shape", "vehicle", "plant", "portrait", "style", "toy", "food", "art"]
@@ -107,7 +103,7 @@ def seed(reg: Registry, n: int, *, seed: int = 0) -> None:
                 "version": "1.0.0",
                 "digest": digest,
                 "is_latest": True,
-                **_search_fields(light),
+                **search_fields(light),
             }
         )
         tags += [{"version_id": i + 1, "tag": x} for x in t]

@@ -12,7 +12,8 @@ from fastapi.openapi.utils import get_openapi
 
 from .api import routes as api_routes
 from .browse import pages as browse_pages
-from .core.registry import collect_garbage, open_registry
+from .core.gc import collect_garbage
+from .core.registry import open_registry
 from .core.settings import Settings
 from .hub import reads as hub_reads
 from .hub import writes as hub_writes

@@ -112,7 +112,8 @@ def test_search_at_100k_concepts(tmp_path: Path) -> None:
 
     from registry_server import Settings
     from registry_server.core.auth import ANONYMOUS
-    from registry_server.core.registry import entries_json, open_registry, search
+    from registry_server.core.queries import entries_json, search
+    from registry_server.core.registry import open_registry
 
     reg = open_registry(Settings(data=tmp_path))
     seed(reg, 100_000)

@@ -13,12 +13,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from conesreg._names import check_name
-from conesreg.errors import InvalidReferenceError
-
+from .artifact import InvalidReferenceError, check_name
 from .auth import check_scope, hash_token, new_token_secret, token_state
 from .db import Namespace, Token, utcnow
-from .registry import GcReport, Registry, collect_garbage, open_registry
+from .gc import GcReport, collect_garbage
+from .registry import Registry, open_registry
 from .settings import Settings
 
 

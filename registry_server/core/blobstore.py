@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from conesreg._versions import DIGEST_RE
+from .artifact import DIGEST_RE
 
 _TMP_PREFIX = ".tmp-"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from platformdirs import user_data_dir
 from pydantic import BaseModel, ConfigDict, Field
 
-from conesreg import constants
+from .artifact import constants
 
 _ENV_PREFIX = "CONESREG_SERVER_"
 #: Settings that may come from the environment, by field name (``CONESREG_SERVER_<NAME>``).
