@@ -41,8 +41,8 @@ import httpx
 
 from conesreg.testing import make_manifest
 from registry_server import Settings
-from registry_server._registry import open_registry
 from registry_server.app import KEEP_ALIVE_SECONDS
+from registry_server.core.registry import open_registry
 from registry_server.testing import SEARCH_QUERIES, free_port, seed_search
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._settings import Settings
 from .app import serve
+from .core.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,10 +10,14 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 
-from . import _api, _browse, _hub, _hub_write
-from ._errors import install_handlers, log
-from ._registry import collect_garbage, open_registry
-from ._settings import Settings
+from .api import routes as api_routes
+from .browse import pages as browse_pages
+from .core.gc import collect_garbage
+from .core.registry import open_registry
+from .core.settings import Settings
+from .hub import reads as hub_reads
+from .hub import writes as hub_writes
+from .web.errors import install_handlers, log
 
 #: Seconds an idle keep-alive connection is held open (uvicorn's default is 5).
 KEEP_ALIVE_SECONDS = 5
@@ -58,10 +62,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = reg
     install_handlers(app)
     # /v1 and the pages first: the Hub's /{ns}/{name}/resolve/... must never shadow them.
-    app.include_router(_api.router)
-    app.include_router(_browse.router)
-    app.include_router(_hub_write.router)
-    app.include_router(_hub.router)
+    app.include_router(api_routes.router)
+    app.include_router(browse_pages.router)
+    app.include_router(hub_writes.router)
+    app.include_router(hub_reads.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -69,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in _api.EXTRA_SCHEMAS:
+            for model in api_routes.EXTRA_SCHEMAS:
                 extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(extra.pop("$defs", {}))
                 components[model.__name__] = extra

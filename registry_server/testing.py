@@ -39,7 +39,7 @@ from . import Settings, create_app, create_namespace, create_token
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
-    from ._registry import Registry
+    from .core.registry import Registry
 
 __all__ = [
     "SEARCH_QUERIES",
@@ -199,8 +199,8 @@ def seed_search(reg: Registry, n: int, *, template: Mapping[str, Any], seed: int
     """
     from sqlalchemy import insert
 
-    from ._db import Concept, ManifestData, Namespace, Version, VersionTag
-    from ._registry import _search_fields
+    from .core.db import Concept, ManifestData, Namespace, Version, VersionTag
+    from .core.publishing import search_fields as _search_fields
 
     rng = random.Random(seed)
     base = dict(template)

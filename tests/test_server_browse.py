@@ -119,7 +119,7 @@ def test_filter_choices_list_tags_and_base_models(server: Server) -> None:
 
 
 def test_pages_follow_the_cursor(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    from registry_server import _browse
+    from registry_server.browse import pages as _browse
 
     monkeypatch.setattr(_browse, "PAGE_SIZE", 3)
     seen: list[str] = []

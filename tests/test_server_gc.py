@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from conesreg.artifact import build_manifest
 from conesreg.testing import make_draft, push_draft, put_manifest, upload_blobs
-from registry_server import _registry as registry
 from registry_server import create_app, gc
+from registry_server.core import publishing
 from registry_server.testing import Server, running_server
 
 
@@ -106,7 +106,7 @@ def test_foreign_key_refuses_a_link_to_a_collected_blob(
     manifest, files = build_manifest(make_draft(tmp_path / "a"), version="1.0.0")
     upload_blobs(server.client, files, namespace="acme", token=server.token)
     gc(server.settings, older_than=0)
-    monkeypatch.setattr(registry, "check_blobs", lambda *a, **k: None)
+    monkeypatch.setattr(publishing, "check_blobs", lambda *a, **k: None)
     r = put_manifest(server.client, manifest.canonical_json(), manifest, token=server.token)
     assert r.status_code == 400 and r.json()["error"]["code"] == "blob_unknown"
     assert server.client.get("/v1/concepts/acme/dog/versions").status_code == 404

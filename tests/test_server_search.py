@@ -108,8 +108,9 @@ def test_search_at_100k_concepts(tmp_path: Path) -> None:
     benchmarks/server_search.py's to measure, not a test's)."""
     from conesreg.testing import make_manifest
     from registry_server import Settings
-    from registry_server._auth import ANONYMOUS
-    from registry_server._registry import entries_json, open_registry, search
+    from registry_server.core.auth import ANONYMOUS
+    from registry_server.core.queries import entries_json, search
+    from registry_server.core.registry import open_registry
     from registry_server.testing import SEARCH_QUERIES, seed_search
 
     reg = open_registry(Settings(data=tmp_path))

@@ -356,7 +356,13 @@ def parse_draft(data: bytes | str) -> ManifestDraft:
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
+    """Now, in UTC (aware). Manifests keep whole seconds: their model truncates on validation.
+
+    Example:
+        >>> utcnow().tzinfo
+        datetime.timezone.utc
+    """
+    return datetime.now(UTC)
 
 
 __all__ = [

@@ -156,7 +156,7 @@ class LocalSource:
                         blob.digest, lambda out, f=f: shutil.copyfileobj(f, out), size=blob.size
                     )
             self.blobs.put(manifest.canonical_json(), digest=digest)
-            record = _VersionRecord(digest=digest, published=utcnow())
+            record = _VersionRecord(digest=digest, published=utcnow().replace(microsecond=0))
             atomic_write(record_path, record.model_dump_json().encode())
         return True
 

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry_server import _registry as r
-from registry_server._errors import ApiError
+from registry_server.core import checks as r
+from registry_server.core.errors import RegistryError
 from registry_server.testing import Server, running_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,7 +109,7 @@ def test_other_path_rules_are_published(document: dict[str, Any]) -> None:
 def _accepts(check: Any, value: str) -> bool:
     try:
         check(value)
-    except ApiError:
+    except RegistryError:
         return False
     return True
 
@@ -134,7 +134,7 @@ def test_the_version_pattern_is_the_version_check(value: str) -> None:
 @_SETTINGS
 @given(st.one_of(st.from_regex(r.TAG_PATTERN, fullmatch=True), st.text(max_size=50)))
 def test_the_tag_pattern_is_the_tag_check(value: str) -> None:
-    from registry_server._hubrepo import check_tag_name
+    from registry_server.hub.repos import check_tag_name
 
     published = re.fullmatch(r.TAG_PATTERN, value) is not None
     assert _accepts(check_tag_name, value) == published

@@ -34,8 +34,9 @@ from sqlalchemy import event, func, select
 
 from conesreg.artifact import build_manifest
 from conesreg.testing import auth, make_draft, push_draft, put_manifest
-from registry_server import _storage, create_app, create_namespace, create_token, gc
-from registry_server._registry import open_registry
+from registry_server import create_app, create_namespace, create_token, gc
+from registry_server.core import blobstore as _storage
+from registry_server.core.registry import open_registry
 from registry_server.testing import Server, free_port, running_server
 
 DEEP = 100_000
@@ -229,7 +230,7 @@ def test_client_push_uploads_what_it_cannot_mount(tmp_path: Path, isolated: Path
 
 
 def test_gc_takes_upload_records_with_their_blob(world: World) -> None:
-    from registry_server._db import Blob, BlobUpload
+    from registry_server.core.db import Blob, BlobUpload
 
     c = world.client
     data = b"collect me"

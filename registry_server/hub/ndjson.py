@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ._errors import ApiError
+from ..core.errors import Invalid, TooLarge
 
 _OUTSIDE = re.compile(rb'["\n]')
 _INSIDE = re.compile(rb'["\\\n]')
@@ -81,8 +81,8 @@ class LineSplitter:
         """The lines ``chunk`` completes (a line can span any number of chunks).
 
         Raises:
-            ApiError: 413 when a line keeps more than ``max_kept`` bytes; 400 when a second
-                string of one line is too long to keep.
+            TooLarge: a line keeps more than ``max_kept`` bytes.
+            Invalid: a second string of one line is too long to keep.
         """
         pos, end = 0, len(chunk)
         while pos < end:
@@ -139,8 +139,7 @@ class LineSplitter:
     def _keep(self, data: bytes) -> None:
         self._kept += data
         if len(self._kept) > self.max_kept:
-            raise ApiError(
-                413,
+            raise TooLarge(
                 "too_large",
                 f"a line of the body holds more than {self.max_kept} bytes besides one file's "
                 "content: send one file per line",
@@ -154,8 +153,7 @@ class LineSplitter:
         self._string += data
         if len(self._string) > self.spill_at:
             if self._spills:
-                raise ApiError(
-                    400,
+                raise Invalid(
                     "invalid_commit",
                     f"a line holds a second string longer than {self.spill_at} bytes: only a "
                     "file's content may be that long",
@@ -228,7 +226,7 @@ class Base64Sink:
         """Take the next raw characters of the JSON string.
 
         Raises:
-            ApiError: 413 once the decoded content passes ``limit``.
+            TooLarge: once the decoded content passes ``limit``.
         """
         if self.error is not None:
             return
@@ -325,9 +323,8 @@ class PlainSink:
             self._on_abort()
 
 
-def _file_too_large(limit: int) -> ApiError:
-    return ApiError(
-        413,
+def _file_too_large(limit: int) -> TooLarge:
+    return TooLarge(
         "too_large",
         f"a file of the commit is larger than {limit} bytes, the most this server takes",
     )

@@ -5,7 +5,7 @@ for an expected digest (or for content not known yet, stored under the digest it
 have), written in chunks (hashed on the way), then committed, which verifies the digest and
 makes the blob visible at once or not at all; an upload left uncommitted (an error, a full disk)
 leaves nothing behind. Reads are plain seekable files.
-The database, not the store, says which blobs are published (see :mod:`registry_server._db`).
+The database, not the store, says which blobs are published (see :mod:`registry_server.core.db`).
 """
 
 from __future__ import annotations

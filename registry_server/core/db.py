@@ -2,11 +2,12 @@
 
 The database is the registry's index and its commit point: a version exists exactly when its
 row (with its blob links and search fields) is committed, in one transaction. Blob bytes live in
-the blob store (:mod:`registry_server._storage`); a ``blobs`` row says an upload finished, and the
-foreign keys from ``version_blobs`` and ``hub_commit_blobs`` keep a referenced blob's row from being
-garbage collected; ``blob_uploads`` records which namespaces uploaded it (who may link it).
+the blob store (:mod:`registry_server.core.blobstore`); a ``blobs`` row says an upload finished,
+and the foreign keys from ``version_blobs`` and ``hub_commit_blobs`` keep a referenced blob's row
+from being garbage collected; ``blob_uploads`` records which namespaces uploaded it (who may
+link it).
 
-Repos written through the Hugging Face Hub-compatible API (:mod:`registry_server._hubrepo`) live in
+Repos written through the Hugging Face Hub-compatible API (:mod:`registry_server.hub.repos`) live in
 ``hub_repos``, ``hub_commits`` (immutable) and ``hub_refs`` (branches and tags, which move).
 
 Tables are created on start (``create_all``, which also adds a table a newer version introduced to
@@ -38,12 +39,9 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
+from conesreg.artifact import utcnow
+
 SCOPES = ("read", "push", "admin")
-
-
-def utcnow() -> datetime:
-    """Now, in UTC, to the microsecond (what every timestamp column holds)."""
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

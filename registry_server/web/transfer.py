@@ -10,7 +10,7 @@ from typing import BinaryIO
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from ._errors import ApiError
+from .errors import ApiError
 
 _CHUNK = 1 << 20
 # At most 19 digits: larger numbers are no valid offset, and int() of a huge string is slow.

@@ -1,4 +1,7 @@
-"""The REST API, ``/v1``: what conesreg clients use. docs/server.md is its contract."""
+"""The routes of the REST API, ``/v1``: what conesreg clients use. docs/server.md is its contract.
+
+Domain errors raised while answering become ``/v1`` errors in one place, :mod:`.errors`.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conesreg.artifact import IndexEntry, Manifest, constants
 
-from . import _registry as r
-from ._auth import Caller, authenticate, is_anonymous, require_push
-from ._deps import (
+from ..core import publishing, queries
+from ..core.auth import Caller, authenticate, is_anonymous, require_push
+from ..core.blobstore import DigestMismatchError
+from ..core.checks import check_digest, check_names
+from ..core.errors import Invalid
+from ..core.registry import Registry
+from ..core.uploads import commit_upload
+from ..web.deps import (
     BearerDep,
     CallerDep,
     Ctx,
@@ -25,11 +33,11 @@ from ._deps import (
     VersionP,
     registry_of,
 )
-from ._errors import ApiError, responses
-from ._http import body_chunks, etag_matches, ranged_response, read_body
-from ._storage import DigestMismatchError
+from ..web.errors import responses
+from ..web.transfer import body_chunks, etag_matches, ranged_response, read_body
+from .errors import V1Route
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=V1Route)
 
 
 # -- response and request models (for validation and the OpenAPI document) -----------------------
@@ -71,12 +79,12 @@ class YankRequest(BaseModel):
 
 
 def _entries(ctx: Ctx, rows: list[Any]) -> list[dict[str, Any]]:
-    return r.entries_json(ctx.session, rows, ctx.reg.settings.registry_name)
+    return queries.entries_json(ctx.session, rows, ctx.reg.settings.registry_name)
 
 
-def _entry(reg: r.Registry, row: Any) -> dict[str, Any]:
+def _entry(reg: Registry, row: Any) -> dict[str, Any]:
     with reg.sessions() as session:
-        return r.entries_json(session, [row], reg.settings.registry_name)[0]
+        return queries.entries_json(session, [row], reg.settings.registry_name)[0]
 
 
 _MANIFEST_BODY = {
@@ -98,8 +106,8 @@ _MANIFEST_CONTENT = {
     summary="Every version of a concept, yanked ones included, in semver order",
 )
 def list_versions(namespace: NamespaceP, name: NameP, ctx: CtxDep) -> JSONResponse:
-    concept = r.find_concept(ctx.session, ctx.caller, namespace, name)
-    rows = r.concept_versions(ctx.session, concept)
+    concept = queries.find_concept(ctx.session, ctx.caller, namespace, name)
+    rows = queries.concept_versions(ctx.session, concept)
     return JSONResponse({"versions": _entries(ctx, rows)})
 
 
@@ -120,19 +128,23 @@ async def get_manifest(
     # loop; anything else (first sight, a token, a private namespace) asks the database.
     reg = registry_of(request)
     authorization = request.headers.get("authorization")
-    hit = r.cached_manifest(reg, namespace, name, version) if is_anonymous(authorization) else None
+    hit = (
+        queries.cached_manifest(reg, namespace, name, version)
+        if is_anonymous(authorization)
+        else None
+    )
     if hit is None:
         hit = await run_in_threadpool(_load_manifest, reg, authorization, namespace, name, version)
     return _manifest_bytes_response(request, *hit)
 
 
 def _load_manifest(
-    reg: r.Registry, authorization: str | None, namespace: str, name: str, version: str
+    reg: Registry, authorization: str | None, namespace: str, name: str, version: str
 ) -> tuple[str, bytes]:
     with reg.sessions() as session:
         caller = authenticate(session, authorization)
-        ref = r.find_version_ref(reg, session, caller, namespace, name, version)
-        return ref.digest, r.manifest_bytes(session, ref.digest)
+        ref = queries.find_version_ref(reg, session, caller, namespace, name, version)
+        return ref.digest, queries.manifest_bytes(session, ref.digest)
 
 
 @router.get(
@@ -146,11 +158,13 @@ def _load_manifest(
     summary="A manifest by its digest",
 )
 def get_manifest_by_digest(digest: DigestP, request: Request, ctx: CtxDep) -> Response:
-    return _manifest_response(request, ctx, r.find_manifest(ctx.session, ctx.caller, digest))
+    return _manifest_response(request, ctx, queries.find_manifest(ctx.session, ctx.caller, digest))
 
 
 def _manifest_response(request: Request, ctx: Ctx, row: Any) -> Response:
-    return _manifest_bytes_response(request, row.digest, r.manifest_bytes(ctx.session, row.digest))
+    return _manifest_bytes_response(
+        request, row.digest, queries.manifest_bytes(ctx.session, row.digest)
+    )
 
 
 def _manifest_bytes_response(request: Request, digest: str, data: bytes) -> Response:
@@ -185,7 +199,7 @@ _BLOB_RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 def get_blob(digest: DigestP, request: Request, ctx: CtxDep) -> Response:
     head = request.method == "HEAD"
-    size = r.blob_readable(ctx.session, ctx.caller, digest, head=head)
+    size = queries.blob_readable(ctx.session, ctx.caller, digest, head=head)
     ctx.session.close()  # streaming can take long: give the connection back now
     return ranged_response(
         request,
@@ -209,7 +223,7 @@ def search(
     tag: Annotated[list[str] | None, Query(description="repeatable; all must be present")] = None,
     base_model: Annotated[str | None, Query(description="a base-model hash")] = None,
     class_word: Annotated[str | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=r.MAX_PAGE)] = 50,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
     cursor: Annotated[
         str | None,
         Query(
@@ -217,7 +231,7 @@ def search(
         ),
     ] = None,
 ) -> JSONResponse:
-    rows, next_cursor = r.search(
+    rows, next_cursor = queries.search(
         ctx.session,
         ctx.caller,
         query=q,
@@ -237,11 +251,11 @@ def search(
     summary="Every visible concept and version, compactly (with an ETag)",
 )
 def index(request: Request, ctx: CtxDep) -> Response:
-    etag = r.index_etag(ctx.session, ctx.caller)
+    etag = queries.index_etag(ctx.session, ctx.caller)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    return JSONResponse(r.index_listing(ctx.session, ctx.caller), headers=headers)
+    return JSONResponse(queries.index_listing(ctx.session, ctx.caller), headers=headers)
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -263,7 +277,7 @@ async def put_blob(
     namespace: NamespaceQ,
 ) -> JSONResponse:
     require_push(caller, namespace)
-    r.check_digest(digest)
+    check_digest(digest)
     reg = registry_of(request)
     settings = reg.settings
     upload = await run_in_threadpool(reg.storage.open_upload, digest)
@@ -273,10 +287,10 @@ async def put_blob(
         ):
             upload.write(chunk)
         try:
-            created = await run_in_threadpool(r.commit_upload, reg, upload, namespace=namespace)
+            created = await run_in_threadpool(commit_upload, reg, upload, namespace=namespace)
         except DigestMismatchError as e:
-            raise ApiError(
-                400, "digest_mismatch", f"{e}: upload the exact bytes the digest names"
+            raise Invalid(
+                "digest_mismatch", f"{e}: upload the exact bytes the digest names"
             ) from None
     body = BlobUploaded(digest=digest, size=upload.received, created=created)
     return JSONResponse(body.model_dump(), status_code=201 if created else 200)
@@ -297,14 +311,14 @@ async def push_version(
     namespace: NamespaceP, name: NameP, version: VersionP, request: Request, caller: CallerDep
 ) -> JSONResponse:
     require_push(caller, namespace)
-    r.check_names(namespace, name)
+    check_names(namespace, name)
     reg = registry_of(request)
     settings = reg.settings
     body = await read_body(
         request, limit=settings.max_manifest_bytes, timeout=settings.chunk_timeout_seconds
     )
-    manifest = r.validate_manifest(body, namespace=namespace, name=name, version=version)
-    row, created = await run_in_threadpool(r.publish, reg, caller, manifest)
+    manifest = publishing.validate_manifest(body, namespace=namespace, name=name, version=version)
+    row, created = await run_in_threadpool(publishing.publish, reg, caller, manifest)
     entry = await run_in_threadpool(_entry, reg, row)
     return JSONResponse(entry, status_code=201 if created else 200)
 
@@ -350,9 +364,9 @@ def _set_yanked(
     reason: str | None,
 ) -> JSONResponse:
     require_push(caller, namespace)
-    r.check_names(namespace, name)
+    check_names(namespace, name)
     reg = registry_of(request)
-    row = r.set_yanked(reg, caller, namespace, name, version, yanked=yanked, reason=reason)
+    row = publishing.set_yanked(reg, caller, namespace, name, version, yanked=yanked, reason=reason)
     return JSONResponse(_entry(reg, row))
 
 

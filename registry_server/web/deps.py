@@ -1,4 +1,4 @@
-"""Request dependencies and path parameters shared by the API and the Hub routes."""
+"""Request dependencies and path parameters shared by the API, Hub and browse routes."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from fastapi import Depends, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from ._auth import Caller, authenticate
-from ._registry import (
+from ..core.auth import Caller, authenticate
+from ..core.checks import (
     DIGEST_PATTERN,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
     REVISION_PATTERN,
     VERSION_MAX_LENGTH,
     VERSION_PATTERN,
-    Registry,
 )
+from ..core.registry import Registry
 
 # Declared for the OpenAPI document; the header itself is read by `authenticate`.
 _bearer = HTTPBearer(auto_error=False, description="a token from `conesreg serve token create`")
@@ -58,7 +58,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 # Path parameters are plain strings to FastAPI on purpose: names are checked by conesreg's own
 # rules (400 with the rule in the message), not by a pattern that would answer FastAPI's 422. The
 # OpenAPI document still publishes each rule as a pattern (the one the checks enforce, see
-# registry_server._registry), so that what the document calls valid is what the server takes.
+# registry_server.core.checks), so that what the document calls valid is what the server takes.
 _NAME_SCHEMA = {"pattern": NAME_PATTERN, "maxLength": NAME_MAX_LENGTH, "minLength": 1}
 NamespaceP = Annotated[
     str,

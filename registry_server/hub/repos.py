@@ -1,16 +1,17 @@
 """Hub repos: model repos written with ``huggingface_hub`` (create_repo, create_commit, tags).
 
 These functions hold the logic of the Hub write emulation; the routes are in
-:mod:`registry_server._hub_write` (writes) and :mod:`registry_server._hub` (reads).
+:mod:`registry_server.hub.writes` (writes) and :mod:`registry_server.hub.reads` (reads).
 
 - A repo belongs to a namespace and has a name that no native concept of that namespace has
-  (one name, one kind: both sides check under the writer lock).
+  (one name, one kind: both sides check in a writer transaction).
 - A commit is immutable: its whole tree (path -> blob digest, size and git blob id), its parent,
   title, message and time; its oid is the sha1 of those as canonical JSON (not a git hash).
   Creating a repo writes an initial commit holding ``.gitattributes``, as the Hub does.
 - Refs move: the branch ``main`` (the only branch) and tags. A commit moves ``main`` only if
-  its parent is still the head; every write takes the writer lock of the publish path first
-  (:func:`registry_server._registry._lock`), so that check cannot race.
+  its parent is still the head; every write is a
+  :func:`~registry_server.core.registry.writer_transaction`, as publishing is, so that check
+  cannot race.
 - File contents are blobs of the content-addressed store, linked from their commits
   (``hub_commit_blobs``) so that gc keeps them; the same file is stored once.
 """
@@ -28,20 +29,23 @@ from datetime import date, datetime
 from typing import Any, cast
 
 import yaml
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, select
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conesreg.artifact import check_file_path, check_text, load_json
+from conesreg.artifact import check_file_path, check_text, load_json, utcnow
 from conesreg.artifact.errors import InvalidReferenceError, ManifestError
 
-from . import _registry as r
-from ._auth import Caller, require_push
-from ._db import Concept, HubCommit, HubCommitBlob, HubRef, HubRepo, Namespace, utcnow
-from ._errors import ApiError
-from ._ndjson import Base64Sink, Line, LineSplitter, NotBase64Error, PlainSink
-from ._storage import Upload
+from ..core.auth import Caller, require_push
+from ..core.blobstore import Upload
+from ..core.checks import TAG_PATTERN, check_names, is_revision
+from ..core.db import Concept, HubCommit, HubCommitBlob, HubRef, HubRepo, Namespace
+from ..core.errors import Conflict, Invalid, NotFound, Stale, TooLarge
+from ..core.queries import hub_repo_visible
+from ..core.registry import Registry, writer_transaction
+from ..core.uploads import commit_upload
+from .ndjson import Base64Sink, Line, LineSplitter, NotBase64Error, PlainSink
 
 #: The one branch of every Hub repo.
 BRANCH = "main"
@@ -66,7 +70,7 @@ _MAX_CARD_DEPTH = 32
 
 _OID_PREFIX_RE = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _PARENT_RE = re.compile(r"^[0-9a-fA-F]{5,40}$")
-_TAG_RE = re.compile(r.TAG_PATTERN)
+_TAG_RE = re.compile(TAG_PATTERN)
 
 
 # -- files and trees -------------------------------------------------------------------------------
@@ -98,28 +102,31 @@ def card_of(commit: HubCommit) -> dict[str, Any] | None:
 
 
 def check_path(path: Any) -> str:
-    """A file path of a repo (``conesreg.artifact.check_file_path``, the rule blob paths of
-    manifests follow too), or 400 ``invalid_path``."""
+    """A file path of a repo (``check_file_path``, the rule blob paths of manifests follow too).
+
+    Raises:
+        Invalid: ``invalid_path``.
+    """
     try:
         return check_file_path(path, what="repo path")
     except InvalidReferenceError as e:
-        raise ApiError(400, "invalid_path", f"{e.message}: {e.hint}") from None
+        raise Invalid("invalid_path", f"{e.message}: {e.hint}") from None
 
 
-def store_file(reg: r.Registry, data: bytes, *, namespace: str) -> FileEntry:
+def store_file(reg: Registry, data: bytes, *, namespace: str) -> FileEntry:
     """Put ``data`` into the blob store (once per content) and record it as uploaded now for
     ``namespace``, so that gc leaves it alone until a commit links it."""
     with reg.storage.open_upload(None) as upload:
         upload.write(data)
-        r.commit_upload(reg, upload, namespace=namespace)
+        commit_upload(reg, upload, namespace=namespace)
     return FileEntry(digest=upload.digest, size=len(data), sha1=git_blob_id(data))
 
 
-def store_upload(reg: r.Registry, upload: Upload, *, namespace: str) -> FileEntry:
+def store_upload(reg: Registry, upload: Upload, *, namespace: str) -> FileEntry:
     """Commit ``upload`` (written in full) as :func:`store_file` does; its git blob id is read
     back from the store (it needs the size first, so it cannot be hashed while received)."""
     with upload:
-        r.commit_upload(reg, upload, namespace=namespace)
+        commit_upload(reg, upload, namespace=namespace)
     sha1 = hashlib.sha1(b"blob %d\0" % upload.received)
     with reg.storage.open_read(upload.digest) as f:
         while chunk := f.read(1 << 20):
@@ -200,11 +207,10 @@ def card_tags(card: Mapping[str, Any] | None) -> list[str]:
     return list(dict.fromkeys(t for t in tags if isinstance(t, str)))
 
 
-def _stored_card_json(reg: r.Registry, entry: FileEntry) -> str | None:
+def _stored_card_json(reg: Registry, entry: FileEntry) -> str | None:
     """The card of a README.md just stored, read back (at most :data:`MAX_README_BYTES`)."""
     if entry.size > MAX_README_BYTES:
-        raise ApiError(
-            413,
+        raise TooLarge(
             "too_large",
             f"{README} has {entry.size} bytes; its metadata is read from at most "
             f"{MAX_README_BYTES}: keep the model card smaller",
@@ -217,9 +223,9 @@ def _card_json(data: bytes) -> str | None:
     try:
         card = parse_card(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ApiError(400, "invalid_metadata", f"{README} is not UTF-8 text") from None
+        raise Invalid("invalid_metadata", f"{README} is not UTF-8 text") from None
     except CardError as e:
-        raise ApiError(400, "invalid_metadata", f"invalid metadata in {README}: {e}") from None
+        raise Invalid("invalid_metadata", f"invalid metadata in {README}: {e}") from None
     return None if card is None else json.dumps(card, sort_keys=True)
 
 
@@ -257,9 +263,9 @@ def find_repo(session: Session, caller: Caller, namespace: str, name: str) -> Re
     private and not the caller's (callers answer both exactly as for a name never used).
 
     Raises:
-        ApiError: 400 for invalid names.
+        Invalid: invalid names.
     """
-    r.check_names(namespace, name)
+    check_names(namespace, name)
     repo = _repo_row(session, namespace, name)
     if repo is None or not caller.can_read(namespace, private=repo.private):
         return None
@@ -275,9 +281,8 @@ def _is_concept(session: Session, namespace: str, name: str) -> bool:
     return session.scalar(query) is not None
 
 
-def _native_concept(namespace: str, name: str) -> ApiError:
-    return ApiError(
-        409,
+def _native_concept(namespace: str, name: str) -> Conflict:
+    return Conflict(
         "name_taken",
         f"{namespace}/{name} is a concept published through /v1, not a Hub repo: "
         "write Hub repos under another name",
@@ -288,26 +293,26 @@ def writable_repo(session: Session, caller: Caller, namespace: str, name: str) -
     """The Hub repo ``caller`` wants to write to.
 
     Raises:
-        ApiError: 400 invalid names, 401/403 no push token of ``namespace``, 409 the name is a
-            native concept's, 404 no such repo.
+        Invalid: invalid names.
+        Unauthorized, Forbidden: no push token of ``namespace``.
+        Conflict: the name is a native concept's.
+        NotFound: no such repo.
     """
-    r.check_names(namespace, name)
+    check_names(namespace, name)
     require_push(caller, namespace)
     repo = _repo_row(session, namespace, name)
     if repo is not None:
         return repo
     if _is_concept(session, namespace, name):
         raise _native_concept(namespace, name)
-    raise ApiError(
-        404,
+    raise NotFound(
         "repo_not_found",
         f"no Hub repo {namespace}/{name} here: create it first (HfApi.create_repo)",
     )
 
 
-def revision_not_found(repo: Repo, revision: str) -> ApiError:
-    return ApiError(
-        404,
+def revision_not_found(repo: Repo, revision: str) -> NotFound:
+    return NotFound(
         "revision_not_found",
         f"no revision {revision[:200]} in {repo.repo_id}: use a branch ({BRANCH}), a tag "
         "or a commit oid (list them with list_repo_refs)",
@@ -316,8 +321,8 @@ def revision_not_found(repo: Repo, revision: str) -> ApiError:
 
 def resolve(session: Session, repo: Repo, revision: str) -> HubCommit:
     """The commit ``revision`` names: a branch, else a tag, else a commit oid of this repo (in
-    full, or a unique prefix of at least 7 hex digits); 404 otherwise."""
-    if not r.is_revision(revision):
+    full, or a unique prefix of at least 7 hex digits); else ``NotFound``."""
+    if not is_revision(revision):
         raise revision_not_found(repo, revision)
     oid = session.scalar(
         select(HubRef.target_oid)
@@ -345,8 +350,7 @@ def _branch(session: Session, repo: Repo, branch: str) -> HubRef:
         )
     )
     if ref is None:
-        raise ApiError(
-            404,
+        raise NotFound(
             "revision_not_found",
             f"no branch {branch[:200]} in {repo.repo_id}: commits go to a branch, and this "
             f"server's repos have one, {BRANCH}",
@@ -355,7 +359,7 @@ def _branch(session: Session, repo: Repo, branch: str) -> HubRef:
 
 
 def branch_head(session: Session, repo: Repo, branch: str) -> HubCommit:
-    """The commit ``branch`` points to (404 if it is no branch of ``repo``)."""
+    """The commit ``branch`` points to (``NotFound`` if it is no branch of ``repo``)."""
     commit = session.get(HubCommit, _branch(session, repo, branch).target_oid)
     assert commit is not None  # a ref's target is a foreign key
     return commit
@@ -419,54 +423,51 @@ def _new_commit(
     return row
 
 
-def _blob_collected() -> ApiError:
+def _blob_collected() -> Invalid:
     # Only a blob link can fail: gc removed a file stored long ago between storing and linking.
-    return ApiError(400, "blob_unknown", "a file was collected while committing: commit again")
+    return Invalid("blob_unknown", "a file was collected while committing: commit again")
 
 
-def create_repo(
-    reg: r.Registry, caller: Caller, namespace: str, name: str, *, private: bool
-) -> Repo:
+def create_repo(reg: Registry, caller: Caller, namespace: str, name: str, *, private: bool) -> Repo:
     """Create ``namespace/name`` with an initial commit (``.gitattributes``) on ``main``.
 
     Raises:
-        ApiError: 400 invalid names, 401/403 no push token of ``namespace``, 409 the repo exists
-            or the name is a native concept's.
+        Invalid: invalid names.
+        Unauthorized, Forbidden: no push token of ``namespace``.
+        Conflict: the repo exists, or the name is a native concept's.
     """
-    r.check_names(namespace, name)
+    check_names(namespace, name)
     require_push(caller, namespace)
     attributes = store_file(reg, GITATTRIBUTES, namespace=namespace)  # before the lock: file I/O
     with reg.sessions() as session:
         try:
-            r._lock(session)  # the publish path's writer lock: names are checked race-free
-            ns = session.scalar(select(Namespace).where(Namespace.name == namespace))
-            if ns is None:
-                raise ApiError(404, "namespace_not_found", f"no namespace {namespace}")
-            if _is_concept(session, namespace, name):
-                raise _native_concept(namespace, name)
-            if _repo_row(session, namespace, name) is not None:
-                raise ApiError(409, "repo_exists", f"the Hub repo {namespace}/{name} exists")
-            row = HubRepo(namespace_id=ns.id, name=name, private=private, created_at=utcnow())
-            session.add(row)
-            session.flush()
-            repo = Repo(row.id, namespace, name, private or ns.private, row.created_at)
-            first = _new_commit(
-                session,
-                repo,
-                None,
-                {".gitattributes": attributes},
-                title="initial commit",
-                message="",
-                card=None,
-            )
-            session.add(HubRef(repo_id=repo.id, kind="branch", name=BRANCH, target_oid=first.oid))
-            session.commit()
+            # As publishing does: names are checked and the repo created without a race.
+            with writer_transaction(session):
+                ns = session.scalar(select(Namespace).where(Namespace.name == namespace))
+                if ns is None:
+                    raise NotFound("namespace_not_found", f"no namespace {namespace}")
+                if _is_concept(session, namespace, name):
+                    raise _native_concept(namespace, name)
+                if _repo_row(session, namespace, name) is not None:
+                    raise Conflict("repo_exists", f"the Hub repo {namespace}/{name} exists")
+                row = HubRepo(namespace_id=ns.id, name=name, private=private, created_at=utcnow())
+                session.add(row)
+                session.flush()
+                repo = Repo(row.id, namespace, name, private or ns.private, row.created_at)
+                first = _new_commit(
+                    session,
+                    repo,
+                    None,
+                    {".gitattributes": attributes},
+                    title="initial commit",
+                    message="",
+                    card=None,
+                )
+                session.add(
+                    HubRef(repo_id=repo.id, kind="branch", name=BRANCH, target_oid=first.oid)
+                )
         except IntegrityError:
-            session.rollback()
             raise _blob_collected() from None
-        except BaseException:
-            session.rollback()
-            raise
     return repo
 
 
@@ -486,7 +487,7 @@ class CommitPayload:
     """The NDJSON body of a commit, fed as it arrives: a ``header`` line, then ``file``,
     ``deletedFile`` and ``deletedFolder`` lines. Each file is stored as its line arrives, and
     a file's base64 content is decoded into a temp upload as its bytes arrive
-    (:mod:`registry_server._ndjson`): the payload holds digests, never contents, and memory
+    (:mod:`registry_server.hub.ndjson`): the payload holds digests, never contents, and memory
     stays bounded (about :data:`MAX_LINE_KEPT`) whatever the size of the files.
 
     Call :meth:`close` in the end whatever happened: it drops an upload still open.
@@ -494,7 +495,7 @@ class CommitPayload:
 
     def __init__(
         self,
-        reg: r.Registry,
+        reg: Registry,
         namespace: str,
         *,
         on_header: Callable[[str | None], None] | None = None,
@@ -521,8 +522,8 @@ class CommitPayload:
         """Take the next bytes of the body (any cut, lines may span chunks).
 
         Raises:
-            ApiError: 400 for a malformed line, an invalid path or README metadata, an LFS
-                file; 413 for a file larger than the server's blob limit or a line too long.
+            Invalid: a malformed line, an invalid path or README metadata, an LFS file.
+            TooLarge: a file larger than the server's blob limit, or a line too long.
         """
         for line in self._split.feed(chunk):
             self._line(line)
@@ -586,8 +587,7 @@ class CommitPayload:
                 path = path.rstrip("/")
             self.ops.append(DeletePath(check_path(path), folder=key == "deletedFolder"))
         elif key == "lfsFile":
-            raise ApiError(
-                400,
+            raise Invalid(
                 "lfs_not_supported",
                 "this server takes no LFS uploads: preupload answers every file 'regular', so "
                 "send its content inline (a file line); copying LFS files is not supported",
@@ -638,22 +638,21 @@ class CommitPayload:
         return AddFile(path, entry)
 
 
-def _bad_commit(message: str) -> ApiError:
-    return ApiError(400, "invalid_commit", message)
+def _bad_commit(message: str) -> Invalid:
+    return Invalid("invalid_commit", message)
 
 
-def _stale(repo: Repo, branch: str, head: str, parent: str) -> ApiError:
-    return ApiError(
-        412,
+def _stale(repo: Repo, branch: str, head: str, parent: str) -> Stale:
+    return Stale(
         "stale_parent",
         f"the head of {branch} in {repo.repo_id} is {head}, not the parent commit {parent} "
         "given: someone committed meanwhile; read the new head and commit again",
     )
 
 
-def check_head(reg: r.Registry, repo: Repo, branch: str, parent: str | None) -> None:
-    """Fail early (404 no branch, 412 stale parent) before a commit's files are stored; the
-    commit checks again under the lock."""
+def check_head(reg: Registry, repo: Repo, branch: str, parent: str | None) -> None:
+    """Fail early (``NotFound`` no branch, ``Stale`` parent) before a commit's files are stored;
+    the commit checks again in its writer transaction."""
     with reg.sessions() as session:
         head = _branch(session, repo, branch).target_oid
     if parent is not None and not head.startswith(parent):
@@ -671,72 +670,70 @@ def _apply(
         gone = [p for p in new if p.startswith(op.path + "/")] if op.folder else [op.path]
         if not gone or any(p not in new for p in gone):
             what = "folder" if op.folder else "file"
-            raise ApiError(
-                404, "entry_not_found", f"no {what} {op.path} in {repo.repo_id} to delete"
-            )
+            raise NotFound("entry_not_found", f"no {what} {op.path} in {repo.repo_id} to delete")
         for p in gone:
             del new[p]
     for path in new:
         parts = path.split("/")
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in new:
-                raise ApiError(
-                    400,
+                raise Invalid(
                     "invalid_path",
                     f"{'/'.join(parts[:i])} would be both a file and the folder of {path}",
                 )
     return new
 
 
-def commit(reg: r.Registry, repo: Repo, branch: str, payload: CommitPayload) -> HubCommit:
+def commit(reg: Registry, repo: Repo, branch: str, payload: CommitPayload) -> HubCommit:
     """Commit ``payload`` on ``branch``: the head's tree plus its files minus its deletions.
 
     Raises:
-        ApiError: 400 no header or a file/folder clash, 404 no such branch or nothing to delete
-            at a path, 412 the head is not the payload's parent.
+        Invalid: no header, or a file/folder clash.
+        NotFound: no such branch, or nothing to delete at a path.
+        Stale: the head is not the payload's parent.
     """
     if payload.title is None:
         raise _bad_commit("the body is empty: send a header line first")
     with reg.sessions() as session:
         try:
-            r._lock(session)  # parent == head is checked and the branch moved, race-free
-            ref = _branch(session, repo, branch)
-            if payload.parent is not None and not ref.target_oid.startswith(payload.parent):
-                raise _stale(repo, branch, ref.target_oid, payload.parent)
-            parent = session.get(HubCommit, ref.target_oid)
-            assert parent is not None  # a ref's target is a foreign key
-            old = tree_of(parent)
-            tree = _apply(repo, old, payload.ops)
-            readme = tree.get(README)
-            if readme is None:
-                card = None
-            elif old.get(README) == readme:
-                card = parent.card
-            else:
-                card = payload.cards[readme.digest]
-            row = _new_commit(
-                session,
-                repo,
-                parent.oid,
-                tree,
-                title=payload.title,
-                message=payload.description,
-                card=card,
-            )
-            ref.target_oid = row.oid
-            session.commit()
+            # parent == head is checked and the branch moved without a race.
+            with writer_transaction(session):
+                ref = _branch(session, repo, branch)
+                if payload.parent is not None and not ref.target_oid.startswith(payload.parent):
+                    raise _stale(repo, branch, ref.target_oid, payload.parent)
+                parent = session.get(HubCommit, ref.target_oid)
+                assert parent is not None  # a ref's target is a foreign key
+                old = tree_of(parent)
+                tree = _apply(repo, old, payload.ops)
+                readme = tree.get(README)
+                if readme is None:
+                    card = None
+                elif old.get(README) == readme:
+                    card = parent.card
+                else:
+                    card = payload.cards[readme.digest]
+                row = _new_commit(
+                    session,
+                    repo,
+                    parent.oid,
+                    tree,
+                    title=payload.title,
+                    message=payload.description,
+                    card=card,
+                )
+                ref.target_oid = row.oid
         except IntegrityError:
-            session.rollback()
             raise _blob_collected() from None
-        except BaseException:
-            session.rollback()
-            raise
     return row
 
 
 def check_tag_name(tag: str) -> str:
-    """A tag name (:data:`registry_server._registry.TAG_PATTERN`, which the OpenAPI document
-    publishes, and no control character), or 400."""
+    """A tag name (:data:`registry_server.core.checks.TAG_PATTERN`, which the OpenAPI document
+    publishes, and no control character).
+
+    Raises:
+        Invalid: ``invalid_tag``.
+    """
     try:
         check_text(tag, what="tag")
     except InvalidReferenceError:
@@ -744,64 +741,47 @@ def check_tag_name(tag: str) -> str:
     else:
         if _TAG_RE.fullmatch(tag):
             return tag
-    raise ApiError(
-        400,
+    raise Invalid(
         "invalid_tag",
         f"{tag[:200]!r} is not a tag name here: use letters, digits and ._+- "
         "(such as v1.0.0), not main and not a commit oid",
     )
 
 
-def create_tag(reg: r.Registry, repo: Repo, tag: str, revision: str, message: str | None) -> HubRef:
+def create_tag(reg: Registry, repo: Repo, tag: str, revision: str, message: str | None) -> HubRef:
     """Tag the commit ``revision`` names (see :func:`resolve`).
 
     Raises:
-        ApiError: 400 invalid tag name, 404 no such revision, 409 the tag exists (moving a tag
-            is delete and create, as on the Hub).
+        Invalid: an invalid tag name.
+        NotFound: no such revision.
+        Conflict: the tag exists (moving a tag is delete and create, as on the Hub).
     """
     check_tag_name(tag)
-    with reg.sessions() as session:
-        try:
-            r._lock(session)
-            target = resolve(session, repo, revision)
-            exists = select(HubRef.id).where(
-                HubRef.repo_id == repo.id, HubRef.kind == "tag", HubRef.name == tag
+    with reg.sessions() as session, writer_transaction(session):
+        target = resolve(session, repo, revision)
+        exists = select(HubRef.id).where(
+            HubRef.repo_id == repo.id, HubRef.kind == "tag", HubRef.name == tag
+        )
+        if session.scalar(exists) is not None:
+            raise Conflict(
+                "tag_exists",
+                f"the tag {tag} of {repo.repo_id} exists: delete it first to move it",
             )
-            if session.scalar(exists) is not None:
-                raise ApiError(
-                    409,
-                    "tag_exists",
-                    f"the tag {tag} of {repo.repo_id} exists: delete it first to move it",
-                )
-            ref = HubRef(
-                repo_id=repo.id, kind="tag", name=tag, target_oid=target.oid, message=message
-            )
-            session.add(ref)
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+        ref = HubRef(repo_id=repo.id, kind="tag", name=tag, target_oid=target.oid, message=message)
+        session.add(ref)
     return ref
 
 
-def delete_tag(reg: r.Registry, repo: Repo, tag: str) -> None:
-    """Delete a tag (404 if there is none); the commit it named stays."""
-    with reg.sessions() as session:
-        try:
-            r._lock(session)
-            result = session.execute(
-                delete(HubRef)
-                .where(HubRef.repo_id == repo.id, HubRef.kind == "tag", HubRef.name == tag)
-                .execution_options(synchronize_session=False)
-            )
-            if not cast("CursorResult[Any]", result).rowcount:
-                raise ApiError(
-                    404, "revision_not_found", f"no tag {tag[:200]} in {repo.repo_id} to delete"
-                )
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+def delete_tag(reg: Registry, repo: Repo, tag: str) -> None:
+    """Delete a tag (``NotFound`` if there is none); the commit it named stays."""
+    with reg.sessions() as session, writer_transaction(session):
+        result = session.execute(
+            delete(HubRef)
+            .where(HubRef.repo_id == repo.id, HubRef.kind == "tag", HubRef.name == tag)
+            .execution_options(synchronize_session=False)
+        )
+        if not cast("CursorResult[Any]", result).rowcount:
+            raise NotFound("revision_not_found", f"no tag {tag[:200]} in {repo.repo_id} to delete")
 
 
 # -- listing ---------------------------------------------------------------------------------------
@@ -825,12 +805,7 @@ def list_repos(
             and_(HubRef.repo_id == HubRepo.id, HubRef.kind == "branch", HubRef.name == BRANCH),
         )
         .join(HubCommit, HubCommit.oid == HubRef.target_oid)
-        .where(
-            or_(
-                and_(HubRepo.private.is_(False), Namespace.private.is_(False)),
-                Namespace.name.in_(caller.readable_private),
-            )
-        )
+        .where(hub_repo_visible(caller))
         .order_by(Namespace.name, HubRepo.name)
     )
     if author:

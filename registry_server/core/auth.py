@@ -3,12 +3,13 @@
 - A token is ``crs_`` + ``secrets.token_urlsafe(32)``, shown once when created and stored only as
   its sha256; it belongs to one namespace and has a scope: ``read`` < ``push`` < ``admin``.
 - Reads are public unless the namespace is private; a private namespace is readable with any
-  token of that namespace. To everyone else it does not exist: reads answer 404 exactly as for a
-  concept that was never published.
+  token of that namespace. To everyone else it does not exist: reads answer ``NotFound``
+  exactly as for a concept that was never published.
 - Push, yank and unyank need a ``push`` (or ``admin``) token of the namespace.
-- A request carrying an unknown, expired or revoked ``crs_`` token gets 401, whatever it asks
-  for; other Authorization values (another scheme, a Hugging Face token) count as anonymous. A
-  valid token with too small a scope, or for another namespace, gets 403 on writes.
+- A request carrying an unknown, expired or revoked ``crs_`` token is ``Unauthorized``,
+  whatever it asks for; other Authorization values (another scheme, a Hugging Face token) count
+  as anonymous. A valid token with too small a scope, or for another namespace, is ``Forbidden``
+  on writes.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ._db import SCOPES, Namespace, Token, utcnow
-from ._errors import ApiError
+from conesreg.artifact import utcnow
+
+from .db import SCOPES, Namespace, Token
+from .errors import Forbidden, Unauthorized
 
 TOKEN_PREFIX = "crs_"
 
@@ -79,7 +82,7 @@ def authenticate(session: Session, authorization: str | None) -> Caller:
     """The caller for an ``Authorization`` header value (None: anonymous).
 
     Raises:
-        ApiError: 401 when a ``crs_`` token is given but unknown, expired or revoked.
+        Unauthorized: a ``crs_`` token is given but unknown, expired or revoked.
     """
     secret = _our_token(authorization)
     if secret is None:
@@ -103,25 +106,27 @@ def authenticate(session: Session, authorization: str | None) -> Caller:
 
 
 def require_push(caller: Caller, namespace: str) -> None:
-    """Raise 401 (no token) or 403 (wrong namespace or scope) unless ``caller`` may push."""
+    """Refuse unless ``caller`` may push to ``namespace``.
+
+    Raises:
+        Unauthorized: no token.
+        Forbidden: a token of another namespace, or a read token.
+    """
     if caller.token_id is None:
         raise _unauthorized(f"pushing to {namespace} needs a token")
     if not caller.can_push(namespace):
-        raise ApiError(
-            403,
+        raise Forbidden(
             "forbidden",
             f"this {caller.scope} token of namespace {caller.namespace} cannot push to {namespace}:"
             f" ask an admin for a push token of {namespace}",
         )
 
 
-def _unauthorized(message: str) -> ApiError:
-    return ApiError(
-        401,
+def _unauthorized(message: str) -> Unauthorized:
+    return Unauthorized(
         "unauthorized",
         f"{message}: send 'Authorization: Bearer <token>' with a token from"
         " `conesreg serve token create`",
-        headers={"WWW-Authenticate": 'Bearer realm="conesreg"'},
     )
 
 

@@ -13,13 +13,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from conesreg.artifact import check_name
+from conesreg.artifact import check_name, utcnow
 from conesreg.artifact.errors import InvalidReferenceError
 
-from ._auth import check_scope, hash_token, new_token_secret, token_state
-from ._db import Namespace, Token, utcnow
-from ._registry import GcReport, Registry, collect_garbage, open_registry
-from ._settings import Settings
+from .auth import check_scope, hash_token, new_token_secret, token_state
+from .db import Namespace, Token
+from .gc import GcReport, collect_garbage
+from .registry import Registry, open_registry
+from .settings import Settings
 
 
 class AdminError(ValueError):

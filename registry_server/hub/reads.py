@@ -7,7 +7,7 @@ Two kinds of model repo are served under the same routes:
   version, or ``main`` for the latest non-yanked version, or the 40-hex commit id this server
   derives from the manifest digest); its files are ``manifest.json`` (the canonical manifest)
   and every blob under its manifest path;
-- a Hub repo (written with ``huggingface_hub``, see :mod:`registry_server._hubrepo`): a revision
+- a Hub repo (written with ``huggingface_hub``, see :mod:`.repos`): a revision
   is the branch ``main``, a tag, or a commit oid (or a unique prefix of 7+ hex digits); its files
   are that commit's tree; model info carries the ``tags`` and ``cardData`` of its README.md's
   YAML front matter. A Hub repo the caller may not read is answered as a name never used.
@@ -24,7 +24,7 @@ its cache on is the content hash. Served:
   ``Content-Length`` and Range support; no redirects (the bytes are served here).
 
 Errors carry the ``X-Error-Code`` header the Hub client maps to its exceptions
-(``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``).
+(``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``): see :mod:`.errors`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ import hashlib
 import io
 import mimetypes
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
@@ -42,33 +40,26 @@ from typing import Annotated, Any, Literal, get_args
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from conesreg.artifact import Manifest
 
-from . import _hubrepo as hr
-from . import _registry as r
-from ._auth import Caller
-from ._db import HubCommit, Namespace, Version
-from ._deps import Ctx, CtxDep, NameP, NamespaceP, RevisionP
-from ._errors import ApiError, insufficient_storage, is_disk_full, responses
-from ._http import ranged_response
+from ..core import queries
+from ..core.auth import Caller
+from ..core.checks import canonical_version, is_revision
+from ..core.db import HubCommit, Namespace, Version
+from ..core.errors import Invalid, NotFound
+from ..web.deps import Ctx, CtxDep, NameP, NamespaceP, RevisionP
+from ..web.errors import ApiError, responses
+from ..web.transfer import ranged_response
+from . import repos as hr
+from .errors import HubReadRoute
 
-router = APIRouter()
+router = APIRouter(route_class=HubReadRoute)
 
 MANIFEST_FILE = "manifest.json"
 FileP = Annotated[str, Path(description="a file of the repo", examples=["manifest.json"])]
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-_HUB_CODES = {
-    "concept_not_found": "RepoNotFound",
-    "repo_not_found": "RepoNotFound",
-    "invalid_name": "RepoNotFound",
-    "version_not_found": "RevisionNotFound",
-    "invalid_version": "RevisionNotFound",
-    "revision_not_found": "RevisionNotFound",
-    "entry_not_found": "EntryNotFound",
-}
 
 
 def commit_id(digest: str) -> str:
@@ -116,34 +107,11 @@ def repo_files(row: Version, manifest: Manifest) -> list[RepoFile]:
     return files
 
 
-@contextmanager
-def hub_errors(*, every_message: bool = False) -> Iterator[None]:
-    """Add the headers the Hub client reads to the :class:`ApiError` raised inside: X-Error-Code
-    (it raises RepositoryNotFoundError and friends by it) and X-Error-Message; the message on
-    every error too if ``every_message`` (the write routes: the client shows it). A full disk
-    becomes the 507 :func:`~registry_server._errors.insufficient_storage` here, with them."""
-    try:
-        yield
-    except (OSError, DBAPIError) as e:
-        if not is_disk_full(e):
-            raise
-        full = insufficient_storage()
-        full.headers["X-Error-Message"] = full.message
-        raise full from None
-    except ApiError as e:
-        if e.code in _HUB_CODES or every_message:
-            # Raw: error_response makes every header value safe (the message holds user text).
-            e.headers = {**e.headers, "X-Error-Message": " ".join(e.message.split())}
-            if e.code in _HUB_CODES:
-                e.headers["X-Error-Code"] = _HUB_CODES[e.code]
-        raise
-
-
 def resolve_revision(
     session: Session, caller: Caller, namespace: str, name: str, revision: str
 ) -> Version:
     """The version a Hub revision names (see the module docstring); 404 if none."""
-    concept = r.find_concept(session, caller, namespace, name)
+    concept = queries.find_concept(session, caller, namespace, name)
     where = [Version.concept_id == concept.id]
     if revision == "main":
         where.append(Version.is_latest.is_(True))
@@ -154,8 +122,7 @@ def resolve_revision(
         where.append(Version.version == _version_or_none(revision))
     row = session.scalar(select(Version).where(*where).limit(1))
     if row is None:
-        raise ApiError(
-            404,
+        raise NotFound(
             "version_not_found",
             f"no revision {revision} of {namespace}/{name}: use main, v<version> or a commit id",
         )
@@ -163,11 +130,11 @@ def resolve_revision(
 
 
 def _version_or_none(revision: str) -> str | None:
-    if not r.is_revision(revision):
+    if not is_revision(revision):
         return None
     try:
-        return r.canonical_version(revision)
-    except ApiError:
+        return canonical_version(revision)
+    except Invalid:
         return None
 
 
@@ -193,7 +160,7 @@ def native_snapshot(
     """A concept's version as a repo revision (404/400 as :func:`resolve_revision`)."""
     row = resolve_revision(session, caller, namespace, name, revision)
     private = session.scalar(select(Namespace.private).where(Namespace.name == row.namespace))
-    manifest = r.manifest_of(session, row)
+    manifest = queries.manifest_of(session, row)
     return Snapshot(
         repo_id=f"{row.namespace}/{row.name}",
         sha=commit_id(row.digest),
@@ -295,8 +262,7 @@ def _expanded(info: dict[str, Any], expand: list[str] | None) -> dict[str, Any]:
 def _model_info_response(
     ctx: Ctx, namespace: str, name: str, revision: str, expand: list[str] | None
 ) -> JSONResponse:
-    with hub_errors():
-        snap = snapshot(ctx.session, ctx.caller, namespace, name, revision)
+    snap = snapshot(ctx.session, ctx.caller, namespace, name, revision)
     return JSONResponse(_expanded(model_info_json(snap), expand))
 
 
@@ -385,17 +351,16 @@ def _ref(kind: str, name: str, oid: str) -> dict[str, str]:
     summary="Hub: branches and tags (a concept: main and v<version> for every version)",
 )
 def list_refs(namespace: NamespaceP, name: NameP, ctx: CtxDep) -> JSONResponse:
-    with hub_errors():
-        repo = hr.find_repo(ctx.session, ctx.caller, namespace, name)
-        if repo is not None:
-            rows = hr.refs(ctx.session, repo)
-            branches = [_ref("heads", x.name, x.target_oid) for x in rows if x.kind == "branch"]
-            tags = [_ref("tags", x.name, x.target_oid) for x in rows if x.kind == "tag"]
-        else:
-            concept = r.find_concept(ctx.session, ctx.caller, namespace, name)
-            versions = r.concept_versions(ctx.session, concept)
-            branches = [_ref("heads", "main", commit_id(v.digest)) for v in versions if v.is_latest]
-            tags = [_ref("tags", f"v{v.version}", commit_id(v.digest)) for v in versions]
+    repo = hr.find_repo(ctx.session, ctx.caller, namespace, name)
+    if repo is not None:
+        rows = hr.refs(ctx.session, repo)
+        branches = [_ref("heads", x.name, x.target_oid) for x in rows if x.kind == "branch"]
+        tags = [_ref("tags", x.name, x.target_oid) for x in rows if x.kind == "tag"]
+    else:
+        concept = queries.find_concept(ctx.session, ctx.caller, namespace, name)
+        versions = queries.concept_versions(ctx.session, concept)
+        branches = [_ref("heads", "main", commit_id(v.digest)) for v in versions if v.is_latest]
+        tags = [_ref("tags", f"v{v.version}", commit_id(v.digest)) for v in versions]
     return JSONResponse({"branches": branches, "converts": [], "tags": tags, "pullRequests": []})
 
 
@@ -434,20 +399,18 @@ def _tree(
 def list_commits(
     namespace: NamespaceP, name: NameP, revision: RevisionP, ctx: CtxDep
 ) -> JSONResponse:
-    with hub_errors():
-        repo = hr.find_repo(ctx.session, ctx.caller, namespace, name)
-        if repo is not None:
-            commits = hr.history(ctx.session, repo, hr.resolve(ctx.session, repo, revision))
-            items = [_commit(c.oid, c.title, c.message, c.created_at) for c in commits]
-        else:
-            row = resolve_revision(ctx.session, ctx.caller, namespace, name, revision)
-            concept = r.find_concept(ctx.session, ctx.caller, namespace, name)
-            versions = r.concept_versions(ctx.session, concept)
-            upto = versions[: [v.id for v in versions].index(row.id) + 1]
-            items = [
-                _commit(commit_id(v.digest), f"v{v.version}", "", v.created_at)
-                for v in reversed(upto)
-            ]
+    repo = hr.find_repo(ctx.session, ctx.caller, namespace, name)
+    if repo is not None:
+        commits = hr.history(ctx.session, repo, hr.resolve(ctx.session, repo, revision))
+        items = [_commit(c.oid, c.title, c.message, c.created_at) for c in commits]
+    else:
+        row = resolve_revision(ctx.session, ctx.caller, namespace, name, revision)
+        concept = queries.find_concept(ctx.session, ctx.caller, namespace, name)
+        versions = queries.concept_versions(ctx.session, concept)
+        upto = versions[: [v.id for v in versions].index(row.id) + 1]
+        items = [
+            _commit(commit_id(v.digest), f"v{v.version}", "", v.created_at) for v in reversed(upto)
+        ]
     return JSONResponse(items)
 
 
@@ -458,11 +421,10 @@ def _commit(oid: str, title: str, message: str, when: datetime) -> dict[str, Any
 def _tree_response(
     ctx: Ctx, namespace: str, name: str, revision: str, folder: str, recursive: bool
 ) -> JSONResponse:
-    with hub_errors():
-        snap = snapshot(ctx.session, ctx.caller, namespace, name, revision)
-        entries, found = _tree(snap.files, folder, recursive=recursive)
-        if not found:
-            raise ApiError(404, "entry_not_found", f"no folder {folder} in {namespace}/{name}")
+    snap = snapshot(ctx.session, ctx.caller, namespace, name, revision)
+    entries, found = _tree(snap.files, folder, recursive=recursive)
+    if not found:
+        raise NotFound("entry_not_found", f"no folder {folder} in {namespace}/{name}")
     return JSONResponse(entries, headers={"X-Repo-Commit": snap.sha})
 
 
@@ -541,20 +503,19 @@ def resolve(
     request: Request,
     ctx: CtxDep,
 ) -> Response:
-    with hub_errors():
-        snap = snapshot(ctx.session, ctx.caller, namespace, name, revision)
-        files = {f.path: f for f in snap.files}
-        if path not in files:
-            # With the commit, as the Hub does: the client then remembers the file is absent.
-            raise ApiError(
-                404,
-                "entry_not_found",
-                f"no file {path} in {namespace}/{name} at {revision}: files are "
-                f"{', '.join(sorted(files)[:50])}",
-                headers={"X-Repo-Commit": snap.sha},
-            )
+    snap = snapshot(ctx.session, ctx.caller, namespace, name, revision)
+    files = {f.path: f for f in snap.files}
+    if path not in files:
+        # With the commit, as the Hub does: the client then remembers the file is absent.
+        raise ApiError(
+            404,
+            "entry_not_found",
+            f"no file {path} in {namespace}/{name} at {revision}: files are "
+            f"{', '.join(sorted(files)[:50])}",
+            headers={"X-Repo-Commit": snap.sha},
+        )
     f = files[path]
-    data = r.manifest_bytes(ctx.session, f.digest) if f.in_db else b""
+    data = queries.manifest_bytes(ctx.session, f.digest) if f.in_db else b""
     ctx.session.close()
     storage = ctx.reg.storage
 

@@ -1,7 +1,6 @@
 """Hugging Face Hub-compatible write endpoints: what ``huggingface_hub`` sends for
 ``create_repo``, ``create_commit`` (``upload_file``, ``upload_folder``), ``create_tag`` and
-``delete_tag``. The logic is in :mod:`registry_server._hubrepo`; reads are in
-:mod:`registry_server._hub`.
+``delete_tag``. The logic is in :mod:`.repos`; reads are in :mod:`.reads`.
 
 - ``POST /api/repos/create``: JSON ``name``, ``organization``, ``type``, ``private`` or
   ``visibility``; 200 ``{"url", "name", "id"}``, 409 if it exists (``exist_ok`` swallows it).
@@ -17,7 +16,8 @@
 - ``POST /api/validate-yaml``: the README check the client makes before committing README.md.
 
 Writes need a push token of the namespace (401 without a token, 403 for another namespace or a
-read token). Errors carry X-Error-Message, and X-Error-Code where the client maps it.
+read token). Errors carry X-Error-Message, and X-Error-Code where the client maps it
+(:mod:`.errors`).
 """
 
 from __future__ import annotations
@@ -29,15 +29,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import _hubrepo as hr
-from ._auth import Caller, require_push
-from ._deps import CallerDep, CtxDep, NameP, NamespaceP, RevisionP, registry_of
-from ._errors import ApiError, error_response, responses
-from ._http import body_chunks
-from ._hub import hub_errors
-from ._registry import NAME_MAX_LENGTH, NAME_PATTERN, TAG_PATTERN, Registry
+from ..core.auth import Caller, require_push
+from ..core.checks import NAME_MAX_LENGTH, NAME_PATTERN, TAG_PATTERN
+from ..core.errors import Conflict, Invalid, TooLarge
+from ..core.registry import Registry
+from ..web.deps import CallerDep, CtxDep, NameP, NamespaceP, RevisionP, registry_of
+from ..web.errors import error_response, responses
+from ..web.transfer import body_chunks
+from . import repos as hr
+from .errors import HubWriteRoute, hub_error
 
-router = APIRouter()
+router = APIRouter(route_class=HubWriteRoute)
 
 #: Body bytes gathered before they are parsed in a worker thread.
 _FEED_BYTES = 1 << 20
@@ -114,7 +116,7 @@ class ValidateYamlRequest(BaseModel):
 
 def _no_pull_requests(create_pr: str | None) -> None:
     if create_pr is not None and create_pr not in _NO_PR:
-        raise ApiError(400, "not_supported", "pull requests are not supported here: commit to main")
+        raise Invalid("not_supported", "pull requests are not supported here: commit to main")
 
 
 def _writable(reg: Registry, caller: Caller, namespace: str, name: str) -> hr.Repo:
@@ -135,25 +137,22 @@ def create_repo(body: CreateRepoRequest, request: Request, caller: CallerDep) ->
     namespace = body.organization if body.organization is not None else caller.namespace
     url = f"{_base_url(request)}/{namespace}/{body.name}"
     try:
-        with hub_errors(every_message=True):
-            if body.type not in (None, "model"):
-                raise ApiError(
-                    400, "not_supported", f"only model repos are served, not {body.type}"
-                )
-            if body.visibility not in (None, "public", "private"):
-                raise ApiError(400, "invalid_request", "visibility must be public or private")
-            if namespace is None:
-                require_push(caller, "a namespace")  # anonymous: 401
-            assert namespace is not None
-            private = body.private if body.private is not None else body.visibility == "private"
-            repo = hr.create_repo(
-                registry_of(request), caller, namespace, body.name, private=private
-            )
-    except ApiError as e:
-        if e.status != 409:
-            raise
+        if body.type not in (None, "model"):
+            raise Invalid("not_supported", f"only model repos are served, not {body.type}")
+        if body.visibility not in (None, "public", "private"):
+            raise Invalid("invalid_request", "visibility must be public or private")
+        if namespace is None:
+            require_push(caller, "a namespace")  # anonymous: 401
+        assert namespace is not None
+        private = body.private if body.private is not None else body.visibility == "private"
+        repo = hr.create_repo(registry_of(request), caller, namespace, body.name, private=private)
+    except Conflict as e:
         # create_repo(exist_ok=True) reads the repo's url from the 409 too, as the Hub sends it.
-        return error_response(409, e.code, e.message, e.headers, extra={"url": url})
+        error = hub_error(e, every_message=True)
+        assert error is not None
+        return error_response(
+            error.status, error.code, error.message, error.headers, extra={"url": url}
+        )
     return JSONResponse({"url": url, "name": repo.repo_id, "id": repo.repo_id})
 
 
@@ -174,24 +173,22 @@ def preupload(
     create_pr: _CreatePr = None,
 ) -> JSONResponse:
     limit = ctx.reg.settings.max_blob_bytes
-    with hub_errors(every_message=True):
-        _no_pull_requests(create_pr)
-        repo = hr.writable_repo(ctx.session, ctx.caller, namespace, name)
-        head = hr.branch_head(ctx.session, repo, revision)
-        tree = hr.tree_of(head)
-        files: list[dict[str, Any]] = []
-        for f in body.files:
-            path = hr.check_path(f.path)
-            if f.size > limit:
-                raise ApiError(
-                    413,
-                    "too_large",
-                    f"{path} has {f.size} bytes: this server takes {limit} at most",
-                )
-            entry: dict[str, Any] = {"path": path, "uploadMode": "regular", "shouldIgnore": False}
-            if path in tree:
-                entry["oid"] = tree[path].sha1
-            files.append(entry)
+    _no_pull_requests(create_pr)
+    repo = hr.writable_repo(ctx.session, ctx.caller, namespace, name)
+    head = hr.branch_head(ctx.session, repo, revision)
+    tree = hr.tree_of(head)
+    files: list[dict[str, Any]] = []
+    for f in body.files:
+        path = hr.check_path(f.path)
+        if f.size > limit:
+            raise TooLarge(
+                "too_large",
+                f"{path} has {f.size} bytes: this server takes {limit} at most",
+            )
+        entry: dict[str, Any] = {"path": path, "uploadMode": "regular", "shouldIgnore": False}
+        if path in tree:
+            entry["oid"] = tree[path].sha1
+        files.append(entry)
     return JSONResponse({"files": files, "commitOid": head.oid})
 
 
@@ -207,30 +204,29 @@ async def commit(
 ) -> JSONResponse:
     reg = registry_of(request)
     settings = reg.settings
-    with hub_errors(every_message=True):
-        _no_pull_requests(create_pr)
-        repo = await run_in_threadpool(_writable, reg, caller, namespace, name)
+    _no_pull_requests(create_pr)
+    repo = await run_in_threadpool(_writable, reg, caller, namespace, name)
 
-        def check_parent(parent: str | None) -> None:  # a stale parent: refused before any file
-            hr.check_head(reg, repo, revision, parent)
+    def check_parent(parent: str | None) -> None:  # a stale parent: refused before any file
+        hr.check_head(reg, repo, revision, parent)
 
-        payload = hr.CommitPayload(reg, repo.namespace, on_header=check_parent)
-        try:
-            batch: list[bytes] = []
-            held = 0
-            async for chunk in body_chunks(
-                request, limit=settings.max_hub_commit_bytes, timeout=settings.chunk_timeout_seconds
-            ):
-                batch.append(chunk)
-                held += len(chunk)
-                if held >= _FEED_BYTES:  # one worker-thread hop per ~1 MiB
-                    await run_in_threadpool(_feed, payload, batch)
-                    batch, held = [], 0
-            await run_in_threadpool(_feed, payload, batch)
-            await run_in_threadpool(payload.finish)
-            row = await run_in_threadpool(hr.commit, reg, repo, revision, payload)
-        finally:
-            await run_in_threadpool(payload.close)
+    payload = hr.CommitPayload(reg, repo.namespace, on_header=check_parent)
+    try:
+        batch: list[bytes] = []
+        held = 0
+        async for chunk in body_chunks(
+            request, limit=settings.max_hub_commit_bytes, timeout=settings.chunk_timeout_seconds
+        ):
+            batch.append(chunk)
+            held += len(chunk)
+            if held >= _FEED_BYTES:  # one worker-thread hop per ~1 MiB
+                await run_in_threadpool(_feed, payload, batch)
+                batch, held = [], 0
+        await run_in_threadpool(_feed, payload, batch)
+        await run_in_threadpool(payload.finish)
+        row = await run_in_threadpool(hr.commit, reg, repo, revision, payload)
+    finally:
+        await run_in_threadpool(payload.close)
     return JSONResponse(
         {
             "success": True,
@@ -257,10 +253,9 @@ def _feed(payload: hr.CommitPayload, chunks: list[bytes]) -> None:
 def create_tag(
     namespace: NamespaceP, name: NameP, revision: RevisionP, body: TagRequest, ctx: CtxDep
 ) -> JSONResponse:
-    with hub_errors(every_message=True):
-        repo = hr.writable_repo(ctx.session, ctx.caller, namespace, name)
-        ctx.session.close()  # the tag is written in a session of its own
-        ref = hr.create_tag(ctx.reg, repo, body.tag, revision, body.message)
+    repo = hr.writable_repo(ctx.session, ctx.caller, namespace, name)
+    ctx.session.close()  # the tag is written in a session of its own
+    ref = hr.create_tag(ctx.reg, repo, body.tag, revision, body.message)
     return JSONResponse(
         {"name": ref.name, "ref": f"refs/tags/{ref.name}", "targetCommit": ref.target_oid}
     )
@@ -287,10 +282,9 @@ def delete_tag(
     ],
     ctx: CtxDep,
 ) -> Response:
-    with hub_errors(every_message=True):
-        repo = hr.writable_repo(ctx.session, ctx.caller, namespace, name)
-        ctx.session.close()
-        hr.delete_tag(ctx.reg, repo, tag)
+    repo = hr.writable_repo(ctx.session, ctx.caller, namespace, name)
+    ctx.session.close()
+    hr.delete_tag(ctx.reg, repo, tag)
     return Response(status_code=204)
 
 

@@ -1,8 +1,12 @@
 """Errors: every failure is ``{"error": {"code": ..., "message": ...}}`` with a fitting status.
 
-Route code raises :class:`ApiError`; the handlers installed by :func:`install_handlers` turn it,
-FastAPI's request validation errors, Starlette's routing errors (404/405) and any bug (500) into
-that one shape, so that clients (and the OpenAPI document) see a single error format.
+The registry raises domain errors (:mod:`registry_server.core.errors`); each HTTP family turns
+them into :class:`ApiError` with :func:`http_error` (the status of each kind, here, once) and its
+own hints and headers, through the routes of its router (:func:`mapped_route`). HTTP mechanics
+(ranges, request bodies) raise :class:`ApiError` directly. The handlers installed by
+:func:`install_handlers` turn it, a domain error no family mapped, FastAPI's request validation
+errors, Starlette's routing errors (404/405) and any bug (500) into that one shape, so that
+clients (and the OpenAPI document) see a single error format.
 
 Two rules hold for every response built here:
 
@@ -14,18 +18,33 @@ Two rules hold for every response built here:
 
 from __future__ import annotations
 
-import errno
 import logging
 import re
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from ..core.errors import (
+    Conflict,
+    Forbidden,
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    RegistryError,
+    Rejected,
+    Stale,
+    TooLarge,
+    Unauthorized,
+    is_disk_full,
+)
 
 log = logging.getLogger("registry_server")
 
@@ -42,10 +61,10 @@ class ErrorBody(BaseModel):
 
 
 class ApiError(Exception):
-    """An error to send to the client as is.
+    """An error to send to the client as is: its status, code, message and headers.
 
     Example:
-        >>> raise ApiError(404, "concept_not_found", "no concept acme/dog")  # doctest: +SKIP
+        >>> raise ApiError(416, "range_not_satisfiable", "the range is outside")  # doctest: +SKIP
     """
 
     def __init__(
@@ -89,39 +108,56 @@ def error_response(
     return JSONResponse({**body.model_dump(), **(extra or {})}, status_code=status, headers=safe)
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the disk (or the database's disk) is full.
+#: The status of each kind of domain error, for every HTTP family.
+_STATUS: dict[type[RegistryError], int] = {
+    Invalid: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Stale: 412,
+    TooLarge: 413,
+    Rejected: 422,
+    InsufficientStorage: 507,
+}
+
+
+def http_error(exc: RegistryError, *, hint: str | None = None) -> ApiError:
+    """``exc`` as an HTTP error: the status of its kind, its code, its message (then ``hint``,
+    after a colon); the ``WWW-Authenticate`` challenge when it is :class:`Unauthorized`.
 
     Example:
-        >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
-        True
+        >>> e = http_error(NotFound("concept_not_found", "no concept a/b here"), hint="search")
+        >>> e.status, e.message
+        (404, 'no concept a/b here: search')
     """
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(exc, DBAPIError):
-        orig = exc.orig
-        # SQLite: SQLITE_FULL (13, in the low byte of an extended code); PostgreSQL: class 53100.
-        code = getattr(orig, "sqlite_errorcode", None)
-        return (
-            (isinstance(code, int) and code & 0xFF == _SQLITE_FULL)
-            or getattr(orig, "pgcode", None) == _PG_DISK_FULL
-            or (isinstance(orig, BaseException) and is_disk_full(orig))
-        )
-    return False
+    status = next(s for kind, s in _STATUS.items() if isinstance(exc, kind))
+    headers = {"WWW-Authenticate": 'Bearer realm="conesreg"'} if status == 401 else {}
+    message = f"{exc.message}: {hint}" if hint else exc.message
+    return ApiError(status, exc.code, message, headers=headers)
 
 
-_SQLITE_FULL = 13
-_PG_DISK_FULL = "53100"
+def mapped_route(map_error: Callable[[Exception], ApiError | None]) -> type[APIRoute]:
+    """A route class (``APIRouter(route_class=...)``) whose routes raise ``map_error(e)`` for an
+    exception ``e`` raised while answering, dependencies included: one HTTP family's mapping of
+    domain errors, in one place. Exceptions it maps to None go on unchanged."""
 
+    class MappedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
 
-def insufficient_storage() -> ApiError:
-    """The 507 every full disk answers (the request's data was not kept)."""
-    return ApiError(
-        507,
-        "insufficient_storage",
-        "the server's disk is full, so nothing of this request was stored: try again after the "
-        "registry's operator has freed space",
-    )
+            async def mapped(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except Exception as e:
+                    error = map_error(e)
+                    if error is None:
+                        raise
+                    raise error from None
+
+            return mapped
+
+    return MappedRoute
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -153,6 +189,12 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RegistryError)
+    async def _domain_error(request: Request, exc: RegistryError) -> JSONResponse:
+        # Raised outside the routes of a family with its own mapping (the browse pages).
+        error = http_error(exc)
+        return error_response(error.status, error.code, error.message, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -186,7 +228,7 @@ def install_handlers(app: FastAPI) -> None:
     async def _os_or_db(request: Request, exc: Exception) -> JSONResponse:
         if is_disk_full(exc):
             log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
-            full = insufficient_storage()
+            full = http_error(InsufficientStorage())
             return error_response(full.status, full.code, full.message)
         return _internal(request)
 

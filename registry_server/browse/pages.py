@@ -16,9 +16,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from . import _registry as r
-from ._deps import CtxDep, NameP, NamespaceP
-from ._errors import ApiError
+from ..core import queries
+from ..core.errors import RegistryError
+from ..web.deps import CtxDep, NameP, NamespaceP
+from ..web.errors import http_error
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -31,9 +32,11 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     return templates.TemplateResponse(request, template, context, status_code=status)
 
 
-def _error_page(request: Request, exc: ApiError) -> HTMLResponse:
-    title = "Not found" if exc.status == 404 else "Bad request"
-    return _page(request, "error.html", exc.status, title=title, message=exc.message)
+def _error_page(request: Request, exc: RegistryError) -> HTMLResponse:
+    # The page's status is the API's, the message the neutral one (no hint of /v1 requests).
+    status = http_error(exc).status
+    title = "Not found" if status == 404 else "Bad request"
+    return _page(request, "error.html", status, title=title, message=exc.message)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -48,14 +51,14 @@ def index(
     """The index: latest versions matching the search, best match first."""
     criteria = {"query": q, "tags": [tag] if tag else (), "base_model_hash": base or None}
     try:
-        rows, next_cursor = r.search(
+        rows, next_cursor = queries.search(
             ctx.session, ctx.caller, **criteria, limit=PAGE_SIZE, cursor=cursor
         )
-    except ApiError as exc:  # a cursor from an old link: start over (same filters), not fail
+    except RegistryError as exc:  # a cursor from an old link: start over (same filters), not fail
         if exc.code != "invalid_cursor":
             raise
-        rows, next_cursor = r.search(ctx.session, ctx.caller, **criteria, limit=PAGE_SIZE)
-    manifests = r.manifests_of(ctx.session, rows)
+        rows, next_cursor = queries.search(ctx.session, ctx.caller, **criteria, limit=PAGE_SIZE)
+    manifests = queries.manifests_of(ctx.session, rows)
     cards = []
     for row in rows:
         m = manifests[row.digest]
@@ -82,7 +85,7 @@ def index(
         title="conesreg registry",
         cards=cards,
         filters=filters,
-        facets=r.facets(ctx.reg, ctx.session, ctx.caller),
+        facets=queries.facets(ctx.reg, ctx.session, ctx.caller),
         next_url=next_url,
         first_page=cursor is None,
     )
@@ -98,15 +101,15 @@ def concept(
 ) -> HTMLResponse:
     """A concept: the chosen version (default: the latest non-yanked) and every other."""
     try:
-        found = r.find_concept(ctx.session, ctx.caller, namespace, name)
-        rows = r.concept_versions(ctx.session, found)
+        found = queries.find_concept(ctx.session, ctx.caller, namespace, name)
+        rows = queries.concept_versions(ctx.session, found)
         if version is not None:
-            row = r.find_version(ctx.session, ctx.caller, namespace, name, version)
+            row = queries.find_version(ctx.session, ctx.caller, namespace, name, version)
         else:
             row = next((v for v in rows if v.is_latest), rows[-1])
-    except ApiError as exc:
+    except RegistryError as exc:
         return _error_page(request, exc)
-    m = r.manifest_of(ctx.session, row)
+    m = queries.manifest_of(ctx.session, row)
     previews = [
         _file_url(namespace, name, row.version, b.path)
         for b in m.blobs
