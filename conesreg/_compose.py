@@ -26,7 +26,7 @@ import numpy as np
 
 from ._base_hash import base_model_hash
 from ._concept import OVERLAP_WARN_JACCARD, Concept, Overlap, load_concepts, overlap
-from ._install import Session
+from ._session import Session
 from .errors import (
     BaseModelMismatchError,
     ConesregWarning,

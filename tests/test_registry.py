@@ -15,7 +15,7 @@ import pytest
 from helpers import make_draft
 
 from conesreg import push
-from conesreg._install import Session
+from conesreg._session import Session
 from conesreg.artifact._manifest import parse_manifest
 from conesreg.errors import (
     ConceptNotFoundError,
