@@ -128,13 +128,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     if name == "__version__":
-        # pyproject.toml is the one place the version is written; the installed metadata says it.
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            value = version("conesreg")
-        except PackageNotFoundError:  # a source tree that was never installed
-            value = "0+unknown"
+        value = importlib.import_module(".constants", __name__).package_version()
         globals()["__version__"] = value  # read once
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

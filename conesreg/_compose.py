@@ -26,10 +26,11 @@ import numpy as np
 
 from ._base_hash import base_model_hash
 from ._concept import OVERLAP_WARN_JACCARD, Concept, Overlap, load_concepts, overlap
-from ._install import Session
+from ._session import Session
 from .errors import (
     BaseModelMismatchError,
     ConesregWarning,
+    ConfigError,
     DeviceMemoryError,
     MaskError,
     UnsupportedPipelineError,
@@ -377,7 +378,8 @@ def load_pipeline(
     """Load a Stable Diffusion pipeline and switch ``concepts`` off in it.
 
     Args:
-        base: a local diffusers folder or a Hub repo id (default: the configured base model).
+        base: a local diffusers folder or a Hub repo id (default: the configured base model,
+            else the bundled mini model).
         concepts: references or :class:`Concept` objects, as for :func:`apply`.
         device: ``"auto"`` (CUDA if present), ``"cuda"``, ``"cuda:1"``, ``"cpu"``...
         dtype: ``"float16"``, ``"float32"``, ``"bfloat16"`` or a torch dtype (default: float16 on
@@ -389,7 +391,7 @@ def load_pipeline(
         :func:`active_concepts`; undo with :func:`restore`).
 
     Raises:
-        ConfigError: no base given and none configured.
+        ConfigError: no base given or configured, and the bundled mini model is missing.
         ConesregError: the base model cannot be loaded (not found, offline and not cached).
         and everything :func:`apply` raises.
 
@@ -399,7 +401,7 @@ def load_pipeline(
         >>> image = pipe("a photo of a dog on the beach").images[0]  # doctest: +SKIP
     """
     s = session or Session()
-    base = base or s.config.base_model()
+    base = base or s.config.base_model() or _bundled_base()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     pipe = _from_pretrained(str(base), torch_dtype, offline=s.config.is_offline)
@@ -415,6 +417,20 @@ def load_pipeline(
             session=s,
         )
     return pipe
+
+
+def _bundled_base() -> str:
+    """The bundled mini model's folder: the base model when none is given or configured."""
+    from .mini.model import mini_model_path
+
+    try:
+        return str(mini_model_path())
+    except FileNotFoundError as e:
+        raise ConfigError(
+            str(e),
+            hint="pass --base MODEL (a diffusers folder or Hub id) or "
+            "`conesreg config set default_base MODEL`",
+        ) from None
 
 
 def _from_pretrained(base: str, torch_dtype: Any, *, offline: bool) -> Any:

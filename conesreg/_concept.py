@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._cache import Cache
-from ._install import Session, install
+from ._fetch import fetch
+from ._install import install
 from ._lockfile import LockedConcept
+from ._session import Session
 from .artifact._manifest import IndexEntry, Manifest
 from .errors import BaseModelMismatchError, MaskError
-from .sources import BlobOrigin
 
 if TYPE_CHECKING:
     from .artifact._mask import IndexSet
@@ -161,12 +162,7 @@ def fetch_concept(entry: IndexEntry, *, session: Session | None = None) -> Conce
     """A published version as a :class:`Concept`, through the cache but outside any lockfile
     (for inspection, e.g. ``conesreg info --overlap``)."""
     s = session or Session()
-    e = entry
-    manifest = s.manifest(e.registry, e.namespace, e.name, e.version, e.digest, revision=e.revision)
-    mask = manifest.blob(manifest.mask.blob)
-    origin = BlobOrigin(e.namespace, e.name, e.version, mask.path, e.revision)
-    s.blob(e.registry, mask, origin=origin)
-    return read_concept(manifest, s.cache)
+    return read_concept(fetch(entry, session=s, mask_only=True), s.cache)
 
 
 def load_concepts(

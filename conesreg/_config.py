@@ -68,22 +68,11 @@ class Config(BaseModel):
             hint="add it with `conesreg config registry add NAME URL`",
         )
 
-    def base_model(self) -> str:
-        """The base model to use when none is given: ``CONESREG_BASE_MODEL``, then the config's
-        ``default_base``, then the bundled mini model."""
-        base = constants.BASE_MODEL or self.default_base
-        if base:
-            return base
-        from .mini.model import mini_model_path
-
-        try:
-            return str(mini_model_path())
-        except FileNotFoundError as e:
-            raise ConfigError(
-                str(e),
-                hint="pass --base MODEL (a diffusers folder or Hub id) or "
-                "`conesreg config set default_base MODEL`",
-            ) from None
+    def base_model(self) -> str | None:
+        """The configured base model: ``CONESREG_BASE_MODEL``, then the config's
+        ``default_base``; None if neither is set (``load_pipeline`` then takes the bundled mini
+        model)."""
+        return constants.BASE_MODEL or self.default_base
 
     @property
     def is_offline(self) -> bool:

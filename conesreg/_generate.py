@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import constants
 from ._compose import active_concepts, pristine_hash
 from ._storage import atomic_write
 
@@ -76,7 +76,7 @@ def generate(
         "base_model": str(getattr(pipe.config, "_name_or_path", "") or ""),
         "base_model_hash": pristine_hash(pipe),
         "concepts": json.dumps(concepts),
-        "software": f"conesreg {__version__}",
+        "software": f"conesreg {constants.package_version()}",
     }
     return Generation(images, metadata)
 

@@ -1,116 +1,22 @@
-"""Install: resolve references, fetch verified blobs into the cache, update ``conesreg.lock``."""
+"""Install: resolve references, fetch verified blobs into the cache, update ``conesreg.lock``.
+
+Install is resolve (``_resolver``), lock (``_lockfile``) and fetch (``_fetch``), through a
+:class:`~conesreg._session.Session`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
-from ._cache import Cache
-from ._config import Config, load_config
+from ._fetch import fetch
 from ._lockfile import LockedConcept, Lockfile, lockfile_path, read_lockfile, write_lockfile
 from ._resolver import Resolution, resolve
-from .artifact._manifest import BlobRef, IndexEntry, Manifest
-from .artifact._names import ConceptRef, parse_ref
-from .errors import InvalidReferenceError, LockfileError, OfflineError, StaleLockfileError
-from .sources import BlobOrigin, Source, open_source
-
-
-class Progress(Protocol):
-    """What install reports progress to; ``rich.progress.Progress`` fits as is."""
-
-    def add_task(self, description: str, *, total: float | None = ...) -> Any: ...
-    def advance(self, task_id: Any, advance: float = ...) -> None: ...
-
-
-@dataclass
-class Session:
-    """Config, cache and opened sources for one command; sources open lazily, once each."""
-
-    config: Config = field(default_factory=load_config)
-    cache: Cache = field(default_factory=Cache.open)
-    _sources: dict[str, Source] = field(default_factory=dict)
-
-    def source(self, registry: str | None) -> Source:
-        name = registry or self.config.default_registry
-        if name not in self._sources:
-            self._sources[name] = open_source(self.config, name)
-        return self._sources[name]
-
-    def parse(self, text: str) -> ConceptRef:
-        ref = parse_ref(text, default_namespace=self.config.default_namespace)
-        if ref.registry is None:
-            ref = ConceptRef(ref.namespace, ref.name, ref.spec, self.config.default_registry)
-        self.config.registry(ref.registry)  # an unknown alias fails here, before any work
-        return ref
-
-    def releases(self, ref: ConceptRef) -> list[IndexEntry]:
-        """Every version of ``ref``; offline, those of a remote source come from the cache."""
-        source = self.source(ref.registry)
-        if self.is_offline(source):
-            cached = [
-                e
-                for e in self.cache.entries(source.name)
-                if (e.namespace, e.name) == (ref.namespace, ref.name)
-            ]
-            if not cached:
-                raise OfflineError(f"{ref.id} is not in the cache and offline mode is on")
-            return cached
-        return source.versions(ref.namespace, ref.name)
-
-    def manifest(
-        self,
-        registry: str,
-        namespace: str,
-        name: str,
-        version: str,
-        digest: str,
-        *,
-        revision: str | None = None,
-    ) -> Manifest:
-        """The verified manifest of a version, from the cache or else from its source."""
-        if not self.cache.blobs.is_intact(digest):
-            self.require_online(registry, [digest])
-            src = self.source(registry)
-            data = src.manifest(namespace, name, version, revision=revision)
-            self.cache.ensure(digest, lambda out: out.write(data))
-        return self.cache.manifest(digest)
-
-    def blob(
-        self,
-        registry: str,
-        blob: BlobRef,
-        *,
-        origin: BlobOrigin | None = None,
-        progress: Progress | None = None,
-        label: str = "",
-    ) -> Path:
-        """The verified cache path of ``blob``, fetched from ``registry``'s source if missing
-        (``origin``: where the blob sits, for sources that store files by path)."""
-        if self.cache.blobs.is_intact(blob.digest):
-            return self.cache.blobs.path(blob.digest)
-        self.require_online(registry, [blob.digest])
-        src = self.source(registry)
-        task = (
-            progress.add_task(f"{label} {blob.path}".strip(), total=blob.size) if progress else None
-        )
-
-        def write(out: Any) -> None:
-            src.fetch_blob(blob.digest, _Reporting(out, progress, task), origin=origin)
-
-        return self.cache.ensure(blob.digest, write, size=blob.size)
-
-    def is_offline(self, source: Source) -> bool:
-        """Offline for this source: conesreg's setting, or the source's own (HF_HUB_OFFLINE)."""
-        return source.remote and (self.config.is_offline or source.offline)
-
-    def require_online(self, registry: str, missing: list[str]) -> None:
-        if self.is_offline(self.source(registry)):
-            raise OfflineError(
-                f"offline mode is on and {len(missing)} file(s) are missing from the cache: "
-                + ", ".join(d[:19] for d in missing)
-            )
+from ._session import Progress, Session
+from .artifact._manifest import IndexEntry
+from .artifact._names import ConceptRef
+from .errors import InvalidReferenceError, LockfileError, StaleLockfileError
+from .sources import Source
 
 
 def install(
@@ -173,7 +79,8 @@ def install(
     assert new is not None
 
     for entry in wanted:
-        _fetch_blobs(s, entry, progress)
+        manifest = fetch(entry, session=s, progress=progress)
+        s.cache.record(IndexEntry.of(manifest, registry=entry.registry))
     if new != old:
         write_lockfile(path, new)
     return wanted
@@ -226,32 +133,6 @@ def _lock_source(src: Source) -> str:
     # The lockfile is shared between machines: an embedded registry's path differs on each, so
     # only a remote source's address is recorded.
     return src.location() if src.remote else "embedded"
-
-
-def _fetch_blobs(s: Session, entry: LockedConcept, progress: Progress | None) -> None:
-    e = entry
-    manifest = s.manifest(
-        e.registry, e.namespace, e.name, e.version, e.manifest, revision=e.revision
-    )
-    missing = [b for b in manifest.blobs if not s.cache.blobs.is_intact(b.digest)]
-    if missing:
-        s.require_online(e.registry, [b.digest for b in missing])
-    for blob in missing:
-        origin = BlobOrigin(e.namespace, e.name, e.version, blob.path, e.revision)
-        s.blob(e.registry, blob, origin=origin, progress=progress, label=f"{e.namespace}/{e.name}")
-    s.cache.record(IndexEntry.of(manifest, registry=e.registry))
-
-
-class _Reporting:
-    """Forwards writes and reports their sizes to a progress bar."""
-
-    def __init__(self, out: Any, progress: Progress | None, task: Any) -> None:
-        self._out, self._progress, self._task = out, progress, task
-
-    def write(self, data: bytes) -> int:
-        if self._progress is not None:
-            self._progress.advance(self._task, len(data))
-        return self._out.write(data)
 
 
 def _describe_change(old: Lockfile | None, new: Lockfile, path: Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._install import Session
+from ._session import Session
 from .artifact._build import build_manifest
 from .artifact._manifest import Manifest, parse_manifest
 from .errors import ConceptNotFoundError, ManifestError, VersionNotFoundError

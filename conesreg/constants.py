@@ -10,6 +10,7 @@ but as copies: read and patch them there.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -48,6 +49,19 @@ def _env_path(name: str, default: str) -> Path:
 
 def _env_bool(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@functools.cache
+def package_version() -> str:
+    """conesreg's version as installed: pyproject.toml is the one place it is written, and the
+    installed metadata says it (read on first use, once; ``0+unknown`` in a tree never
+    installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("conesreg")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 # --- where things live -------------------------------------------------------------------------

@@ -265,7 +265,7 @@ def test_load_pipeline_errors(isolated, tmp_path: Path) -> None:  # type: ignore
 
 
 def _offline_session():  # type: ignore[no-untyped-def]
-    from conesreg._install import Session
+    from conesreg._session import Session
 
     s = Session()
     s.config = s.config.model_copy(update={"offline": True})

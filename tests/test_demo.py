@@ -26,7 +26,7 @@ def test_demo_publishes_installs_and_reports(
 ) -> None:
     from PIL import Image
 
-    from conesreg._install import Session
+    from conesreg._session import Session
 
     out = isolated / "demo"
     assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0, capsys.readouterr().err

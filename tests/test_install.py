@@ -10,8 +10,8 @@ import pytest
 
 from conesreg import install, push, uninstall
 from conesreg._cache import Cache
-from conesreg._install import Session
 from conesreg._lockfile import lockfile_path, read_lockfile
+from conesreg._session import Session
 from conesreg.errors import (
     ConceptNotFoundError,
     IntegrityError,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conesreg import push
-from conesreg._install import Session
+from conesreg._session import Session
 from conesreg.artifact._manifest import parse_manifest
 from conesreg.errors import (
     ConceptNotFoundError,

@@ -8,7 +8,7 @@ from .._config import Config
 from ..artifact._ranking import match_score
 from ..errors import ConfigError
 from ._base import BlobOrigin, Source
-from ._local import LocalSource
+from ._local import LocalSource, rank_matches
 
 
 def open_source(config: Config, registry: str | None = None) -> Source:
@@ -37,4 +37,4 @@ def open_source(config: Config, registry: str | None = None) -> Source:
     )
 
 
-__all__ = ["BlobOrigin", "LocalSource", "Source", "match_score", "open_source"]
+__all__ = ["BlobOrigin", "LocalSource", "Source", "match_score", "open_source", "rank_matches"]

@@ -55,7 +55,7 @@ class HttpSource:
     """A ``registry_server`` at ``url``; ``token`` authorizes pushes and private reads.
 
     The deadline (``constants.HTTP_DEADLINE``) counts from the source's first request, so a
-    source is meant to serve one command (as :class:`conesreg._install.Session` opens them).
+    source is meant to serve one command (as :class:`conesreg._session.Session` opens them).
     """
 
     remote = True

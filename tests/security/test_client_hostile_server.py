@@ -454,7 +454,7 @@ def test_hub_manifest_and_blob_caps(
     manifest over the cap is refused unread, and a blob is cut at its listed size."""
     import huggingface_hub
 
-    from conesreg._install import Session
+    from conesreg._session import Session
     from conesreg.artifact._manifest import BlobRef
     from conesreg.errors import IntegrityError, SourceError
     from conesreg.sources import BlobOrigin

@@ -1,0 +1,210 @@
+"""The session: config, cache and sources for one command, and the offline policy between them.
+
+Configuration becomes sources here and nowhere else: install, push and fetch take a session and
+ask it for a source, a version listing, a verified manifest or blob, or a search; offline, every
+answer comes from the cache, and what it lacks is an :class:`OfflineError` that names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ._cache import Cache
+from ._config import Config, load_config
+from .artifact._manifest import BlobRef, IndexEntry, Manifest
+from .artifact._names import ConceptRef, parse_ref
+from .artifact._versions import sort_releases
+from .errors import OfflineError
+from .sources import BlobOrigin, Source, open_source, rank_matches
+
+
+class Progress(Protocol):
+    """What downloads report progress to; ``rich.progress.Progress`` fits as is."""
+
+    def add_task(self, description: str, *, total: float | None = ...) -> Any: ...
+    def advance(self, task_id: Any, advance: float = ...) -> None: ...
+
+
+@dataclass
+class Session:
+    """Config, cache and opened sources for one command; sources open lazily, once each.
+
+    Example:
+        >>> s = Session.open(offline=True)  # doctest: +SKIP
+        >>> [e.id for e in s.search("dog")]  # doctest: +SKIP
+        ['acme/dog']
+    """
+
+    config: Config = field(default_factory=load_config)
+    cache: Cache = field(default_factory=Cache.open)
+    _sources: dict[str, Source] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, *, offline: bool = False) -> Session:
+        """A session on the user's config file and cache.
+
+        Args:
+            offline: use only the cache, whatever the config says (``--offline``).
+
+        Raises:
+            ConfigError: the config file is unreadable or invalid.
+
+        Example:
+            >>> Session.open(offline=True).config.is_offline  # doctest: +SKIP
+            True
+        """
+        s = cls()
+        if offline:
+            s.config = s.config.model_copy(update={"offline": True})
+        return s
+
+    def source(self, registry: str | None) -> Source:
+        """The source behind a registry alias (``None``: the default registry), opened once."""
+        name = registry or self.config.default_registry
+        if name not in self._sources:
+            self._sources[name] = open_source(self.config, name)
+        return self._sources[name]
+
+    def parse(self, text: str) -> ConceptRef:
+        """A reference with the configured default namespace and registry filled in.
+
+        Raises:
+            InvalidReferenceError: not a reference.
+            ConfigError: it names an unknown registry.
+        """
+        ref = parse_ref(text, default_namespace=self.config.default_namespace)
+        if ref.registry is None:
+            ref = ConceptRef(ref.namespace, ref.name, ref.spec, self.config.default_registry)
+        self.config.registry(ref.registry)  # an unknown alias fails here, before any work
+        return ref
+
+    def releases(self, ref: ConceptRef) -> list[IndexEntry]:
+        """Every version of ``ref``; offline, those of a remote source come from the cache."""
+        source = self.source(ref.registry)
+        if self.is_offline(source):
+            cached = [
+                e
+                for e in self.cache.entries(source.name)
+                if (e.namespace, e.name) == (ref.namespace, ref.name)
+            ]
+            if not cached:
+                raise OfflineError(f"{ref.id} is not in the cache and offline mode is on")
+            return cached
+        return source.versions(ref.namespace, ref.name)
+
+    def search(
+        self,
+        query: str = "",
+        *,
+        registry: str | None = None,
+        tags: Sequence[str] = (),
+        base_model_hash: str | None = None,
+        class_word: str | None = None,
+        limit: int = 50,
+    ) -> list[IndexEntry]:
+        """The latest non-yanked version of each matching concept of a registry, best first.
+
+        Offline, a remote registry is searched as far as the cache knows it: the newest cached
+        non-yanked version of each concept, ranked by the same rule the sources use.
+
+        Args:
+            query: words to match against names, descriptions, tags and class words.
+            registry: the registry alias (default: the default registry).
+            tags: only concepts with every one of these tags.
+            base_model_hash: only concepts for this base model.
+            class_word: only concepts of this class word.
+            limit: the most hits returned.
+
+        Returns:
+            Index entries, best match first.
+
+        Raises:
+            ConfigError: an unknown registry. And whatever the source raises online.
+
+        Example:
+            >>> [e.id for e in Session().search("dog", tags=["pet"])]  # doctest: +SKIP
+            ['acme/dog']
+        """
+        source = self.source(registry)
+        filters = {"tags": tags, "base_model_hash": base_model_hash, "class_word": class_word}
+        if not self.is_offline(source):
+            return source.search(query, **filters, limit=limit)
+        latest = {
+            (e.namespace, e.name): e
+            for e in sort_releases(self.cache.entries(source.name))
+            if not e.yanked
+        }
+        return rank_matches(latest.values(), query, **filters, limit=limit)
+
+    def manifest(
+        self,
+        registry: str,
+        namespace: str,
+        name: str,
+        version: str,
+        digest: str,
+        *,
+        revision: str | None = None,
+    ) -> Manifest:
+        """The verified manifest of a version, from the cache or else from its source."""
+        if not self.cache.blobs.is_intact(digest):
+            self.require_online(registry, [digest])
+            src = self.source(registry)
+            data = src.manifest(namespace, name, version, revision=revision)
+            self.cache.ensure(digest, lambda out: out.write(data))
+        return self.cache.manifest(digest)
+
+    def blob(
+        self,
+        registry: str,
+        blob: BlobRef,
+        *,
+        origin: BlobOrigin | None = None,
+        progress: Progress | None = None,
+        label: str = "",
+    ) -> Path:
+        """The verified cache path of ``blob``, fetched from ``registry``'s source if missing
+        (``origin``: where the blob sits, for sources that store files by path)."""
+        if self.cache.blobs.is_intact(blob.digest):
+            return self.cache.blobs.path(blob.digest)
+        self.require_online(registry, [blob.digest])
+        src = self.source(registry)
+        task = (
+            progress.add_task(f"{label} {blob.path}".strip(), total=blob.size) if progress else None
+        )
+
+        def write(out: Any) -> None:
+            src.fetch_blob(blob.digest, _Reporting(out, progress, task), origin=origin)
+
+        return self.cache.ensure(blob.digest, write, size=blob.size)
+
+    def is_offline(self, source: Source) -> bool:
+        """Offline for this source: conesreg's setting, or the source's own (HF_HUB_OFFLINE)."""
+        return source.remote and (self.config.is_offline or source.offline)
+
+    def require_online(self, registry: str, missing: list[str]) -> None:
+        """Fail, naming the ``missing`` digests, if ``registry`` may not be contacted.
+
+        Raises:
+            OfflineError: offline mode is on for that registry.
+        """
+        if self.is_offline(self.source(registry)):
+            raise OfflineError(
+                f"offline mode is on and {len(missing)} file(s) are missing from the cache: "
+                + ", ".join(d[:19] for d in missing)
+            )
+
+
+class _Reporting:
+    """Forwards writes and reports their sizes to a progress bar."""
+
+    def __init__(self, out: Any, progress: Progress | None, task: Any) -> None:
+        self._out, self._progress, self._task = out, progress, task
+
+    def write(self, data: bytes) -> int:
+        if self._progress is not None:
+            self._progress.advance(self._task, len(data))
+        return self._out.write(data)
