@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from . import constants
-from .errors import ConesregError
+from .. import constants
+from ..errors import ConesregError
 
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 _project_option = click.option(
@@ -71,7 +71,7 @@ def _progress(*, steps: bool = False) -> Iterator[Any]:
 
 
 def _session(offline: bool = False) -> Any:
-    from ._install import Session
+    from .._install import Session
 
     s = Session()
     if offline:
@@ -96,7 +96,7 @@ def cli(debug: bool) -> None:
 @_json_option
 def push(draft_dir: Path, version: str, ref: str | None, as_json: bool) -> None:
     """Publish a draft directory (written by `conesreg find`) as a new version."""
-    from ._push import push as do_push
+    from .._push import push as do_push
 
     if not draft_dir.is_dir():
         raise ConesregError(
@@ -135,7 +135,7 @@ def install(
 
     With no REFS, installs everything conesreg.lock lists.
     """
-    from ._install import install as do_install
+    from .._install import install as do_install
 
     if locked and frozen:
         raise ConesregError("--locked and --frozen cannot be combined", hint="pick one")
@@ -162,7 +162,7 @@ def install(
 @_project_option
 def uninstall(refs: tuple[str, ...], project_dir: Path | None) -> None:
     """Remove concepts from this project's conesreg.lock."""
-    from ._install import uninstall as do_uninstall
+    from .._install import uninstall as do_uninstall
 
     for c in do_uninstall(refs, project_dir=project_dir, session=_session()):
         _out().print(f"uninstalled {c.namespace}/{c.name}@{c.version}")
@@ -173,8 +173,8 @@ def uninstall(refs: tuple[str, ...], project_dir: Path | None) -> None:
 @_json_option
 def list_(project_dir: Path | None, as_json: bool) -> None:
     """List the concepts installed in this project."""
-    from ._cache import Cache
-    from ._lockfile import lockfile_path, read_lockfile
+    from .._cache import Cache
+    from .._lockfile import lockfile_path, read_lockfile
 
     lock = read_lockfile(lockfile_path(project_dir))
     cache = Cache.open()
@@ -252,9 +252,9 @@ def generate(
     err = Console(stderr=True)
     with err.status("loading the base model and concepts"):
         _quiet_libraries()
-        from ._compose import load_pipeline
-        from ._generate import generate as run_generate
-        from ._generate import save_png
+        from .._compose import load_pipeline
+        from .._generate import generate as run_generate
+        from .._generate import save_png
 
         s = _session(offline)
         pipe = load_pipeline(
@@ -391,7 +391,7 @@ def find(
     a beach"} per line, as in a Hugging Face image folder) captions each image: captions that
     name the class word and the rest of the scene make the concept hold in other prompts.
     """
-    from .artifact._names import parse_ref
+    from ..artifact._names import parse_ref
 
     s = _session()
     r = parse_ref(ref, default_namespace=s.config.default_namespace)
@@ -416,9 +416,9 @@ def find(
     captions = _captions(files)
     parent_captions = [_captions(f) for f in parent_files]
     _quiet_libraries()
-    from ._compose import apply, load_pipeline
-    from ._concept import load_concepts
-    from ._find import (
+    from .._compose import apply, load_pipeline
+    from .._concept import load_concepts
+    from .._find import (
         REFINE_DEFAULTS,
         SEARCH_DEFAULTS,
         FindConfig,
@@ -494,7 +494,7 @@ def find(
                 on_step=on_step,
                 checkpoint=checkpoint,
             )
-    from .mini.model import MODEL_ID
+    from ..mini.model import MODEL_ID
 
     base_id = base or s.config.default_base or MODEL_ID
     write_draft(
@@ -539,11 +539,11 @@ def demo(subject: str, output: Path, seed: int, device: str) -> None:
     registry as demo/SUBJECT@1.0.0, installs that, and draws the class prompt with and without
     it: a side-by-side grid (demo.png) and a report (report.md) land in OUTPUT.
     """
-    from .mini.subjects import FIND_SETTINGS, get_subject
+    from ..mini.subjects import FIND_SETTINGS, get_subject
 
     get_subject(subject)  # an unknown subject fails before anything loads
     _quiet_libraries()
-    from ._demo import run_demo
+    from .._demo import run_demo
 
     out = _out()
     with _progress(steps=True) as progress:
@@ -584,7 +584,7 @@ def _class_prompt(manifest: Any) -> str:
 
 
 def _image_files(paths: tuple[Path, ...]) -> list[Path]:
-    from .artifact import constants as artifact_constants
+    from ..artifact import constants as artifact_constants
 
     suffixes = artifact_constants.IMAGE_SUFFIXES
     files: list[Path] = []
@@ -677,8 +677,8 @@ def search(
     source = s.source(registry)
     filters = {"tags": tags, "base_model_hash": base_model, "class_word": class_word}
     if s.is_offline(source):
-        from .artifact._versions import sort_releases
-        from .sources._local import rank_matches
+        from ..artifact._versions import sort_releases
+        from ..sources._local import rank_matches
 
         # Offline, a remote registry is searched as far as the cache knows it: the newest cached
         # non-yanked version of each concept.
@@ -711,7 +711,7 @@ def info(refs: tuple[str, ...], overlap: bool, as_json: bool) -> None:
 
     With --overlap, show how many neurons each pair of concepts shares instead.
     """
-    from .artifact._versions import parse_spec, select_version
+    from ..artifact._versions import parse_spec, select_version
 
     s = _session()
     entries = []
@@ -760,7 +760,7 @@ def info(refs: tuple[str, ...], overlap: bool, as_json: bool) -> None:
 
 
 def _print_overlap(s: Any, entries: list[Any], as_json: bool) -> None:
-    from ._concept import OVERLAP_WARN_JACCARD, fetch_concept, overlap
+    from .._concept import OVERLAP_WARN_JACCARD, fetch_concept, overlap
 
     if len(entries) < 2:
         raise ConesregError("--overlap needs at least two concepts", hint="name two or more REFS")
@@ -815,7 +815,7 @@ def versions(ref: str, everything: bool, as_json: bool) -> None:
 
 
 def _yank(ref: str, yanked: bool, reason: str | None) -> None:
-    from .artifact._versions import parse_version
+    from ..artifact._versions import parse_version
 
     s = _session()
     r = s.parse(ref)
@@ -846,7 +846,7 @@ def unyank(ref: str) -> None:
 @_json_option
 def verify(as_json: bool) -> None:
     """Re-hash every file in the cache; exit 1 if any is corrupted."""
-    from ._cache import Cache
+    from .._cache import Cache
 
     cache = Cache.open()
     digests = list(cache.blobs.digests())
@@ -879,7 +879,7 @@ def cache() -> None:
 @_json_option
 def cache_ls(as_json: bool) -> None:
     """List cached concept versions."""
-    from ._cache import Cache
+    from .._cache import Cache
 
     entries = Cache.open().entries()
     if as_json:
@@ -895,7 +895,7 @@ def cache_ls(as_json: bool) -> None:
 @click.option("--all", "everything", is_flag=True, help="Remove everything, not just leftovers.")
 def cache_prune(everything: bool) -> None:
     """Remove corrupted files, temp leftovers and blobs no cached version uses."""
-    from ._cache import Cache
+    from .._cache import Cache
 
     c = Cache.open()
     if everything:
@@ -913,7 +913,7 @@ def cache_prune(everything: bool) -> None:
 @cache.command(name="dir")
 def cache_dir() -> None:
     """Print the cache directory."""
-    from ._cache import Cache
+    from .._cache import Cache
 
     click.echo(Cache.open().root)
 
@@ -928,7 +928,7 @@ def config() -> None:
 @_json_option
 def config_list(as_json: bool) -> None:
     """Show every setting and where the files are."""
-    from ._config import load_config
+    from .._config import load_config
 
     cfg = load_config()
     dumped = cfg.model_dump(mode="json", exclude_none=True)
@@ -953,7 +953,7 @@ def config_list(as_json: bool) -> None:
 @click.argument("key")
 def config_get(key: str) -> None:
     """Print one setting."""
-    from ._config import SETTABLE, load_config
+    from .._config import SETTABLE, load_config
 
     if key not in SETTABLE:
         raise ConesregError(f"unknown config key {key!r}", hint=f"keys: {', '.join(SETTABLE)}")
@@ -965,7 +965,7 @@ def config_get(key: str) -> None:
 @click.argument("value")
 def config_set(key: str, value: str) -> None:
     """Change one setting (default_namespace, default_registry, offline)."""
-    from ._config import load_config, save_config, set_value
+    from .._config import load_config, save_config, set_value
 
     save_config(set_value(load_config(), key, value))
     click.echo(f"{key} = {value}")
@@ -989,7 +989,7 @@ def config_registry() -> None:
 @click.option("--default", "make_default", is_flag=True, help="Also make it the default.")
 def config_registry_add(name: str, url: str, kind: str, make_default: bool) -> None:
     """Add the registry at URL under NAME (then, for a server, `conesreg login NAME`)."""
-    from ._config import add_registry, load_config, save_config
+    from .._config import add_registry, load_config, save_config
 
     cfg = add_registry(load_config(), name, url, kind=kind)  # type: ignore[arg-type]
     if make_default:
@@ -1002,7 +1002,7 @@ def config_registry_add(name: str, url: str, kind: str, make_default: bool) -> N
 @click.argument("name")
 def config_registry_remove(name: str) -> None:
     """Forget the registry NAME and its token."""
-    from ._config import load_config, save_config
+    from .._config import load_config, save_config
 
     cfg = load_config()
     if name not in cfg.registries:
@@ -1021,7 +1021,7 @@ def config_registry_remove(name: str) -> None:
 )
 def login(registry: str, token_stdin: bool) -> None:
     """Store a token for the http REGISTRY (asked for without echo; kept in the 0600 config)."""
-    from ._config import load_config, save_config, set_token
+    from .._config import load_config, save_config, set_token
 
     cfg = load_config()
     set_token(cfg, registry, "placeholder")  # an unknown registry fails before the prompt
@@ -1255,7 +1255,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 user error, 2 internal error)."""
     import warnings
 
-    from .errors import ConesregWarning
+    from ..errors import ConesregWarning
 
     warnings.showwarning = _show_warning
     # Third-party chatter (deprecations inside diffusers/transformers) is not for our users.
@@ -1290,7 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: say so in one line unless debugging
         if constants.DEBUG:
             raise
-        from ._storage import DISK_FULL, write_error
+        from .._storage import DISK_FULL, write_error
 
         if isinstance(e, OSError) and e.errno in DISK_FULL:
             # A full disk is the user's to fix, wherever the write was (an image, a checkpoint).
