@@ -44,7 +44,7 @@ CHECKPOINT_FILE = ".find-checkpoint.pt"
 
 
 @dataclass(frozen=True)
-class Subject:
+class SubjectFiles:
     """A subject's image files and their captions (None: the class prompt for every image)."""
 
     files: list[Path]
@@ -62,8 +62,8 @@ class FindPlan:
     name: str
     namespace: str
     config: FindConfig
-    subject: Subject | None
-    parents: list[tuple[Concept, Subject]]
+    subject: SubjectFiles | None
+    parents: list[tuple[Concept, SubjectFiles]]
 
 
 def find_config(
@@ -192,9 +192,9 @@ def plan_find(
         name=r.name,
         namespace=r.namespace,
         config=config,
-        subject=None if concepts else Subject(files, captions),
+        subject=None if concepts else SubjectFiles(files, captions),
         parents=[
-            (c, Subject(f, caps))
+            (c, SubjectFiles(f, caps))
             for c, f, caps in zip(concepts, parent_files, parent_captions, strict=True)
         ],
     )
