@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from ._concept import Concept, load_concepts, overlap
     from ._demo import run_demo
     from ._find import FindConfig, find_neurons, refine_neurons, write_draft
+    from ._find_inputs import load_subject_images
+    from ._find_job import plan_find, run_find
     from ._generate import generate, save_png
     from ._install import install, uninstall
     from ._lockfile import LockedConcept, Lockfile
@@ -64,14 +66,17 @@ __all__ = [
     "load_concepts",
     "load_mask",
     "load_pipeline",
+    "load_subject_images",
     "open_source",
     "overlap",
     "parse_ref",
     "parse_spec",
+    "plan_find",
     "push",
     "refine_neurons",
     "restore",
     "run_demo",
+    "run_find",
     "save_mask",
     "save_png",
     "uninstall",
@@ -120,6 +125,9 @@ _LAZY = {
     "find_neurons": "_find",
     "refine_neurons": "_find",
     "write_draft": "_find",
+    "load_subject_images": "_find_inputs",
+    "plan_find": "_find_job",
+    "run_find": "_find_job",
     "run_demo": "_demo",
 }
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import constants
 from ._base_hash import base_model_hash
+from ._find_inputs import check_captions
 from ._objective import denoising_target
 from ._storage import atomic_write
 from .artifact import constants as artifact_constants
@@ -226,33 +227,6 @@ def find_neurons(
         else check_captions(captions, len(images), config.class_word)
     )
     return _search(pipe, [(images, prompts)], config, on_step=on_step, checkpoint=checkpoint)
-
-
-def check_captions(captions: Sequence[str], n_images: int, class_word: str) -> list[str]:
-    """``captions`` as a list, after checking that there is one per image and each names the
-    class word (the mask binds the subject to that word, so a caption without it teaches
-    nothing about it).
-
-    Example:
-        >>> check_captions(["a star on a beach"], 1, "star")
-        ['a star on a beach']
-    """
-    import re
-
-    captions = list(captions)
-    if len(captions) != n_images:
-        raise ConesregError(
-            f"{len(captions)} captions for {n_images} images",
-            hint="give one caption per image, or none",
-        )
-    word = re.compile(rf"\b{re.escape(class_word)}\b", re.IGNORECASE)
-    for c in captions:
-        if not word.search(c):
-            raise ConesregError(
-                f"the caption {c!r} does not name the class word {class_word!r}",
-                hint=f"mention it in every caption, e.g. 'a photo of a {class_word} on a beach'",
-            )
-    return captions
 
 
 def refine_neurons(

@@ -1,0 +1,177 @@
+"""``find``: a subject's concept neurons into a draft directory (imports torch and diffusers).
+
+Parses the options and prints; reading the images and captions, checking the options and
+running the search are :mod:`conesreg._find_job`'s, for Python users too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .._find_inputs import DEFAULT_PROMPT
+from ..errors import ConesregError
+from ._output import open_session, progress_bar, quiet_libraries, stdout
+
+
+@click.command()
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--class-word", default=None, help="The subject's class, e.g. star.")
+@click.option("--name", "ref", required=True, help="[NAMESPACE/]NAME of the concept.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Draft directory to write (then `conesreg push` it).",
+)
+@click.option(
+    "--prompt",
+    default=DEFAULT_PROMPT,
+    show_default=True,
+    help="Class prompt template.",
+)
+@click.option(
+    "--refine",
+    "parents",
+    multiple=True,
+    metavar="REF=IMAGES",
+    help="Compose installed concepts and refine them jointly, each with its subject's images "
+    "(repeatable; replaces IMAGES).",
+)
+@click.option("--base", default=None, help="Diffusers folder or Hub id (default: configured).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="[default 100; refine 20]")
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=None, help="[default 10; refine 2]")
+@click.option(
+    "--sparsity", type=float, default=None, help="Share to switch off [default 0.05; refine 0.005]."
+)
+@click.option("--tau", type=float, default=None, help="Or: switch off scores above this.")
+@click.option(
+    "--lambda",
+    "lam",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Weight of the prior-preservation loss.",
+)
+@click.option("--prior-images", type=click.IntRange(1), default=8, show_default=True)
+@click.option(
+    "--preserve",
+    multiple=True,
+    metavar="PROMPT",
+    help="Keep what the base model draws for PROMPT, e.g. other classes (repeatable; needs "
+    "--lambda; default: the class prompt).",
+)
+@click.option("--rho", type=float, default=None, help="Soft shutting rate in (0, 1].")
+@click.option(
+    "--bands",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Timestep bands, each with its own scores and share of the budget.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--candidates",
+    type=click.Choice(["cross-kv", "cross-self-kv", "attention"]),
+    default="cross-kv",
+    show_default=True,
+    help="Cross-attention K/V; with self-attention K/V; or every attention projection.",
+)
+@click.option("--autocast", is_flag=True, help="Half-precision forward pass (scores stay fp32).")
+@click.option("--gradient-checkpointing", is_flag=True, help="Less memory, more compute.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted search in OUTPUT.")
+def find(
+    images: tuple[Path, ...],
+    class_word: str | None,
+    ref: str,
+    output: Path,
+    prompt: str,
+    parents: tuple[str, ...],
+    base: str | None,
+    steps: int | None,
+    batch_size: int,
+    rounds: int | None,
+    sparsity: float | None,
+    tau: float | None,
+    lam: float,
+    prior_images: int,
+    preserve: tuple[str, ...],
+    rho: float | None,
+    bands: int,
+    seed: int,
+    candidates: str,
+    autocast: bool,
+    gradient_checkpointing: bool,
+    device: str,
+    resume: bool,
+) -> None:
+    """Find the concept neurons of a subject from IMAGES (files or folders).
+
+    With --refine, compose existing concepts instead and run a few joint steps on all their
+    subjects: the result is a composite concept that records its parents.
+
+    A metadata.jsonl beside the images ({"file_name": "1.png", "text": "a photo of a star on
+    a beach"} per line, as in a Hugging Face image folder) captions each image: captions that
+    name the class word and the rest of the scene make the concept hold in other prompts.
+    """
+    from .._find_job import plan_find
+
+    s = open_session()
+    plan = plan_find(
+        name=ref,
+        images=images,
+        refine=[_parent_arg(p) for p in parents],
+        class_word=class_word,
+        prompt=prompt,
+        steps=steps,
+        rounds=rounds,
+        sparsity=sparsity,
+        tau=tau,
+        session=s,
+        batch_size=batch_size,
+        lam=lam,
+        prior_images=prior_images,
+        preserve=preserve,
+        rho=rho,
+        bands=bands,
+        seed=seed,
+        candidates=candidates,
+        autocast=autocast,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    quiet_libraries()  # before run_find imports diffusers and transformers
+    from .._find_job import run_find
+
+    with progress_bar(steps=True) as progress:
+        # Shown from the first step on: loading the base model comes first.
+        task = progress.add_task("finding", total=plan.config.steps, visible=False)
+
+        def on_step(step: int, loss: float, sparsity_now: float) -> None:
+            progress.update(
+                task,
+                visible=True,
+                completed=step,
+                description=f"finding  loss {loss:.4f}  off {sparsity_now:.2%}",
+            )
+
+        mask = run_find(
+            plan, output, base=base, device=device, resume=resume, on_step=on_step, session=s
+        )
+    n = sum(len(v) for v in mask.values())
+    stdout().print(
+        f"wrote {output}: {n:,} neurons; publish with `conesreg push {output} --version 1.0.0`"
+    )
+
+
+def _parent_arg(value: str) -> tuple[str, Path]:
+    """``--refine REF=IMAGES`` as ``(REF, IMAGES)``."""
+    ref, sep, path = value.partition("=")
+    if not sep or not ref or not path:
+        raise ConesregError(
+            f"--refine takes REF=IMAGES, not {value!r}", hint="e.g. --refine acme/star@1=stars/"
+        )
+    return ref, Path(path)

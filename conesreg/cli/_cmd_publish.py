@@ -1,0 +1,61 @@
+"""Publishing: ``push`` a draft as a new version, ``yank`` and ``unyank`` versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import ConesregError
+from ._output import brief, emit_json, json_option, open_session, stdout
+
+
+@click.command()
+@click.argument("draft_dir", type=click.Path(path_type=Path))
+@click.option("--version", "version", required=True, help="Full semver version, e.g. 1.0.0.")
+@click.option("--name", "ref", default=None, help="[REGISTRY/]NAMESPACE/NAME to publish as.")
+@json_option
+def push(draft_dir: Path, version: str, ref: str | None, as_json: bool) -> None:
+    """Publish a draft directory (written by `conesreg find`) as a new version."""
+    from .._push import push as do_push
+
+    if not draft_dir.is_dir():
+        raise ConesregError(
+            f"{draft_dir} is not a directory", hint="pass the directory `conesreg find` wrote"
+        )
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"publishing {draft_dir} as {version}"):
+        manifest, created = do_push(draft_dir, version=version, ref=ref, session=open_session())
+    if as_json:
+        emit_json({"created": created, "digest": manifest.digest, **brief(manifest)})
+        return
+    what = "published" if created else "already published (identical content, nothing to do)"
+    stdout().print(f"{manifest.id}@{manifest.version} {what}\n  digest {manifest.digest}")
+
+
+def _yank(ref: str, yanked: bool, reason: str | None) -> None:
+    from ..artifact._versions import parse_version
+
+    s = open_session()
+    r = s.parse(ref)
+    if not r.spec:
+        raise ConesregError(f"{ref!r} names no version", hint="write NAME@1.2.3")
+    version = str(parse_version(r.spec))
+    s.source(r.registry).set_yanked(r.namespace, r.name, version, yanked=yanked, reason=reason)
+    stdout().print(f"{'yanked' if yanked else 'unyanked'} {r.id}@{version}")
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--reason", default=None, help="Why, shown to users who pin it.")
+def yank(ref: str, reason: str | None) -> None:
+    """Yank a version (NAME@1.2.3): ranges skip it, exact pins still install it."""
+    _yank(ref, True, reason)
+
+
+@click.command()
+@click.argument("ref")
+def unyank(ref: str) -> None:
+    """Undo a yank."""
+    _yank(ref, False, None)
