@@ -34,7 +34,7 @@ from ._find_inputs import (
     load_images,
     read_captions,
 )
-from ._install import Session
+from ._session import Session
 from .artifact import Manifest, parse_ref
 from .errors import ConesregError
 
@@ -274,7 +274,7 @@ def run_find(
         plan.config,
         name=plan.name,
         namespace=plan.namespace,
-        base_id=str(base or s.config.default_base or MODEL_ID),
+        base_id=str(base or s.config.base_model() or MODEL_ID),
         parents=[f"{c.label.rsplit('@', 1)[0]}@{c.digest}" for c in concepts],
     )
     checkpoint.unlink(missing_ok=True)

@@ -35,23 +35,14 @@ def search(
     as_json: bool,
 ) -> None:
     """Search concepts by name, description, tags and class word."""
-    s = open_session()
-    source = s.source(registry)
-    filters = {"tags": tags, "base_model_hash": base_model, "class_word": class_word}
-    if s.is_offline(source):
-        from ..artifact._versions import sort_releases
-        from ..sources._local import rank_matches
-
-        # Offline, a remote registry is searched as far as the cache knows it: the newest cached
-        # non-yanked version of each concept.
-        latest = {
-            (e.namespace, e.name): e
-            for e in sort_releases(s.cache.entries(source.name))
-            if not e.yanked
-        }
-        hits = rank_matches(latest.values(), query, **filters, limit=limit)
-    else:
-        hits = source.search(query, **filters, limit=limit)
+    hits = open_session().search(
+        query,
+        registry=registry,
+        tags=tags,
+        base_model_hash=base_model,
+        class_word=class_word,
+        limit=limit,
+    )
     if as_json:
         emit_json([h.model_dump(mode="json") for h in hits])
         return

@@ -20,7 +20,7 @@ from .. import constants
 from ..errors import ConesregError
 
 if TYPE_CHECKING:
-    from .._install import Session
+    from .._session import Session
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 project_option = click.option(
@@ -77,12 +77,9 @@ def progress_bar(*, steps: bool = False) -> Iterator[Any]:
 
 def open_session(offline: bool = False) -> Session:
     """The user's session; ``offline`` as the ``--offline`` flag says, over the config."""
-    from .._install import Session
+    from .._session import Session
 
-    s = Session()
-    if offline:
-        s.config = s.config.model_copy(update={"offline": True})
-    return s
+    return Session.open(offline=offline)
 
 
 def quiet_libraries() -> None:
