@@ -14,6 +14,7 @@ names and shapes, index ranges, device memory -- is checked or allocated before 
 
 from __future__ import annotations
 
+import os
 import warnings
 import weakref
 from collections import Counter
@@ -465,3 +466,18 @@ def _from_pretrained(base: str, torch_dtype: Any, *, offline: bool) -> Any:
     pipe.set_progress_bar_config(disable=True)
     _unet_of(pipe)  # refuse pipelines without a UNet right away
     return pipe
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers' and transformers' chatter (optional-dependency notices, loading bars).
+
+    The CLI calls this before a command loads a pipeline: the variables must be set before the
+    first import of transformers/diffusers, which read them then.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

@@ -66,3 +66,13 @@ def test_public_names_resolve() -> None:
     assert conesreg.validate_mask is conesreg.artifact.validate_mask
     assert errors.MaskError is conesreg.artifact.errors.MaskError
     assert errors.__all__ == conesreg.artifact.errors.__all__
+
+
+def test_import_registry_server_loads_only_the_artifact_package() -> None:
+    # The contract in pyproject says so statically; this says so at run time too.
+    loaded = loaded_after("import registry_server, registry_server.app")
+    outside = [
+        m for m in loaded if m.startswith("conesreg") and not m.startswith("conesreg.artifact")
+    ]
+    assert outside == ["conesreg"]
+    assert not {"torch", "diffusers", "transformers"} & set(loaded)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ._output import progress_bar, quiet_libraries, stdout
+from .._compose import quiet_libraries
+from ._output import progress_bar, stdout
 
 
 @click.command()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import click
 
+from .._compose import quiet_libraries
 from .._find_inputs import DEFAULT_PROMPT
 from ..errors import ConesregError
-from ._output import open_session, progress_bar, quiet_libraries, stdout
+from ._output import open_session, progress_bar, stdout
 
 
 @click.command()

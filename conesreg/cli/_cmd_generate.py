@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
+from .._compose import quiet_libraries
 from ..errors import ConesregError
-from ._output import open_session, progress_bar, project_option, quiet_libraries, stdout
+from ._output import open_session, progress_bar, project_option, stdout
 
 
 @click.command()

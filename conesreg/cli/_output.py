@@ -8,7 +8,6 @@ session and the model libraries load inside the functions that use them).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,18 +79,6 @@ def open_session(offline: bool = False) -> Session:
     from .._session import Session
 
     return Session.open(offline=offline)
-
-
-def quiet_libraries() -> None:
-    """Library chatter (optional-dependency notices, loading bars) is not for our users. The
-    variables are set before the first import of transformers/diffusers, which read them then."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 def make_table(*columns: str) -> Any:
