@@ -25,6 +25,7 @@ from conesreg.artifact._mask import (
     save_mask,
 )
 from conesreg.errors import ConesregError, MaskError
+from conesreg.testing.fuzz import index_sets
 
 # Moderate example counts: the CI machine has 2 cores and the whole file must stay fast.
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -37,7 +38,7 @@ LARGE_NUMELS = (2**31 + 5, 2**40 + 3, 2**50 + 7)
 DENSE_LIMIT = 20_000
 
 
-# --- strategies ---------------------------------------------------------------------------------
+# --- strategies (index sets are the fuzz campaign's own: conesreg.testing.fuzz) ---------------
 
 numels_st = st.one_of(
     st.just(1),
@@ -45,46 +46,6 @@ numels_st = st.one_of(
     st.integers(1, DENSE_LIMIT),
     st.sampled_from(LARGE_NUMELS),
 )
-
-
-@st.composite
-def index_sets(draw: st.DrawFn, numel: int) -> np.ndarray:
-    """Sorted unique int64 indices in [0, numel): empty, full, single, runs or random."""
-    dense = numel <= DENSE_LIMIT
-    kinds = ["empty", "single", "runs", "sparse", "explicit"]
-    if dense:
-        kinds += ["full", "random", "almost_full"]
-    kind = draw(st.sampled_from(kinds))
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    if kind == "empty":
-        return np.zeros(0, np.int64)
-    if kind == "full":
-        return np.arange(numel, dtype=np.int64)
-    if kind == "single":
-        return np.array([draw(st.integers(0, numel - 1))], np.int64)
-    if kind == "explicit":
-        # Small explicit sets shrink well: hypothesis minimises failures to a few indices.
-        chosen = draw(st.sets(st.integers(0, numel - 1), max_size=40))
-        return np.array(sorted(chosen), np.int64)
-    if kind == "random":
-        density = draw(st.floats(0.0, 1.0))
-        return np.flatnonzero(rng.random(numel) < density).astype(np.int64)
-    if kind == "almost_full":
-        # Complement path with a few holes.
-        holes = rng.integers(0, numel, size=draw(st.integers(0, 5)))
-        return np.setdiff1d(np.arange(numel, dtype=np.int64), holes)
-    if kind == "sparse":
-        return np.unique(rng.integers(0, numel, size=draw(st.integers(1, 300), label="k")))
-    # Clustered runs of consecutive indices at random places.
-    runs = draw(st.integers(1, 20))
-    starts = rng.integers(0, numel, size=runs)
-    lengths = rng.integers(1, 200, size=runs)
-    parts = [
-        np.arange(s, min(s + n, numel), dtype=np.int64)
-        for s, n in zip(starts, lengths, strict=True)
-    ]
-    return np.unique(np.concatenate(parts))
 
 
 @st.composite

@@ -213,14 +213,17 @@ class Base64Sink:
         limit: int,
         on_abort: Callable[[], None] | None = None,
     ) -> None:
-        self._write = write
-        self._limit = limit
-        self._on_abort = on_abort
+        # The decoded bytes go on through a PlainSink: one place counts them against the limit.
+        self._out = PlainSink(write, limit=limit, on_abort=on_abort)
         self._pending = bytearray()  # base64 characters not decoded yet (under 4, and padding)
         self._raw_tail = b""  # an escape cut by a chunk boundary
         self._pads = 0
-        self.decoded = 0
         self.error: str | None = None
+
+    @property
+    def decoded(self) -> int:
+        """Bytes decoded so far."""
+        return self._out.decoded
 
     def write(self, raw: bytes) -> None:
         """Take the next raw characters of the JSON string.
@@ -278,8 +281,7 @@ class Base64Sink:
 
     def abort(self) -> None:
         self.error = self.error or "aborted"
-        if self._on_abort is not None:
-            self._on_abort()
+        self._out.abort()
 
     def _emit(self, quads: bytes | memoryview) -> None:
         try:
@@ -287,10 +289,7 @@ class Base64Sink:
         except binascii.Error:
             self.error = "its padding is wrong"
             return
-        self.decoded += len(out)
-        if self.decoded > self._limit:
-            raise _file_too_large(self._limit)
-        self._write(out)
+        self._out.write(out)
 
 
 class PlainSink:
