@@ -195,26 +195,20 @@ class NotBase64Error(ValueError):
 
 
 class Base64Sink:
-    """Undo JSON escapes, check and decode base64, and pass the bytes to ``write``, never more
-    than ``limit`` bytes in all; ``on_abort`` is called when the content is dropped.
+    """Undo JSON escapes, check and decode base64, and pass the bytes on to ``out`` (which
+    enforces the limit and is aborted with this sink).
 
     Example:
         >>> out = []
-        >>> sink = Base64Sink(out.append, limit=100)
+        >>> sink = Base64Sink(PlainSink(out.append, limit=100))
         >>> sink.write(b"aGVsbG8s"); sink.write(b"IHdvcmxkIQ=="); sink.finish()
         >>> b"".join(out)
         b'hello, world!'
     """
 
-    def __init__(
-        self,
-        write: Callable[[bytes], None],
-        *,
-        limit: int,
-        on_abort: Callable[[], None] | None = None,
-    ) -> None:
-        # The decoded bytes go on through a PlainSink: one place counts them against the limit.
-        self._out = PlainSink(write, limit=limit, on_abort=on_abort)
+    def __init__(self, out: PlainSink) -> None:
+        # The decoded bytes go on through ``out``: one place counts them against the limit.
+        self._out = out
         self._pending = bytearray()  # base64 characters not decoded yet (under 4, and padding)
         self._raw_tail = b""  # an escape cut by a chunk boundary
         self._pads = 0

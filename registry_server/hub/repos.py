@@ -545,8 +545,8 @@ class CommitPayload:
         remembered until the line that uses it is done."""
         upload = self.reg.storage.open_upload(None)
         limit = self.reg.settings.max_blob_bytes
-        sink_type = PlainSink if utf8 else Base64Sink
-        sink = sink_type(upload.write, limit=limit, on_abort=upload.abort)
+        plain = PlainSink(upload.write, limit=limit, on_abort=upload.abort)
+        sink = plain if utf8 else Base64Sink(plain)
         self._spilled[id(sink)] = upload
         return sink
 
