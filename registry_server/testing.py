@@ -93,6 +93,38 @@ def running_server(tmp_path: Path, **settings: Any) -> Iterator[Server]:
 
 
 # -- a server in a subprocess ------------------------------------------------------------------
+@contextlib.contextmanager
+def serving_in_thread(settings: Settings) -> Iterator[str]:
+    """The app of ``settings`` served by uvicorn in a thread of this process, on loopback.
+
+    In-process (unlike :func:`running_server`), so a test can patch the server's modules or
+    measure its memory. Yields the base URL; the server stops on exit.
+
+    Example:
+        >>> with serving_in_thread(Settings(data=tmp)) as url:  # doctest: +SKIP
+        ...     httpx.get(url + "/v1/index")
+    """
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="error")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not start within 30 s")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
 def free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on (now)."""
     with socket.socket() as s:

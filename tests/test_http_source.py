@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,29 +13,18 @@ import pytest
 
 from conesreg.cli import main
 from conesreg.testing import make_draft
-from registry_server import Settings, create_app, create_namespace, create_token
-from registry_server.testing import free_port
+from registry_server import Settings, create_namespace, create_token
+from registry_server.testing import free_port, serving_in_thread
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    import uvicorn
 
     settings = Settings(data=tmp_path / "server")
     create_namespace(settings, "acme")
     _, token = create_token(settings, namespace="acme", scope="push")
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="error")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", token
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving_in_thread(settings) as url:
+        yield url, token
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

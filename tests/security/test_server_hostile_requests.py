@@ -20,8 +20,6 @@ import errno
 import hashlib
 import json
 import sqlite3
-import threading
-import time
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,10 +32,10 @@ from sqlalchemy import event, func, select
 
 from conesreg.artifact import build_manifest
 from conesreg.testing import auth, make_draft, push_draft, put_manifest
-from registry_server import create_app, create_namespace, create_token, gc
+from registry_server import create_namespace, create_token, gc
 from registry_server.core import blobstore as _storage
 from registry_server.core.registry import open_registry
-from registry_server.testing import Server, free_port, running_server
+from registry_server.testing import Server, running_server, serving_in_thread
 
 DEEP = 100_000
 
@@ -72,7 +70,6 @@ def world(tmp_path: Path) -> Iterator[World]:
 def live_server(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     """A real HTTP server (uvicorn, h11/httptools) in a thread: what TestClient does not check,
     such as header values, it does. Yields its URL and settings; ``acme`` has a push token."""
-    import uvicorn
 
     from registry_server import Settings
 
@@ -80,20 +77,8 @@ def live_server(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     create_namespace(settings, "acme")
     create_namespace(settings, "beta")
     tokens = {ns: create_token(settings, namespace=ns, scope="push")[1] for ns in ("acme", "beta")}
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="error")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", (settings, tokens)
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with serving_in_thread(settings) as url:
+        yield url, (settings, tokens)
 
 
 def ndjson(*items: dict[str, Any]) -> bytes:
