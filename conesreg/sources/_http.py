@@ -67,7 +67,7 @@ class HttpSource:
         self.name = name
         self.url = url.rstrip("/")
         headers = {
-            "User-Agent": f"conesreg/{_version()}",
+            "User-Agent": f"conesreg/{constants.package_version()}",
             # Bytes are hashed and sizes checked as they arrive: nothing is ever decompressed.
             "Accept-Encoding": "identity",
         }
@@ -529,12 +529,3 @@ def _server_message(r: _Reply) -> str:
         return _printable(str(load_json(r.body, what="an error")["error"]["message"]))
     except Exception:
         return f"HTTP {r.status_code}"
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("conesreg")
-    except PackageNotFoundError:
-        return "dev"
