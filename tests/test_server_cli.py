@@ -153,3 +153,21 @@ def test_conesreg_serve_runs_the_server(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def test_help_lists_serve_without_importing_the_server() -> None:
+    # `conesreg --help` gives serve's help line without the server stack, which may be missing.
+    script = (
+        "import sys, conesreg.cli as c\n"
+        "c.main(['--help'])\n"
+        "heavy = {'fastapi', 'uvicorn', 'sqlalchemy', 'registry_server'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "from registry_server.cli import serve\n"
+        "assert serve.help.splitlines()[0] == c._SERVE_HELP\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    [line] = [x for x in done.stdout.splitlines() if x.split()[:1] == ["serve"]]
+    assert "Run the registry server" in line

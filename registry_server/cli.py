@@ -1,23 +1,39 @@
-"""``serve``: run the registry server and administer its namespaces and tokens.
+"""``conesreg serve``: run the registry server and administer its namespaces and tokens.
 
-registry_server pulls in FastAPI, uvicorn and SQLAlchemy: it is imported inside these commands
-only, so no other command pays for it (or needs the ``server`` extra).
+The ``conesreg`` command line mounts :data:`serve` on first use (so no other command imports
+FastAPI, uvicorn or SQLAlchemy, or needs the ``server`` extra); it also says how to install the
+extra when this module cannot be imported. User errors are raised as :class:`ConesregError`, which
+that command line prints as one line and exit code 1. ``python -m registry_server`` serves
+without the command line.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
 
-from ..errors import ConesregError
-from ._output import emit_json, json_option, make_table, stdout
+from conesreg.artifact.errors import ConesregError
 
-# A missing one of these means the `server` extra is not installed (any other is a bug).
-_SERVER_PACKAGES = {"fastapi", "starlette", "uvicorn", "sqlalchemy", "registry_server"}
+from .app import serve as run_server
+from .core.admin import (
+    AdminError,
+    create_namespace,
+    create_token,
+    gc,
+    list_tokens,
+    revoke_token,
+)
+from .core.settings import Settings
+
 _server_data_option = click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
@@ -27,29 +43,19 @@ _server_data_option = click.option(
 _server_db_option = click.option(
     "--database-url", default=None, help="SQLAlchemy URL [default: SQLite in the data folder]."
 )
+# The same flag and output as every conesreg command's --json.
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
 
 
-def _server() -> Any:
-    try:
-        import registry_server
-    except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] not in _SERVER_PACKAGES:
-            raise
-        raise ConesregError(
-            f"the registry server is not installed ({e.name} is missing)",
-            hint="pip install 'conesreg[server]'",
-        ) from None
-    return registry_server
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _server_settings(data: Path | None, database_url: str | None) -> Any:
+def _server_settings(data: Path | None, database_url: str | None) -> Settings:
     """Settings from the environment, the `serve` group's options, then the command's own."""
-    from pydantic import ValidationError
-
     group = click.get_current_context().find_object(dict) or {}
-    server = _server()
     try:
-        return server.Settings.from_env(
+        return Settings.from_env(
             data=data or group.get("data"), database_url=database_url or group.get("database_url")
         )
     except ValidationError as e:
@@ -63,10 +69,9 @@ def _server_settings(data: Path | None, database_url: str | None) -> Any:
 
 @contextmanager
 def _admin_errors() -> Iterator[None]:
-    server = _server()
     try:
         yield
-    except server.AdminError as e:
+    except AdminError as e:
         raise ConesregError(e.message, hint=e.hint) from None
 
 
@@ -85,7 +90,7 @@ def serve(
         return
     settings = _server_settings(None, None)
     click.echo(f"serving {settings.data} on http://{host}:{port}", err=True)
-    _server().serve(settings, host=host, port=port)
+    run_server(settings, host=host, port=port)
 
 
 @serve.group(name="token")
@@ -101,7 +106,7 @@ def serve_token() -> None:
 @click.option("--expires-days", type=click.IntRange(1), default=None, help="Lifetime in days.")
 @_server_data_option
 @_server_db_option
-@json_option
+@_json_option
 def serve_token_create(
     namespace: str,
     scope: str,
@@ -111,16 +116,14 @@ def serve_token_create(
     as_json: bool,
 ) -> None:
     """Create a token and print it (it is shown this once and stored only hashed)."""
-    from datetime import timedelta
-
     settings = _server_settings(data, database_url)
     expires = timedelta(days=expires_days) if expires_days else None
     with _admin_errors():
-        token_id, secret = _server().create_token(
+        token_id, secret = create_token(
             settings, namespace=namespace, scope=scope, expires_in=expires
         )
     if as_json:
-        emit_json({"id": token_id, "token": secret, "namespace": namespace, "scope": scope})
+        _emit_json({"id": token_id, "token": secret, "namespace": namespace, "scope": scope})
         return
     click.echo(f"token {token_id} ({scope} on {namespace}); it is not shown again:", err=True)
     click.echo(secret)
@@ -129,19 +132,22 @@ def serve_token_create(
 @serve_token.command(name="list")
 @_server_data_option
 @_server_db_option
-@json_option
+@_json_option
 def serve_token_list(data: Path | None, database_url: str | None, as_json: bool) -> None:
     """List tokens (never their secrets)."""
-    tokens = _server().list_tokens(_server_settings(data, database_url))
+    tokens = list_tokens(_server_settings(data, database_url))
     if as_json:
-        emit_json([vars(t) for t in tokens])
+        _emit_json([vars(t) for t in tokens])
         return
-    table = make_table("id", "namespace", "scope", "created", "expires", "state")
+    # Laid out as every conesreg table: borderless, colors only on a terminal.
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("id", "namespace", "scope", "created", "expires", "state"):
+        table.add_column(column)
     for t in tokens:
         expires = f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "-"
         created = f"{t.created_at:%Y-%m-%d %H:%M}"
         table.add_row(str(t.id), t.namespace, t.scope, created, expires, t.state)
-    stdout().print(table if tokens else "no tokens")
+    Console(highlight=False, soft_wrap=True).print(table if tokens else "no tokens")
 
 
 @serve_token.command(name="revoke")
@@ -152,7 +158,7 @@ def serve_token_revoke(token_id: int, data: Path | None, database_url: str | Non
     """Revoke token TOKEN_ID at once."""
     settings = _server_settings(data, database_url)
     with _admin_errors():
-        _server().revoke_token(settings, token_id)
+        revoke_token(settings, token_id)
     click.echo(f"revoked token {token_id}")
 
 
@@ -172,7 +178,7 @@ def serve_namespace_create(
     """Create namespace NAME."""
     settings = _server_settings(data, database_url)
     with _admin_errors():
-        _server().create_namespace(settings, name, private=private)
+        create_namespace(settings, name, private=private)
     click.echo(f"created {'private ' if private else ''}namespace {name}")
 
 
@@ -187,7 +193,7 @@ def serve_namespace_create(
 @_server_db_option
 def serve_gc(older_than: float | None, data: Path | None, database_url: str | None) -> None:
     """Delete uploads no version uses, and leftovers of interrupted uploads."""
-    report = _server().gc(_server_settings(data, database_url), older_than=older_than)
+    report = gc(_server_settings(data, database_url), older_than=older_than)
     click.echo(
         f"removed {report.orphan_blobs} orphan blob(s), {report.stray_files} stray file(s), "
         f"{report.stale_uploads} abandoned upload(s)"
