@@ -76,3 +76,15 @@ def test_import_registry_server_loads_only_the_artifact_package() -> None:
     ]
     assert outside == ["conesreg"]
     assert not {"torch", "diffusers", "transformers"} & set(loaded)
+
+
+def test_help_loads_no_heavy_module() -> None:
+    # Listing the commands loads each command module for its help line: none may pull in the
+    # compose layer (numpy) or the server stack at import.
+    loaded = loaded_after(
+        "import contextlib, io\nfrom conesreg.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])"
+    )
+    assert not set(HEAVY) & set(loaded)
+    assert "conesreg._compose" not in loaded

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from .._compose import quiet_libraries
 from ._output import progress_bar, stdout
 
 
@@ -38,6 +37,8 @@ def demo(subject: str, output: Path, seed: int, device: str) -> None:
     from ..mini.subjects import FIND_SETTINGS, get_subject
 
     get_subject(subject)  # an unknown subject fails before anything loads
+    from .._compose import quiet_libraries
+
     quiet_libraries()
     from .._demo import run_demo
 

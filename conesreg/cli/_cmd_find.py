@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from .._compose import quiet_libraries
 from .._find_inputs import DEFAULT_PROMPT
 from ..errors import ConesregError
 from ._output import open_session, progress_bar, stdout
@@ -144,6 +143,8 @@ def find(
         autocast=autocast,
         gradient_checkpointing=gradient_checkpointing,
     )
+    from .._compose import quiet_libraries
+
     quiet_libraries()  # before run_find imports diffusers and transformers
     from .._find_job import run_find
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from .._compose import quiet_libraries
 from ..errors import ConesregError
 from ._output import open_session, progress_bar, project_option, stdout
 
@@ -67,6 +66,8 @@ def generate(
 
     err = Console(stderr=True)
     with err.status("loading the base model and concepts"):
+        from .._compose import quiet_libraries
+
         quiet_libraries()
         from .._compose import load_pipeline
         from .._generate import generate as run_generate
