@@ -231,7 +231,7 @@ def seed_search(reg: Registry, n: int, *, template: Mapping[str, Any], seed: int
     """
     from sqlalchemy import insert
 
-    from .core.db import Concept, ManifestData, Namespace, Version, VersionTag
+    from .core.db import ConceptRow, ManifestData, Namespace, Version, VersionTag
     from .core.publishing import search_fields as _search_fields
 
     rng = random.Random(seed)
@@ -278,7 +278,7 @@ def seed_search(reg: Registry, n: int, *, template: Mapping[str, Any], seed: int
         tags += [{"version_id": i + 1, "tag": x} for x in t]
     with reg.sessions.begin() as session:
         session.execute(insert(Namespace), namespaces)
-        session.execute(insert(Concept), concepts)
+        session.execute(insert(ConceptRow), concepts)
         session.execute(insert(ManifestData), manifests)
         session.execute(insert(Version), versions)
         session.execute(insert(VersionTag), tags)

@@ -78,7 +78,9 @@ class Namespace(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Concept(Base):
+class ConceptRow(Base):
+    """A concept's row (named apart from the client's ``conesreg.Concept``, a loaded concept)."""
+
     __tablename__ = "concepts"
     __table_args__ = (UniqueConstraint("namespace_id", "name"),)
 

@@ -20,7 +20,7 @@ from conesreg.artifact.errors import ManifestError, MaskError
 
 from .auth import Caller
 from .checks import canonical_version
-from .db import Blob, Concept, HubRepo, ManifestData, Namespace, Version, VersionBlob, VersionTag
+from .db import Blob, ConceptRow, HubRepo, ManifestData, Namespace, Version, VersionBlob, VersionTag
 from .errors import Conflict, Invalid, NotFound, Rejected
 from .queries import find_version, linkable_blobs
 from .registry import Registry, writer_transaction
@@ -199,10 +199,10 @@ def _insert_version(session: Session, ns: Namespace, manifest: Manifest) -> Vers
     """Add the version of ``manifest`` (its concept if new, its manifest, blob links, tags) and
     recompute the concept's latest version, in the caller's transaction."""
     concept = session.scalar(
-        select(Concept).where(Concept.namespace_id == ns.id, Concept.name == manifest.name)
+        select(ConceptRow).where(ConceptRow.namespace_id == ns.id, ConceptRow.name == manifest.name)
     )
     if concept is None:
-        concept = Concept(namespace_id=ns.id, name=manifest.name)
+        concept = ConceptRow(namespace_id=ns.id, name=manifest.name)
         session.add(concept)
         session.flush()
     if session.get(ManifestData, manifest.digest) is None:

@@ -38,7 +38,7 @@ from .checks import canonical_version, check_digest, check_names
 from .db import (
     Blob,
     BlobUpload,
-    Concept,
+    ConceptRow,
     HubCommit,
     HubCommitBlob,
     HubRepo,
@@ -87,7 +87,7 @@ def concept_not_found(namespace: str, name: str) -> NotFound:
     )
 
 
-def find_concept(session: Session, caller: Caller, namespace: str, name: str) -> Concept:
+def find_concept(session: Session, caller: Caller, namespace: str, name: str) -> ConceptRow:
     """The concept, if ``caller`` may see it.
 
     Raises:
@@ -96,16 +96,16 @@ def find_concept(session: Session, caller: Caller, namespace: str, name: str) ->
     """
     check_names(namespace, name)
     row = session.execute(
-        select(Concept, Namespace.private)
-        .join(Namespace, Concept.namespace_id == Namespace.id)
-        .where(Namespace.name == namespace, Concept.name == name)
+        select(ConceptRow, Namespace.private)
+        .join(Namespace, ConceptRow.namespace_id == Namespace.id)
+        .where(Namespace.name == namespace, ConceptRow.name == name)
     ).first()
     if row is None or not caller.can_read(namespace, private=row[1]):
         raise concept_not_found(namespace, name)
     return row[0]
 
 
-def concept_versions(session: Session, concept: Concept) -> list[Version]:
+def concept_versions(session: Session, concept: ConceptRow) -> list[Version]:
     """Every version of ``concept`` (yanked included), in ascending semver order."""
     rows = session.scalars(select(Version).where(Version.concept_id == concept.id)).all()
     return sort_releases(list(rows))

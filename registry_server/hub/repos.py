@@ -40,7 +40,7 @@ from conesreg.artifact.errors import InvalidReferenceError, ManifestError
 from ..core.auth import Caller, require_push
 from ..core.blobstore import Upload
 from ..core.checks import TAG_PATTERN, check_names, is_revision
-from ..core.db import Concept, HubCommit, HubCommitBlob, HubRef, HubRepo, Namespace
+from ..core.db import ConceptRow, HubCommit, HubCommitBlob, HubRef, HubRepo, Namespace
 from ..core.errors import Conflict, Invalid, NotFound, Stale, TooLarge
 from ..core.queries import hub_repo_visible
 from ..core.registry import Registry, writer_transaction
@@ -274,9 +274,9 @@ def find_repo(session: Session, caller: Caller, namespace: str, name: str) -> Re
 
 def _is_concept(session: Session, namespace: str, name: str) -> bool:
     query = (
-        select(Concept.id)
-        .join(Namespace, Concept.namespace_id == Namespace.id)
-        .where(Namespace.name == namespace, Concept.name == name)
+        select(ConceptRow.id)
+        .join(Namespace, ConceptRow.namespace_id == Namespace.id)
+        .where(Namespace.name == namespace, ConceptRow.name == name)
     )
     return session.scalar(query) is not None
 
