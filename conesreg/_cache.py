@@ -16,11 +16,18 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from . import constants
 from ._storage import BlobStore, atomic_write, ensure_dir, remove_stale_temps
 from .artifact._manifest import IndexEntry, Manifest, parse_manifest
+
+
+class Progress(Protocol):
+    """What downloads and cache checks report progress to; ``rich.progress.Progress`` fits."""
+
+    def add_task(self, description: str, *, total: float | None = ...) -> Any: ...
+    def advance(self, task_id: Any, advance: float = ...) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ class Cache:
 
     def verify(self) -> list[tuple[str, str]]:
         """Re-hash every blob; returns ``(digest, problem)`` for each bad one."""
-        return [(d, "corrupted") for d in self.blobs.digests() if not self.blobs.is_intact(d)]
+        return [(d, "corrupted") for d in verify_cache(cache=self).corrupted]
 
     def prune(self, *, keep: set[str] | None = None) -> tuple[int, int]:
         """Remove corrupted blobs, temp leftovers and, if ``keep`` is given, every blob and ref
@@ -101,3 +108,93 @@ class Cache:
         if (self.root / "refs").is_dir():
             removed += remove_stale_temps(self.root / "refs")
         return removed, freed
+
+
+@dataclass(frozen=True)
+class CacheCheck:
+    """What :func:`verify_cache` found: how many blobs it re-hashed, and the corrupted ones."""
+
+    checked: int
+    corrupted: list[str]
+
+
+def verify_cache(*, cache: Cache | None = None, progress: Progress | None = None) -> CacheCheck:
+    """Re-hash every blob in the cache.
+
+    Args:
+        cache: the cache to check (default: the user's, ``Cache.open()``).
+        progress: receives one ``"verifying"`` task advanced once per blob.
+
+    Returns:
+        The number of blobs checked and the digests of the corrupted ones, in listing order.
+
+    Raises:
+        Nothing of its own: a blob that cannot be read counts as corrupted.
+
+    Example:
+        >>> verify_cache().corrupted  # doctest: +SKIP
+        []
+    """
+    c = cache or Cache.open()
+    digests = list(c.blobs.digests())
+    task = progress.add_task("verifying", total=len(digests)) if progress else None
+    bad = []
+    for d in digests:
+        if not c.blobs.is_intact(d):
+            bad.append(d)
+        if progress:
+            progress.advance(task, 1)
+    return CacheCheck(checked=len(digests), corrupted=bad)
+
+
+def digests_in_use(*, cache: Cache | None = None) -> set[str]:
+    """The blobs the cache's index entries still use: each recorded manifest and, where that
+    manifest is intact, the blobs it lists (a corrupted manifest's blobs cannot be known).
+
+    Args:
+        cache: the cache to look in (default: the user's, ``Cache.open()``).
+
+    Returns:
+        The digests that ``prune_cache`` keeps.
+
+    Example:
+        >>> "sha256:..." in digests_in_use()  # doctest: +SKIP
+        True
+    """
+    c = cache or Cache.open()
+    keep: set[str] = set()
+    for e in c.entries():
+        keep.add(e.digest)
+        if c.blobs.is_intact(e.digest):
+            keep.update(b.digest for b in c.manifest(e.digest).blobs)
+    return keep
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What :func:`prune_cache` removed."""
+
+    removed: int
+    freed: int
+
+
+def prune_cache(*, cache: Cache | None = None, everything: bool = False) -> Pruned:
+    """Remove corrupted blobs, temp leftovers and blobs no cached version uses.
+
+    Args:
+        cache: the cache to clean (default: the user's, ``Cache.open()``).
+        everything: remove every blob and index entry, not just what nothing uses.
+
+    Returns:
+        The number of files removed and the bytes freed.
+
+    Raises:
+        IntegrityError: an index entry's manifest changed between its check and its read.
+
+    Example:
+        >>> prune_cache(everything=True).removed  # doctest: +SKIP
+        12
+    """
+    c = cache or Cache.open()
+    removed, freed = c.prune(keep=set() if everything else digests_in_use(cache=c))
+    return Pruned(removed=removed, freed=freed)

@@ -6,8 +6,9 @@ each concept it locks) and by reading a version outside any lockfile (its mask o
 
 from __future__ import annotations
 
+from ._cache import Progress
 from ._lockfile import LockedConcept
-from ._session import Progress, Session
+from ._session import Session
 from .artifact._manifest import IndexEntry, Manifest
 from .sources import BlobOrigin
 

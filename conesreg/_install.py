@@ -7,12 +7,14 @@ Install is resolve (``_resolver``), lock (``_lockfile``) and fetch (``_fetch``),
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from ._cache import Cache, Progress
 from ._fetch import fetch
 from ._lockfile import LockedConcept, Lockfile, lockfile_path, read_lockfile, write_lockfile
 from ._resolver import Resolution, resolve
-from ._session import Progress, Session
+from ._session import Session
 from .artifact._manifest import IndexEntry
 from .artifact._names import ConceptRef
 from .errors import InvalidReferenceError, LockfileError, StaleLockfileError
@@ -174,3 +176,38 @@ def uninstall(
             )
     write_lockfile(path, old.with_concepts([c for c in old.concepts if c.key not in keys]))
     return [g for g in gone if g is not None]
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A concept this project's lockfile lists, and whether all its files are in the cache."""
+
+    concept: LockedConcept
+    cached: bool
+
+
+def installed(*, project_dir: Path | None = None, cache: Cache | None = None) -> list[Installed]:
+    """The concepts installed in a project, in lockfile order, each with its cache state.
+
+    Args:
+        project_dir: where ``conesreg.lock`` lives (default: the current directory).
+        cache: the cache to look in (default: the user's, ``Cache.open()``).
+
+    Returns:
+        One entry per locked concept; ``cached`` is true when its manifest and every blob are
+        present (not re-hashed: ``verify_cache`` does that). Empty without a lockfile.
+
+    Raises:
+        LockfileError: the lockfile is unreadable or was edited by hand.
+
+    Example:
+        >>> [(i.concept.name, i.cached) for i in installed()]  # doctest: +SKIP
+        [('dog', True)]
+    """
+    lock = read_lockfile(lockfile_path(project_dir))
+    c = cache or Cache.open()
+    out = []
+    for x in lock.concepts if lock else ():
+        present = all(c.blobs.has(d) for d in (x.manifest, *(b.digest for b in x.blobs)))
+        out.append(Installed(concept=x, cached=present))
+    return out

@@ -10,22 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from ._cache import Cache
+from ._cache import Cache, Progress
 from ._config import Config, load_config
 from .artifact._manifest import BlobRef, IndexEntry, Manifest
 from .artifact._names import ConceptRef, parse_ref
-from .artifact._versions import sort_releases
+from .artifact._versions import parse_spec, select_version, sort_releases
 from .errors import OfflineError
 from .sources import BlobOrigin, Source, open_source, rank_matches
-
-
-class Progress(Protocol):
-    """What downloads report progress to; ``rich.progress.Progress`` fits as is."""
-
-    def add_task(self, description: str, *, total: float | None = ...) -> Any: ...
-    def advance(self, task_id: Any, advance: float = ...) -> None: ...
 
 
 @dataclass
@@ -94,6 +87,28 @@ class Session:
                 raise OfflineError(f"{ref.id} is not in the cache and offline mode is on")
             return cached
         return source.versions(ref.namespace, ref.name)
+
+    def select(self, text: str) -> IndexEntry:
+        """The version a reference names, outside any lockfile (what ``info`` shows).
+
+        Args:
+            text: a reference such as ``"acme/dog@^1.2"``; no spec means the latest version.
+
+        Returns:
+            The index entry of the highest matching non-yanked version (an exact version or
+            digest is returned even if yanked).
+
+        Raises:
+            InvalidReferenceError: not a reference, or not a version spec.
+            ConfigError: it names an unknown registry.
+            ConceptNotFoundError, VersionNotFoundError, YankedVersionError, OfflineError.
+
+        Example:
+            >>> Session().select("acme/dog@^1").version  # doctest: +SKIP
+            '1.4.0'
+        """
+        ref = self.parse(text)
+        return select_version(parse_spec(ref.spec), self.releases(ref), concept=ref.id)
 
     def search(
         self,

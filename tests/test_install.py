@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conesreg import install, push, uninstall
-from conesreg._cache import Cache
+from conesreg._cache import Cache, digests_in_use, prune_cache, verify_cache
+from conesreg._install import installed
 from conesreg._lockfile import lockfile_path, read_lockfile
 from conesreg._session import Session
 from conesreg.errors import (
@@ -144,6 +145,59 @@ def test_uninstall(published: dict[str, str]) -> None:
     assert read_lockfile(lockfile_path()).concepts == ()
     with pytest.raises(LockfileError, match="not installed"):
         uninstall(["acme/dog"])
+
+
+def test_installed_reports_cache_state(published: dict[str, str]) -> None:
+    assert installed() == []  # no lockfile yet
+    [entry] = install(["acme/dog@^1.2"])
+    assert [(i.concept, i.cached) for i in installed()] == [(entry, True)]
+    Cache.open().blobs.remove(entry.blobs[0].digest)
+    assert [i.cached for i in installed(project_dir=Path.cwd())] == [False]
+
+
+def test_verify_cache_counts_and_reports_progress(published: dict[str, str]) -> None:
+    [entry] = install(["acme/dog@1"])
+    cache = Cache.open()
+    total = len(list(cache.blobs.digests()))
+    cache.blobs.path(entry.blobs[0].digest).write_bytes(b"garbage")
+
+    class Ticks:
+        def __init__(self) -> None:
+            self.total: float | None = None
+            self.done = 0
+
+        def add_task(self, description: str, *, total: float | None = None) -> str:
+            self.total = total
+            return description
+
+        def advance(self, task_id: str, advance: float = 1) -> None:
+            self.done += int(advance)
+
+    ticks = Ticks()
+    check = verify_cache(cache=cache, progress=ticks)
+    assert (check.checked, check.corrupted) == (total, [entry.blobs[0].digest])
+    assert ticks.total == ticks.done == total
+
+
+def test_prune_cache_keeps_what_installed_versions_use(published: dict[str, str]) -> None:
+    [entry] = install(["acme/dog@1"])
+    cache = Cache.open()
+    used = {entry.manifest, *(b.digest for b in entry.blobs)}
+    assert digests_in_use(cache=cache) == used
+    stray = cache.blobs.put(b"nothing uses this")
+    pruned = prune_cache(cache=cache)
+    assert (pruned.removed, pruned.freed) == (1, len(b"nothing uses this"))
+    assert not cache.blobs.has(stray) and all(cache.blobs.has(d) for d in used)
+    assert prune_cache(cache=cache, everything=True).removed == len(used)
+    assert list(cache.blobs.digests()) == [] and cache.entries() == []
+
+
+def test_session_select_picks_like_info(published: dict[str, str]) -> None:
+    s = Session()
+    assert s.select("acme/dog").version == "2.0.0"
+    assert s.select("acme/dog@^1.2").digest == published["1.2.3"]
+    with pytest.raises(VersionNotFoundError):
+        s.select("acme/dog@3")
 
 
 class _CountingSource(LocalSource):

@@ -64,13 +64,8 @@ def info(refs: tuple[str, ...], overlap: bool, as_json: bool) -> None:
 
     With --overlap, show how many neurons each pair of concepts shares instead.
     """
-    from ..artifact._versions import parse_spec, select_version
-
     s = open_session()
-    entries = []
-    for ref in refs:
-        r = s.parse(ref)
-        entries.append(select_version(parse_spec(r.spec), s.releases(r), concept=r.id))
+    entries = [s.select(ref) for ref in refs]
     if overlap:
         _print_overlap(s, entries, as_json)
         return

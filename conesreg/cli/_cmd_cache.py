@@ -32,19 +32,10 @@ def cache_ls(as_json: bool) -> None:
 @click.option("--all", "everything", is_flag=True, help="Remove everything, not just leftovers.")
 def cache_prune(everything: bool) -> None:
     """Remove corrupted files, temp leftovers and blobs no cached version uses."""
-    from .._cache import Cache
+    from .._cache import prune_cache
 
-    c = Cache.open()
-    if everything:
-        keep: set[str] = set()
-    else:
-        keep = set()
-        for e in c.entries():
-            keep.add(e.digest)
-            if c.blobs.is_intact(e.digest):
-                keep.update(b.digest for b in c.manifest(e.digest).blobs)
-    n, freed = c.prune(keep=keep)
-    stdout().print(f"removed {n} file(s), freed {human(freed)}")
+    pruned = prune_cache(everything=everything)
+    stdout().print(f"removed {pruned.removed} file(s), freed {human(pruned.freed)}")
 
 
 @cache.command(name="dir")

@@ -77,15 +77,12 @@ def uninstall(refs: tuple[str, ...], project_dir: Path | None) -> None:
 @json_option
 def list_(project_dir: Path | None, as_json: bool) -> None:
     """List the concepts installed in this project."""
-    from .._cache import Cache
-    from .._lockfile import lockfile_path, read_lockfile
+    from .._install import installed
 
-    lock = read_lockfile(lockfile_path(project_dir))
-    cache = Cache.open()
-    rows = []
-    for c in lock.concepts if lock else ():
-        present = all(cache.blobs.has(d) for d in (c.manifest, *(b.digest for b in c.blobs)))
-        rows.append({**c.model_dump(mode="json"), "cached": present})
+    rows = [
+        {**i.concept.model_dump(mode="json"), "cached": i.cached}
+        for i in installed(project_dir=project_dir)
+    ]
     if as_json:
         emit_json(rows)
         return
@@ -103,21 +100,15 @@ def list_(project_dir: Path | None, as_json: bool) -> None:
 @json_option
 def verify(as_json: bool) -> None:
     """Re-hash every file in the cache; exit 1 if any is corrupted."""
-    from .._cache import Cache
+    from .._cache import verify_cache
 
-    cache = Cache.open()
-    digests = list(cache.blobs.digests())
-    bad = []
     with progress_bar() as progress:
-        task = progress.add_task("verifying", total=len(digests))
-        for d in digests:
-            if not cache.blobs.is_intact(d):
-                bad.append(d)
-            progress.advance(task, 1)
+        check = verify_cache(progress=progress)
+    bad = check.corrupted
     if as_json:
-        emit_json({"checked": len(digests), "corrupted": bad})
+        emit_json({"checked": check.checked, "corrupted": bad})
     else:
-        stdout().print(f"checked {len(digests)} files, {len(bad)} corrupted")
+        stdout().print(f"checked {check.checked} files, {len(bad)} corrupted")
         for d in bad:
             stdout().print(f"  corrupted: {d}")
     if bad:
