@@ -88,6 +88,25 @@ class Session:
             return cached
         return source.versions(ref.namespace, ref.name)
 
+    def ignored_tags(self, ref: ConceptRef) -> list[tuple[str, str, str]]:
+        """Tags of ``ref`` that name no installable version, as ``(tag, revision, why)``.
+
+        Only sources whose versions are tags (the Hub) can have such tags; they are known once
+        :meth:`releases` has listed the concept, so call this after it.
+
+        Args:
+            ref: The concept, as :meth:`parse` gives it.
+
+        Returns:
+            The tags skipped while listing, with why (empty for other sources).
+
+        Example:
+            >>> s.releases(ref); s.ignored_tags(ref)  # doctest: +SKIP
+            [('latest', '3f2a...', 'not a v<semver> tag')]
+        """
+        ignored = getattr(self.source(ref.registry), "ignored", {})
+        return list(ignored.get(ref.id, []))
+
     def select(self, text: str) -> IndexEntry:
         """The version a reference names, outside any lockfile (what ``info`` shows).
 

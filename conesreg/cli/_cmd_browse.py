@@ -137,8 +137,7 @@ def versions(ref: str, everything: bool, as_json: bool) -> None:
     s = open_session()
     r = s.parse(ref)
     entries = s.releases(r)
-    # Only sources whose versions are tags can have tags that are no version.
-    ignored = getattr(s.source(r.registry), "ignored", {}).get(f"{r.namespace}/{r.name}", [])
+    ignored = s.ignored_tags(r)
     if as_json:
         listed = [e.model_dump(mode="json") for e in entries]
         if everything:
