@@ -7,7 +7,13 @@ from pathlib import Path
 from ._session import Session
 from .artifact._build import build_manifest
 from .artifact._manifest import Manifest, parse_manifest
-from .errors import ConceptNotFoundError, ManifestError, VersionNotFoundError
+from .artifact._versions import parse_version
+from .errors import (
+    ConceptNotFoundError,
+    InvalidReferenceError,
+    ManifestError,
+    VersionNotFoundError,
+)
 
 
 def push(
@@ -67,3 +73,34 @@ def push(
             created=existing.metadata.created,
         )
     return manifest, source.push(manifest, files)
+
+
+def set_yanked(
+    ref: str, *, yanked: bool, reason: str | None = None, session: Session | None = None
+) -> str:
+    """Yank (or unyank) one exact version; its content never changes.
+
+    Args:
+        ref: ``[REGISTRY/]NAMESPACE/NAME@VERSION``: an exact version.
+        yanked: True to yank, False to undo a yank.
+        reason: Why, shown to users who pin it (yank only).
+        session: The session whose sources to use (default: a new one).
+
+    Returns:
+        ``NAMESPACE/NAME@VERSION`` as it was changed.
+
+    Raises:
+        InvalidReferenceError: ``ref`` names no exact version.
+        ConceptNotFoundError, VersionNotFoundError, AuthenticationError: as the source says.
+
+    Example:
+        >>> set_yanked("acme/dog@1.2.0", yanked=True, reason="wrong subject")  # doctest: +SKIP
+        'acme/dog@1.2.0'
+    """
+    s = session or Session()
+    r = s.parse(ref)
+    if not r.spec:
+        raise InvalidReferenceError(f"{ref!r} names no version", hint="write NAME@1.2.3")
+    version = str(parse_version(r.spec))
+    s.source(r.registry).set_yanked(r.namespace, r.name, version, yanked=yanked, reason=reason)
+    return f"{r.id}@{version}"

@@ -35,15 +35,10 @@ def push(draft_dir: Path, version: str, ref: str | None, as_json: bool) -> None:
 
 
 def _yank(ref: str, yanked: bool, reason: str | None) -> None:
-    from ..artifact._versions import parse_version
+    from .._push import set_yanked
 
-    s = open_session()
-    r = s.parse(ref)
-    if not r.spec:
-        raise ConesregError(f"{ref!r} names no version", hint="write NAME@1.2.3")
-    version = str(parse_version(r.spec))
-    s.source(r.registry).set_yanked(r.namespace, r.name, version, yanked=yanked, reason=reason)
-    stdout().print(f"{'yanked' if yanked else 'unyanked'} {r.id}@{version}")
+    changed = set_yanked(ref, yanked=yanked, reason=reason, session=open_session())
+    stdout().print(f"{'yanked' if yanked else 'unyanked'} {changed}")
 
 
 @click.command()
