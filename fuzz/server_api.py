@@ -408,8 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="schemathesis workers")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs)")
     args = parser.parse_args(argv)
-    print(f"schemathesis --checks all for {args.minutes:g} min against registry_server")
+    print(
+        f"schemathesis --checks all for {args.minutes:g} min against registry_server, "
+        f"{args.workers} worker(s), server on its own process"
+    )
+    wall, cpu = time.perf_counter(), _cpu_seconds()
     res = campaign(minutes=args.minutes, seed_value=args.seed, workers=args.workers, keep=args.keep)
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     print(f"operations tested:   {res.operations}")
     print(f"test cases:          {res.generated}")
     print(f"requests answered:   {res.requests}")
@@ -425,8 +430,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"written outside data and temp dirs: {len(res.written_elsewhere)}")
     for p in res.written_elsewhere:
         print(f"  {p}")
+    print(f"wall {wall:.0f} s, CPU {cpu:.0f} s (this process and the server, which has exited)")
     print("clean" if res.clean else "NOT CLEAN")
     return 0 if res.clean else 1
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its waited-for children (the server, once stopped)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 if __name__ == "__main__":
