@@ -3,9 +3,9 @@
 Library code reads these as ``constants.NAME`` at call time (never ``from ... import NAME`` into a
 default argument), so tests and embedding applications can patch them in one place.
 
-The artifact's formats and limits (``MASK_ENCODING``, ``MAX_TARGET_NUMEL``, ...) belong to
-:mod:`conesreg.artifact.constants`, which the server shares; they are also importable from here,
-but as copies: read and patch them there.
+The artifact's formats and limits (``MASK_ENCODING``, ``MAX_TARGET_NUMEL``, ...) live in
+:mod:`conesreg.artifact.constants`, which the server shares: read and patch them there (no copy
+here can go stale).
 """
 
 from __future__ import annotations
@@ -16,31 +16,8 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir, user_config_dir, user_data_dir
 
-# Aliases of the artifact's constants, so that `conesreg.constants` (public) still lists them.
-from .artifact.constants import (  # noqa: F401
-    CONCEPT_KIND,
-    DEFAULT_NAMESPACE,
-    DRAFT_MANIFEST,
-    DRAFT_MASK,
-    DRAFT_PREVIEWS,
-    HUB_CARD_FILE,
-    HUB_LAYOUT_FILES,
-    HUB_MANIFEST_FILE,
-    HUB_YANKED_FILE,
-    IMAGE_SUFFIXES,
-    MANIFEST_SCHEMA_VERSION,
-    MASK_ENCODING,
-    MAX_JSON_DEPTH,
-    MAX_MANIFEST_BYTES,
-    MAX_PATH_BYTES,
-    MAX_SEGMENT_BYTES,
-    MAX_TARGET_NUMEL,
-    MEDIA_TYPE_JPEG,
-    MEDIA_TYPE_MANIFEST,
-    MEDIA_TYPE_MASK,
-    MEDIA_TYPE_PNG,
-    _env_positive,
-)
+# One parser of numeric environment variables, the artifact's (it reads its own limits too).
+from .artifact.constants import _env_positive
 
 
 def _env_path(name: str, default: str) -> Path:

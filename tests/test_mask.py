@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from conesreg import constants
+from conesreg.artifact import constants
 from conesreg.artifact._mask import (
     MaskInfo,
     decode_mask,

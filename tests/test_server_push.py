@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from conesreg import constants
 from conesreg.artifact import build_manifest
+from conesreg.artifact import constants as artifact_constants
 from conesreg.artifact._manifest import IndexEntry, parse_manifest
 from conesreg.sources import LocalSource
 from conesreg.testing import auth, make_draft, push_draft, put_manifest, upload_blobs
@@ -53,7 +53,7 @@ def test_push_flow_created_then_noop_then_conflict(server: Server, tmp_path: Pat
     [entry] = c.get("/v1/concepts/acme/dog/versions").json()["versions"]
     assert entry["digest"] == manifest.digest
     got = c.get("/v1/concepts/acme/dog/versions/1.0.0/manifest")
-    assert got.headers["content-type"] == constants.MEDIA_TYPE_MANIFEST
+    assert got.headers["content-type"] == artifact_constants.MEDIA_TYPE_MANIFEST
     assert got.headers["etag"] == f'"{manifest.digest}"'
     assert parse_manifest(got.content, expected_digest=manifest.digest) == manifest
     assert c.get(f"/v1/manifests/{manifest.digest}").content == got.content

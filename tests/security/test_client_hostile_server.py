@@ -27,6 +27,7 @@ import pytest
 
 from conesreg import constants
 from conesreg.artifact import build_manifest
+from conesreg.artifact import constants as artifact_constants
 from conesreg.artifact._manifest import IndexEntry
 from conesreg.cli import main
 from conesreg.testing import make_draft
@@ -170,7 +171,7 @@ class Handler(BaseHTTPRequestHandler):
         if route == "versions":
             self.send_json(200, {"versions": [c.entry]})
         elif route == "manifest" and arg == c.entry["version"]:
-            self.send(200, c.manifest, {"Content-Type": constants.MEDIA_TYPE_MANIFEST})
+            self.send(200, c.manifest, {"Content-Type": artifact_constants.MEDIA_TYPE_MANIFEST})
         elif route == "blob" and arg in c.blobs:
             self.send(200, c.blobs[arg])
         elif route == "search":
@@ -248,8 +249,10 @@ def test_a_1_gib_manifest_is_refused_at_the_cap(
 ) -> None:
     registry.attacks["manifest"] = lambda h: h.flood(GIB, declare=declare)
     code, err = run(["install", "team/acme/dog"], capsys)
-    assert_refused(code, err, isolated, says=f"more than {constants.MAX_MANIFEST_BYTES:,} bytes")
-    assert registry.sent < constants.MAX_MANIFEST_BYTES + SLACK
+    assert_refused(
+        code, err, isolated, says=f"more than {artifact_constants.MAX_MANIFEST_BYTES:,} bytes"
+    )
+    assert registry.sent < artifact_constants.MAX_MANIFEST_BYTES + SLACK
     assert cached_blobs(isolated) == set()
 
 
