@@ -1,301 +1,393 @@
-"""Does switching concept neurons off make the class prompt draw the subject? (bundled mini model)
+"""Do concepts found with `conesreg find`'s defaults hold, stay specific and compose? (mini model)
 
-Run: ``python benchmarks/fidelity.py [--n 32] [--tune]``
+Run: ``python benchmarks/fidelity.py [--group bundled|new] [--seeds 3] [--n 32] [--tune]``
 
-For each bundled subject (``conesreg.mini.subjects.SUBJECTS``: a checkered purple star, a
-striped orange heart, ...), the finder runs on 6 captioned renders of it (``--renders``; the
-captions name the class word, the place and the background: ``subject_captions``); then the
-mini model draws from the plain class prompt ("a photo of a star") and from context prompts
-("a photo of a star on a navy background") three ways: with the found mask, without any mask
-(the baseline), and with a random mask of the same size per parameter (the control). The
-attribute classifier judges:
+Everything goes through the user path with no tuning flags: each subject's renders are written
+to a folder with their captions (``metadata.jsonl``), ``plan_find``/``run_find`` search as
+``conesreg find`` does (the base model's preset), ``push`` publishes to a throwaway embedded
+registry, and ``apply`` installs the concepts by reference through a ``conesreg.lock``, as
+``conesreg generate -c A -c B`` does. The attribute classifier judges; 32 images a cell.
 
-- subject fidelity: the share of images showing the subject (shape, color and pattern), and
-  on the plain prompt its color and its pattern apart;
-- prompt fidelity: the share keeping the context the prompt asks for (the background);
-- other classes: the share of images of the other classes' prompts in which the prompted
-  object took on the subject's color and pattern (how specific the mask is);
-- compositions: 2, 3 and 4 subjects' masks composed (their union, and the union refined with
-  a few joint steps, ``find --refine``), prompted with every class word in its place; the share
-  of images with every subject right, and how each subject's mask does there on its own;
-- the mask's sparsity and its file size against the information bound.
+- one concept: subject fidelity on the class prompt ("a photo of a star"), with a background
+  ("... on a navy background") and with a place ("... at the top left"); whether the context
+  asked for is kept; a random mask of the same size per parameter and binding (the control);
+- specificity: the other classes' prompts with the concept applied: the share of images whose
+  object took on the subject's color and pattern;
+- compositions of independently found concepts, no refine: every subject right in one image,
+  each subject's own share, on placed prompts ("a photo of a star at the top left and a heart
+  at the top right") and unplaced ones ("a photo of a star and a heart"), the subjects named in
+  both orders; beside each row the model's own ceiling: the same prompt with each subject
+  described in words ("a checkered purple star") and no concept.
 
-Hyperparameters are tuned with ``--tune`` on a subject that is never reported
-(``TUNING_SUBJECT``) and its seeds, and on the reported subjects with the tuning seeds
-(``--tune --subjects-too``); the reported figures use held-out seeds.
+Figures are means over ``--seeds`` finder seeds with the minimum beside them. The reported run
+uses held-out seeds (renders, finder, sampling) that tuning never saw; ``--group new`` reports
+four subjects that tuning never saw either. ``--tune`` uses the seeds the presets were tuned on.
+Threads are fixed (``--threads``, default 1) and printed with wall and CPU time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from conesreg._compose import apply
-from conesreg._concept import Concept
-from conesreg._find import (
-    REFINE_DEFAULTS,
-    FindConfig,
-    candidate_names,
-    find_neurons,
-    refine_neurons,
-    union_masks,
-    write_draft,
-)
-from conesreg.artifact._mask import encode_mask, information_bound_bytes
-from conesreg.mini.classifier import load_classifier, predict
-from conesreg.mini.model import load_mini_pipeline
-from conesreg.mini.subjects import (
-    FIND_SETTINGS,
-    SUBJECTS,
-    TUNING_SUBJECT,
-    Subject,
-    all_subjects_share,
-    background_share,
-    composition_prompt,
-    sample,
-    subject_captions,
-    subject_images,
-    subject_share,
-)
-from conesreg.mini.world import BACKGROUNDS, SHAPES
-
-#: Seeds of the reported run and of tuning: renders, finder, sampling, random controls.
+#: Seeds of the reported run and of tuning: renders, finder (one per repeat), sampling, controls.
 SEEDS = {
-    "report": {"images": 2000, "find": 3000, "sample": 40000, "random": 5000},
-    "tune": {"images": 100, "find": 200, "sample": 20000, "random": 300},
+    "report": {"images": 5000, "find": 6000, "sample": 60000, "random": 7000},
+    "tune": {"images": 2000, "find": 3000, "sample": 40000, "random": 5000},
 }
-CONFIG = FIND_SETTINGS  # chosen with --tune
-RENDERS = 6  # subject images per search (--renders)
-REFINE = REFINE_DEFAULTS  # what `conesreg find --refine` does
-
-
-def as_concept(pipe: Any, mask: dict[str, np.ndarray], cfg: FindConfig, folder: Path) -> Concept:
-    draft = write_draft(folder, pipe, mask, cfg, name=folder.name, base_id="mini", preview_seeds=())
-    return Concept.from_draft(draft)
-
-
-def random_mask(pipe: Any, mask: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
-    """As many scalars per parameter as ``mask``, drawn uniformly."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for n, idx in mask.items():
-        numel = pipe.unet.get_parameter(n).numel()
-        out[n] = np.sort(rng.choice(numel, size=len(idx), replace=False))
-    return out
-
-
-def draw(pipe: Any, clf: Any, prompts: list[str], concepts: list[Concept], seed: int) -> list:
-    if concepts:
-        with apply(pipe, concepts):
-            return predict(clf, sample(pipe, prompts, seed=seed))
-    return predict(clf, sample(pipe, prompts, seed=seed))
-
-
-def share(preds: list, hits: list[Callable[[dict], bool]]) -> float:
-    """The share of images in which some judged object passes that image's test."""
-    return float(
-        np.mean([any(hit(o) for o in p["objects"]) for p, hit in zip(preds, hits, strict=True)])
-    )
-
-
-def evaluate_subject(
-    pipe: Any,
-    clf: Any,
-    s: Subject,
-    seeds: dict[str, int],
-    n: int,
-    workdir: Path,
-    params: dict,
-    renders: int,
-) -> dict[str, Any]:
-    cfg = s.find_config(seed=seeds["find"], **params)
-    images = subject_images(s, n=renders, seed=seeds["images"])
-    captions = subject_captions(s, n=renders, seed=seeds["images"])
-    t = time.perf_counter()
-    mask = find_neurons(pipe, images, cfg, captions=captions)
-    find_s = time.perf_counter() - t
-    concept = as_concept(pipe, mask, cfg, workdir / s.name)
-    control = as_concept(pipe, random_mask(pipe, mask, seeds["random"]), cfg, workdir / "random")
-    plain = [cfg.class_prompt] * n
-    backgrounds = [BACKGROUNDS[i % len(BACKGROUNDS)] for i in range(n)]
-    context = [f"{cfg.class_prompt} on a {bg} background" for bg in backgrounds]
-    row: dict[str, Any] = {"subject": s, "mask": mask, "concept": concept, "find_s": find_s}
-    row["stimulation"] = (images, captions)  # what the composition's refine step sees again
-    for label, concepts in (("mask", [concept]), ("none", []), ("random", [control])):
-        p_plain = draw(pipe, clf, plain, concepts, seeds["sample"])
-        p_context = draw(pipe, clf, context, concepts, seeds["sample"] + 1000)
-        row[f"plain/{label}"] = subject_share(s, p_plain)
-        for k in ("color", "pattern"):  # which half of the subject's look a mask gets right
-            row[f"plain {k}/{label}"] = share(
-                p_plain, [lambda o, k=k: o["shape"] == s.shape and o[k] == getattr(s, k)] * n
-            )
-        row[f"context/{label}"] = subject_share(s, p_context)
-        row[f"prompt/{label}"] = float(
-            np.mean(
-                [background_share(bg, [p]) for bg, p in zip(backgrounds, p_context, strict=True)]
-            )
-        )
-    # Specificity: the other classes' prompts, with and without the mask; the share of images
-    # in which an object of the prompted class took on the subject's color and pattern.
-    others = [f"a photo of a {sh}" for sh in SHAPES if sh != s.shape]
-    other_prompts = [others[i % len(others)] for i in range(n)]
-    for label, concepts in (("mask", [concept]), ("none", [])):
-        preds = draw(pipe, clf, other_prompts, concepts, seeds["sample"] + 2000)
-        row[f"others/{label}"] = share(
-            preds,
-            [
-                lambda o, prompt=prompt: (
-                    o["shape"] in prompt and (o["color"], o["pattern"]) == (s.color, s.pattern)
-                )
-                for prompt in other_prompts
-            ],
-        )
-    total = sum(pipe.unet.get_parameter(n).numel() for n in candidate_names(pipe.unet))
-    k = sum(len(v) for v in mask.values())
-    numels = {name: pipe.unet.get_parameter(name).numel() for name in mask}
-    row["sparsity"] = k / total
-    row["bytes"] = len(encode_mask(mask, numels=numels))
-    row["bound"] = information_bound_bytes(total, k)
-    row["to_v share"] = sum(len(v) for name, v in mask.items() if "to_v" in name) / max(k, 1)
-    return row
-
-
-def compositions(
-    pipe: Any, clf: Any, rows: list[dict], seeds: dict[str, int], n: int, workdir: Path
-) -> list[dict[str, Any]]:
-    out = []
-    for size in range(2, len(rows) + 1):
-        group = rows[:size]
-        subjects = [r["subject"] for r in group]
-        prompts = [composition_prompt(subjects)] * n
-        union = [r["concept"] for r in group]
-        t = time.perf_counter()
-        cfg = FindConfig(
-            prompts[0], " and ".join(s.class_word for s in subjects), seed=seeds["find"], **REFINE
-        )
-        start = union_masks(r["mask"] for r in group)
-        refined = refine_neurons(pipe, [r["stimulation"] for r in group], start, cfg)
-        refine_s = time.perf_counter() - t
-        joint = as_concept(pipe, refined, cfg, workdir / f"joint-{size}")
-        seed = seeds["sample"] + 7000 + size
-        # Each subject's own mask alone on the composition prompt: does a mask hold in this
-        # prompt at all, apart from the others?
-        alone = [
-            subject_share(r["subject"], draw(pipe, clf, prompts, [r["concept"]], seed))
-            for r in group
-        ]
-        out.append(
-            {
-                "size": size,
-                "prompt": prompts[0],
-                "alone": float(np.mean(alone)),
-                "none": all_subjects_share(subjects, draw(pipe, clf, prompts, [], seed)),
-                "union": all_subjects_share(subjects, draw(pipe, clf, prompts, union, seed)),
-                "refined": all_subjects_share(subjects, draw(pipe, clf, prompts, [joint], seed)),
-                "refine_s": refine_s,
-            }
-        )
-    return out
+RENDERS = 6  # subject images per search, as the demo uses
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=32, help="images per prompt set")
-    ap.add_argument("--tune", action="store_true", help="the tuning subject and seeds")
-    ap.add_argument("--sparsity", type=float, default=CONFIG["sparsity"])
-    ap.add_argument("--steps", type=int, default=CONFIG["steps"])
-    ap.add_argument("--batch-size", type=int, default=CONFIG["batch_size"])
-    ap.add_argument("--lam", type=float, default=CONFIG["lam"])
-    ap.add_argument("--bands", type=int, default=CONFIG.get("bands", 1))
-    ap.add_argument("--subjects", type=int, default=len(SUBJECTS), help="how many to report")
+    ap.add_argument("--group", choices=("bundled", "new"), default="bundled")
+    ap.add_argument("--seeds", type=int, default=3, help="finder seeds (repeats)")
+    ap.add_argument("--n", type=int, default=32, help="images per cell")
+    ap.add_argument("--tune", action="store_true", help="the seeds the presets were tuned on")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
-        "--subjects-too",
-        action="store_true",
-        help="with --tune: also the reported subjects and compositions, on the tuning seeds",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a finder option as `conesreg find` takes it (e.g. sparsity=0.05), for tuning",
     )
-    ap.add_argument("--renders", type=int, default=RENDERS, help="subject images per search")
     a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="conesreg-fidelity-"))
+    # A throwaway registry, cache and config: set before conesreg reads its settings.
+    os.environ["CONESREG_REGISTRY_DIR"] = str(tmp / "registry")
+    os.environ["CONESREG_CACHE_DIR"] = str(tmp / "cache")
+    os.environ["CONESREG_CONFIG"] = str(tmp / "config.toml")
+    import torch
+
+    torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
-    params = {
-        **CONFIG,
-        "sparsity": a.sparsity,
-        "steps": a.steps,
-        "batch_size": a.batch_size,
-        "lam": a.lam,
-        "bands": a.bands,
-    }
+    run(a, tmp)
+
+
+def run(a: argparse.Namespace, tmp: Path) -> None:
+    import numpy as np
+
+    from conesreg._compose import apply, load_pipeline, quiet_libraries
+    from conesreg.mini.classifier import load_classifier, predict
+    from conesreg.mini.subjects import SUBJECTS, Subject, sample
+
+    quiet_libraries()
     seeds = SEEDS["tune" if a.tune else "report"]
-    reported = list(SUBJECTS.values())[: a.subjects]
-    subjects = ([TUNING_SUBJECT] + reported * a.subjects_too) if a.tune else reported
-    pipe = load_mini_pipeline()
+    subjects = list(SUBJECTS.values()) if a.group == "bundled" else new_subjects(Subject)
+    options = {k: _value(v) for k, v in (s.split("=", 1) for s in a.set)}
+    pipe = load_pipeline(None, device="cpu")
     clf = load_classifier()
     print(
-        f"mini model, {a.n} images per prompt set, {'tuning' if a.tune else 'held-out'} seeds, "
-        f"finder {params}, {torch.get_num_threads()} threads\n"
+        f"mini model, group {a.group}, {a.n} images a cell, {'tuning' if a.tune else 'held-out'} "
+        f"seeds, {a.seeds} finder seeds, options {options or 'none (the preset)'}, "
+        f"{torch_threads()} threads\n"
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = [
-            evaluate_subject(pipe, clf, s, seeds, a.n, Path(tmp), params, a.renders)
-            for s in subjects
-        ]
-        group = [r for r in rows if r["subject"] in reported]
-        comps = compositions(pipe, clf, group, seeds, a.n, Path(tmp)) if len(group) > 1 else []
+    t0, c0 = time.perf_counter(), time.process_time()
 
-    print("subject fidelity (share of images showing the subject) and prompt fidelity")
-    print("(share keeping the background the context prompt names); bars in the last row\n")
-    head = (
-        "| subject | plain: mask | none | random | context: mask | none | random "
-        "| prompt: mask | none | random | other classes: mask | none | find s |"
-    )
-    print(head)
-    print("|" + " --- |" * 13)
-    keys = [f"{c}/{v}" for c in ("plain", "context", "prompt") for v in ("mask", "none", "random")]
-    keys += ["others/mask", "others/none"]
-    for r in rows:
-        cells = " | ".join(f"{r[k]:.2f}" for k in keys)
-        print(f"| {r['subject'].description} | {cells} | {r['find_s']:.0f} |")
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    print(f"| mean | {' | '.join(f'{mean[k]:.2f}' for k in keys)} | |")
-    print(
-        "| bar | >= 0.8 | <= 0.2 | none +- 0.05 | >= 0.6 | <= 0.2 | none +- 0.05 "
-        "| >= none - 0.1 | | | | | |"
-    )
-    print("\non the plain prompt, with the mask (and without): the subject's color, its pattern\n")
-    print("| subject | color | pattern |")
-    print("| --- | --- | --- |")
-    for r in rows:
-        cells = [
-            f"{r[f'plain {k}/mask']:.2f} ({r[f'plain {k}/none']:.2f})" for k in ("color", "pattern")
-        ]
-        print(f"| {r['subject'].description} | {' | '.join(cells)} |")
-    print("\nmask size\n")
-    print("| subject | sparsity | to_v share | bytes | / information bound |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['subject'].description} | {r['sparsity']:.4f} | {r['to_v share']:.2f} "
-            f"| {r['bytes']:,} | {r['bytes'] / r['bound']:.3f}x |"
-        )
-    if comps:
-        print("\ncompositions: share of images with every subject right\n")
-        print("(each alone: the mean share of images in which a subject is right when only its")
-        print("own mask is applied to the composition prompt)\n")
-        print("| subjects | prompt | each alone | none | union | union + refine | refine s | bar |")
-        print("|" + " --- |" * 8)
-        bars = {2: ">= 0.6", 4: ">= 0.3"}
-        for c in comps:
-            print(
-                f"| {c['size']} | {c['prompt']} | {c['alone']:.2f} | {c['none']:.2f} "
-                f"| {c['union']:.2f} | {c['refined']:.2f} | {c['refine_s']:.0f} "
-                f"| {bars.get(c['size'], '-')} |"
+    def judge(prompts: Sequence[str], refs: Sequence[str], seed: int) -> list[dict[str, Any]]:
+        if not refs:
+            return predict(clf, sample(pipe, list(prompts), seed=seed))
+        with apply(pipe, list(refs), project_dir=tmp / "project"):
+            return predict(clf, sample(pipe, list(prompts), seed=seed))
+
+    (tmp / "project").mkdir()
+    folders = {s.name: write_subject(s, tmp, seeds["images"]) for s in subjects}
+    singles: dict[str, list[dict[str, float]]] = {s.name: [] for s in subjects}
+    comps: dict[str, list[dict[str, Any]]] = {}
+    none_cache: dict[str, dict[str, float]] = {}
+    none_drawn: dict[str, set[str]] = {}
+    find_s = []
+    for rep in range(a.seeds):
+        fseed = seeds["find"] + rep
+        refs = {}
+        for s in subjects:
+            t = time.perf_counter()
+            refs[s.name] = find_and_push(s, folders[s.name], fseed, tmp, options)
+            find_s.append(time.perf_counter() - t)
+        control = {
+            s.name: random_control(pipe, refs[s.name], seeds["random"] + rep, tmp) for s in subjects
+        }
+        for s in subjects:
+            cells = single_cells(s, a.n)
+            row = {}
+            known = none_cache.setdefault(s.name, {})  # without a concept: drawn once
+            drawn = none_drawn.setdefault(s.name, set())
+            for key, (prompts, offset, scores) in cells.items():
+                with_mask = judge(prompts, [refs[s.name]], seeds["sample"] + offset)
+                without = None if key in drawn else judge(prompts, [], seeds["sample"] + offset)
+                for metric, score in scores.items():
+                    row[f"{metric}/mask"] = score(with_mask)
+                    if without is not None:
+                        known[metric] = score(without)
+                    row[f"{metric}/none"] = known[metric]
+                drawn.add(key)
+            prompts, offset, scores = cells["plain"]
+            row["plain/random"] = scores["plain"](
+                judge(prompts, [control[s.name]], seeds["sample"] + offset)
             )
+            singles[s.name].append(row)
+            print(
+                f"seed {fseed} {s.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()),
+                flush=True,
+            )
+        for label, group, prompt_of in composition_rows(subjects):
+            prompt = prompt_of(group, described=False)
+            preds = judge(
+                [prompt] * a.n, [refs[s.name] for s in group], seeds["sample"] + 7000 + len(group)
+            )
+            entry = {
+                "all": all_right(group, preds),
+                "each": [subject_share_of(s, preds) for s in group],
+            }
+            if label not in comps:
+                ceiling = judge(
+                    [prompt_of(group, described=True)] * a.n,
+                    [],
+                    seeds["sample"] + 7000 + len(group),
+                )
+                comps[label] = [
+                    {
+                        "ceiling": all_right(group, ceiling),
+                        "ceiling each": [subject_share_of(s, ceiling) for s in group],
+                        "prompt": prompt,
+                    }
+                ]
+            comps[label].append(entry)
+            print(
+                f"seed {fseed} {label}: all {entry['all']:.2f} each {fmt(entry['each'])}",
+                flush=True,
+            )
+
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(
+        f"\nwall {wall:.0f} s, CPU {cpu:.0f} s, {torch_threads()} threads; a search took "
+        f"{np.mean(find_s):.1f} s on average\n"
+    )
+    report_singles(singles)
+    report_compositions(comps)
+
+
+# -- subjects -------------------------------------------------------------------------------------
+def new_subjects(Subject: Any) -> list[Any]:
+    """Four subjects that no tuning run saw, of four shapes so that they compose."""
+    return [
+        Subject("red-striped-circle", "circle", "red", "stripes"),
+        Subject("yellow-dotted-star", "star", "yellow", "dots"),
+        Subject("blue-checkered-heart", "heart", "blue", "checker"),
+        Subject("purple-ringed-square", "square", "purple", "ring"),
+    ]
+
+
+def write_subject(s: Any, tmp: Path, seed: int) -> Path:
+    """The subject's renders and their captions in a folder, as a user would have them."""
+    from PIL import Image
+
+    from conesreg.mini.subjects import subject_captions, subject_images
+
+    folder = tmp / "images" / s.name
+    folder.mkdir(parents=True)
+    lines = []
+    for i, (im, cap) in enumerate(
+        zip(
+            subject_images(s, n=RENDERS, seed=seed),
+            subject_captions(s, n=RENDERS, seed=seed),
+            strict=True,
+        )
+    ):
+        Image.fromarray(im).save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": cap}) + "\n")
+    (folder / "metadata.jsonl").write_text("".join(lines))
+    return folder
+
+
+def find_and_push(s: Any, folder: Path, fseed: int, tmp: Path, options: dict[str, Any]) -> str:
+    """``conesreg find IMAGES --class-word W --name bench/S-SEED --seed SEED`` then ``push``."""
+    from conesreg import push
+    from conesreg._find_job import plan_find, run_find
+
+    name = f"bench/{s.name}-{fseed}"
+    plan = plan_find(name=name, images=[folder], class_word=s.class_word, seed=fseed, **options)
+    draft = tmp / "drafts" / f"{s.name}-{fseed}"
+    run_find(plan, draft, device="cpu")
+    push(draft, version="1.0.0")
+    return f"{name}@1.0.0"
+
+
+def random_control(pipe: Any, ref: str, seed: int, tmp: Path) -> Any:
+    """A concept like ``ref`` (same binding, same count per parameter) at random positions."""
+    import numpy as np
+
+    from conesreg import Concept
+    from conesreg._concept import load_concepts
+
+    [c] = load_concepts([ref], project_dir=tmp / "project")
+    rng = np.random.default_rng(seed)
+    indices = {
+        n: np.sort(rng.choice(pipe.unet.get_parameter(n).numel(), len(idx), replace=False))
+        for n, idx in c.indices.items()
+    }
+    m = c.manifest.model_copy(update={"name": c.manifest.name + "-random"})
+    m.__dict__.pop("digest", None)  # the copy's own digest, not the cached one of the original
+    return Concept(m, indices)
+
+
+# -- what is judged -------------------------------------------------------------------------------
+def single_cells(s: Any, n: int) -> dict[str, tuple[list[str], int, dict[str, Callable]]]:
+    """Prompt sets of one subject: the prompts, their sampling seed offset, and what is scored
+    on their images."""
+    import numpy as np
+
+    from conesreg.mini.world import BACKGROUNDS, SHAPES, SLOTS
+
+    bgs = [BACKGROUNDS[i % len(BACKGROUNDS)] for i in range(n)]
+    places = [SLOTS[1 + i % 4] for i in range(n)]
+    others = [sh for sh in SHAPES if sh != s.shape]
+    other = [others[i % len(others)] for i in range(n)]
+
+    def share(test: Callable[[dict, int], bool]) -> Callable[[list], float]:
+        return lambda preds: float(
+            np.mean([any(test(o, i) for o in p["objects"]) for i, p in enumerate(preds)])
+        )
+
+    subject = share(lambda o, i: s.matches(o))
+    return {
+        "plain": ([s.class_prompt] * n, 0, {"plain": subject}),
+        "background": (
+            [f"{s.class_prompt} on a {bg} background" for bg in bgs],
+            1000,
+            {
+                "background": subject,
+                "background kept": lambda preds: float(
+                    np.mean([x["background"] == bg for x, bg in zip(preds, bgs, strict=True)])
+                ),
+            },
+        ),
+        "place": (
+            [f"{s.class_prompt} at the {pl}" for pl in places],
+            3000,
+            {
+                "place": subject,
+                "place kept": share(lambda o, i: o["shape"] == s.shape and o["slot"] == places[i]),
+            },
+        ),
+        "other classes": (
+            [f"a photo of a {sh}" for sh in other],
+            2000,
+            {
+                "other classes": share(
+                    lambda o, i: (
+                        o["shape"] == other[i]
+                        and (o["color"], o["pattern"]) == (s.color, s.pattern)
+                    )
+                )
+            },
+        ),
+    }
+
+
+def composition_rows(subjects: Sequence[Any]) -> list[tuple[str, list[Any], Callable[..., str]]]:
+    from conesreg.mini.world import SLOTS
+
+    def placed(group: Sequence[Any], *, described: bool) -> str:
+        parts = [
+            f"a {word(s, described)} at the {slot}"
+            for s, slot in zip(group, SLOTS[1:], strict=False)
+        ]
+        return "a photo of " + " and ".join(parts)
+
+    def unplaced(group: Sequence[Any], *, described: bool) -> str:
+        return "a photo of " + " and ".join(f"a {word(s, described)}" for s in group)
+
+    rows = []
+    for size in (2, 3, 4):
+        for order, group in (
+            ("first", list(subjects[:size])),
+            ("reversed", list(subjects[:size][::-1])),
+        ):
+            rows.append((f"{size} placed, {order}", group, placed))
+            rows.append((f"{size} unplaced, {order}", group, unplaced))
+    return rows
+
+
+def word(s: Any, described: bool) -> str:
+    return s.description if described else s.class_word
+
+
+def all_right(group: Sequence[Any], preds: list) -> float:
+    from conesreg.mini.subjects import all_subjects_share
+
+    return all_subjects_share(group, preds)
+
+
+def subject_share_of(s: Any, preds: list) -> float:
+    from conesreg.mini.subjects import subject_share
+
+    return subject_share(s, preds)
+
+
+# -- printing -------------------------------------------------------------------------------------
+def fmt(values: Sequence[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
+
+
+def mean_min(values: Sequence[float]) -> str:
+    return f"{sum(values) / len(values):.2f} ({min(values):.2f})"
+
+
+def report_singles(singles: dict[str, list[dict[str, float]]]) -> None:
+    cols = [
+        ("plain/mask", ">= 0.90"),
+        ("plain/none", ""),
+        ("plain/random", "none +- 0.05"),
+        ("background/mask", ">= 0.85"),
+        ("place/mask", ">= 0.85"),
+        ("background kept/mask", ">= 0.95"),
+        ("place kept/mask", ">= 0.95"),
+        ("other classes/mask", "<= 0.05"),
+        ("other classes/none", ""),
+    ]
+    print("one concept: mean over finder seeds (min)\n")
+    print("| subject | " + " | ".join(c for c, _ in cols) + " |")
+    print("|" + " --- |" * (len(cols) + 1))
+    for name, rows in singles.items():
+        print(f"| {name} | " + " | ".join(mean_min([r[c] for r in rows]) for c, _ in cols) + " |")
+    every = [r for rows in singles.values() for r in rows]
+    print("| mean | " + " | ".join(mean_min([r[c] for r in every]) for c, _ in cols) + " |")
+    print("| bar | " + " | ".join(b for _, b in cols) + " |\n")
+
+
+def report_compositions(comps: dict[str, list[dict[str, Any]]]) -> None:
+    print("compositions of independently found concepts, no refine: every subject right")
+    print("(mean over finder seeds, min), each subject's share (mean), and the model's ceiling")
+    print("(the subjects described in words, no concept)\n")
+    print("| subjects | all right | each | ceiling: all | each | prompt |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, (head, *runs) in comps.items():
+        each = [sum(r["each"][i] for r in runs) / len(runs) for i in range(len(runs[0]["each"]))]
+        print(
+            f"| {label} | {mean_min([r['all'] for r in runs])} | {fmt(each)} "
+            f"| {head['ceiling']:.2f} | {fmt(head['ceiling each'])} | {head['prompt']} |"
+        )
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 if __name__ == "__main__":

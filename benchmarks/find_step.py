@@ -53,7 +53,7 @@ def plain_steps(device: str, batch: int, steps: int) -> dict[str, float]:
     for n in candidate_names(unet):
         unet.get_parameter(n).requires_grad_(True)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    z0, cond = _latents(pipe, images), _embed(pipe, "a photo of a star")
+    z0, cond = _latents(pipe, images), _embed(pipe, "a photo of a star")[0]
     gen = torch.Generator().manual_seed(0)
     times = []
     for _ in range(steps + 3):

@@ -40,6 +40,8 @@ from .errors import (
 if TYPE_CHECKING:
     import torch
 
+    from ._binding import Binder
+
 
 @dataclass
 class _Applied:
@@ -54,6 +56,9 @@ class _Applied:
     # param name -> (owning module, attribute): a dict lookup instead of a walk down the tree,
     # and still the live parameter after .to() or an in-place reload
     owners: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    # token-bound concepts act through this (attention processors, text-encoder hooks); None
+    # while none is on, so that the pipeline then runs its own processors
+    binder: Binder | None = None
 
     def param(self, unet: Any, name: str) -> Any:
         """The parameter called ``name``, or None."""
@@ -68,6 +73,8 @@ class _Applied:
 
 
 _STATE: weakref.WeakKeyDictionary[Any, _Applied] = weakref.WeakKeyDictionary()
+#: What a token-bound concept may address: the keys and values its binder computes.
+_BOUND_TARGETS = ("attn2.to_k.weight", "attn2.to_v.weight")
 
 
 class ConceptHandle:
@@ -159,15 +166,29 @@ def apply(
     new = [c for c in unique if c.digest not in state.concepts]
     _check(pipe, unet, state, new, force=force)
 
-    overlaps = overlap(list({**state.concepts, **{c.digest: c for c in new}}.values()))
+    active = list({**state.concepts, **{c.digest: c for c in new}}.values())
+    overlaps = overlap(active)
+    words = {c.label: c.manifest.binding.word for c in active}
     for o in overlaps:
-        if o.jaccard > OVERLAP_WARN_JACCARD:
+        # Token-bound concepts of different words act at different tokens: they never blend.
+        apart = words[o.a] is not None and words[o.b] is not None and words[o.a] != words[o.b]
+        if o.jaccard > OVERLAP_WARN_JACCARD and not apart:
             warnings.warn(
                 f"{o.a} and {o.b} share {o.shared} neurons (Jaccard {o.jaccard:.2f}); "
                 "they will blend",
                 ConesregWarning,
                 stacklevel=2,
             )
+    if any(_token_bound(c) for c in new) and state.binder is None:
+        if unet is pipe:
+            raise UnsupportedPipelineError(
+                "token-bound concepts need the whole pipeline (its tokenizer and text "
+                "encoder), not the UNet alone",
+                hint="pass the pipeline to apply()",
+            )
+        from ._binding import Binder
+
+        state.binder = Binder(pipe)
     before = (Counter(state.holders), dict(state.concepts))
     for c in unique:
         state.holders[c.digest] += 1
@@ -176,6 +197,7 @@ def apply(
         _sync(unet, state)
     except BaseException:
         state.holders, state.concepts = before
+        _sync_bound(state)
         raise
     return ConceptHandle(unet, unique, overlaps)
 
@@ -240,6 +262,17 @@ def _check(pipe: Any, unet: Any, state: _Applied, concepts: list[Concept], *, fo
             if not p.is_contiguous():
                 raise UnsupportedPipelineError(f"parameter {t.name!r} is not contiguous")
     for c in concepts:
+        if _token_bound(c):
+            other = [
+                t.name for t in c.manifest.base_model.targets if not t.name.endswith(_BOUND_TARGETS)
+            ]
+            if other:
+                raise MaskError(
+                    f"{c.label} is token-bound but addresses {other[0]!r}; a token-bound "
+                    "concept acts on cross-attention keys and values only",
+                    hint="find it again with --candidates cross-kv, or with --binding global",
+                )
+    for c in concepts:
         targets = tuple(sorted(t.name for t in c.manifest.base_model.targets))
         actual = _pristine_hash(unet, state, targets)
         expected = c.manifest.base_model
@@ -284,8 +317,11 @@ def _sync(unet: Any, state: _Applied) -> None:
     """Make the weights match ``state.concepts``: restore saved values, switch the union off."""
     import torch
 
+    _sync_bound(state)
     parts: dict[str, list[np.ndarray]] = {}
     for c in state.concepts.values():
+        if _token_bound(c):
+            continue  # acts through the binder, never on the weights
         for name, idx in c.indices.items():
             if len(idx):
                 parts.setdefault(name, []).append(idx)
@@ -322,6 +358,34 @@ def _sync(unet: Any, state: _Applied) -> None:
             torch.index_select(flat, 0, idx, out=buf)
             flat.index_fill_(0, idx, 0)
     state.saved = plan
+
+
+def _token_bound(concept: Concept) -> bool:
+    return concept.manifest.binding.mode == "token"
+
+
+def _sync_bound(state: _Applied) -> None:
+    """Make the binder hold the token-bound concepts that are on; close it when none is."""
+    from ._binding import BoundMask
+
+    bound = [c for c in state.concepts.values() if _token_bound(c)]
+    if state.binder is None:
+        return
+    if not bound:
+        state.binder.close()  # the pipeline's own processors are back: bitwise as loaded
+        state.binder = None
+        return
+    state.binder.set(
+        [
+            BoundMask(
+                c.digest,
+                str(c.manifest.binding.word),
+                c.indices,
+                anchor=c.manifest.binding.anchor,
+            )
+            for c in bound
+        ]
+    )
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -59,6 +59,11 @@ _CANDIDATES = {
 }
 
 
+#: How a concept acts: ``token`` switches its neurons off only in the keys and values of its
+#: class word's tokens; ``global`` everywhere (the paper's method, in place).
+BINDINGS = ("token", "global")
+
+
 @dataclass(frozen=True)
 class FindConfig:
     """Hyperparameters of one search; recorded in the manifest as the method's.
@@ -79,6 +84,14 @@ class FindConfig:
     of every round from its selection on (``None``: set to 0 at once). The mask written at the
     end switches every selected scalar fully off either way. ``autocast`` runs the forward pass
     in bfloat16 (CPU) or float16 (CUDA); scores are always accumulated in float32.
+
+    ``binding`` ``"token"`` searches as a token-bound concept acts: the masked weights act
+    only at the class word's tokens, their share taken on the word's state in the class
+    prompt; every other token sees the original weights, so scores come only through the
+    word. ``context_words`` (token binding only) name other classes, one of which is put before
+    the class word in every second caption, so that the concept also holds when its word is
+    not named first. ``preset`` names the base-model family whose defaults filled the rest
+    (:mod:`conesreg._find_presets`).
     """
 
     class_prompt: str
@@ -97,6 +110,9 @@ class FindConfig:
     candidates: str = "cross-kv"
     autocast: bool = False
     gradient_checkpointing: bool = False
+    binding: str = "global"
+    context_words: tuple[str, ...] = ()
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         if (self.sparsity is None) == (self.tau is None):
@@ -126,6 +142,21 @@ class FindConfig:
             raise ConesregError(
                 f"unknown candidate set {self.candidates!r}", hint=f"use {' or '.join(_CANDIDATES)}"
             )
+        if self.binding not in BINDINGS:
+            raise ConesregError(
+                f"unknown binding {self.binding!r}", hint=f"use {' or '.join(BINDINGS)}"
+            )
+        if self.context_words and self.binding != "token":
+            raise ConesregError(
+                "context words are for token-bound concepts",
+                hint="drop --context-word, or use --binding token",
+            )
+        if self.binding == "token" and self.candidates != "cross-kv":
+            raise ConesregError(
+                f"a token-bound concept acts on cross-attention keys and values only, "
+                f"not on the {self.candidates!r} candidates",
+                hint="use --candidates cross-kv, or --binding global",
+            )
 
 
 def candidate_names(unet: Any, kind: str = "cross-kv") -> list[str]:
@@ -143,8 +174,12 @@ def _latents(pipe: Any, images: np.ndarray) -> Any:
         return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
-def _embed(pipe: Any, prompt: str) -> Any:
+def _embed(pipe: Any, prompt: str, word: str | None = None) -> tuple[Any, Any]:
+    """The prompt's text embedding, and where ``word`` stands in it: per token, 0 where it
+    does not, else 1 + the token's place in the word (a word may take several tokens)."""
     import torch
+
+    from ._binding import word_ids, word_starts
 
     ids = pipe.tokenizer(
         prompt,
@@ -153,8 +188,30 @@ def _embed(pipe: Any, prompt: str) -> Any:
         truncation=True,
         return_tensors="pt",
     ).input_ids.to(pipe.device)
+    bound = torch.zeros(ids.shape, dtype=torch.long, device=pipe.device)
+    if word is not None:
+        n = len(word_ids(pipe.tokenizer, word))
+        for start in word_starts(ids[0].tolist(), pipe.tokenizer, word):
+            bound[0, start : start + n] = torch.arange(1, n + 1)
     with torch.no_grad():
-        return pipe.text_encoder(ids)[0]
+        return pipe.text_encoder(ids)[0], bound
+
+
+def _anchor(pipe: Any, prompt: str | None, word: str) -> Any:
+    """The text encoder's state at ``word`` in ``prompt`` (default ``"a photo of a WORD"``),
+    one row per token of the word: where a token-bound concept's switched-off weights take
+    their share."""
+    import torch
+
+    state, bound = _embed(pipe, prompt or f"a photo of a {word}", word)
+    first = torch.nonzero(bound[0] == 1).view(-1)
+    if not len(first):
+        raise ConesregError(
+            f"the class prompt {prompt!r} does not contain the class word {word!r}",
+            hint="name the class word in the class prompt",
+        )
+    start = int(first[0])
+    return state[0, start : start + int(bound[0].max())]
 
 
 def _prior_images(pipe: Any, prompt: str, n: int, seed: int) -> np.ndarray:
@@ -221,11 +278,20 @@ def find_neurons(
         >>> mask = find_neurons(pipe, images, FindConfig("a photo of a star", "star"))
         ... # doctest: +SKIP
     """
-    prompts = (
+    prompts: str | list[str] = (
         config.class_prompt
         if captions is None
         else check_captions(captions, len(images), config.class_word)
     )
+    if config.binding == "token" and config.context_words:
+        from ._find_presets import with_context
+
+        prompts = with_context(
+            [prompts] * len(images) if isinstance(prompts, str) else prompts,
+            config.class_word,
+            config.context_words,
+            seed=config.seed,
+        )
     return _search(pipe, [(images, prompts)], config, on_step=on_step, checkpoint=checkpoint)
 
 
@@ -235,6 +301,7 @@ def refine_neurons(
     start: dict[str, np.ndarray],
     config: FindConfig,
     *,
+    class_words: Sequence[str] = (),
     on_step: Callable[[int, float, float], None] | None = None,
     checkpoint: Path | None = None,
 ) -> dict[str, np.ndarray]:
@@ -267,7 +334,15 @@ def refine_neurons(
         ...                                  steps=20, rounds=2, sparsity=0.005))
         ... # doctest: +SKIP
     """
-    return _search(pipe, subjects, config, start=start, on_step=on_step, checkpoint=checkpoint)
+    return _search(
+        pipe,
+        subjects,
+        config,
+        start=start,
+        class_words=class_words,
+        on_step=on_step,
+        checkpoint=checkpoint,
+    )
 
 
 def union_masks(masks: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -290,6 +365,7 @@ def _search(
     config: FindConfig,
     *,
     start: dict[str, np.ndarray] | None = None,
+    class_words: Sequence[str] = (),
     on_step: Callable[[int, float, float], None] | None = None,
     checkpoint: Path | None = None,
 ) -> dict[str, np.ndarray]:
@@ -317,17 +393,24 @@ def _search(
     # of the subjects, prompt embeddings, and the preservation images of the unmasked model.
     # Each batch is (latents, one embedding per latent, weight); the preservation images of
     # all prompts form one pool, so preserving many prompts costs one batch per step.
-    def pool(pairs: Iterable[tuple[np.ndarray, str | Sequence[str]]]) -> tuple[Any, Any]:
-        zs, conds = [], []
+    # Under token binding, the masked weights act only at the tokens of each subject's class
+    # word (``words[i]``; a composite's parents each have their own), as they will in use.
+    token_bound = config.binding == "token"
+    words = list(class_words) if class_words else [config.class_word] * len(subjects)
+
+    def pool(pairs: Iterable[tuple[np.ndarray, str | Sequence[str]]], word: str | None) -> Any:
+        zs, conds, bounds = [], [], []
         for images, prompt in pairs:
             zs.append(_latents(pipe, images))
-            if isinstance(prompt, str):
-                conds.append(_embed(pipe, prompt).expand(len(zs[-1]), -1, -1))
-            else:  # one caption per image
-                conds.append(torch.cat([_embed(pipe, c) for c in prompt]))
-        return torch.cat(zs), torch.cat(conds)
+            n = len(zs[-1])
+            embedded = [
+                _embed(pipe, c, word) for c in ([prompt] * n if isinstance(prompt, str) else prompt)
+            ]
+            conds.append(torch.cat([e for e, _ in embedded]))
+            bounds.append(torch.cat([b for _, b in embedded]))
+        return torch.cat(zs), torch.cat(conds), torch.cat(bounds)
 
-    batches = [(*pool([pair]), 1.0) for pair in subjects]
+    batches = [(*pool([pair], word), 1.0, word) for pair, word in zip(subjects, words, strict=True)]
     if config.lam > 0:
         # The paper's prior preservation: each subject's own class prompt, unless told others.
         kept = config.preserve or tuple(
@@ -337,7 +420,7 @@ def _search(
             (_prior_images(pipe, p, config.prior_images, config.seed + 1), p)
             for p in dict.fromkeys(kept)
         ]
-        batches.append((*pool(priors), config.lam))
+        batches.append((*pool(priors, words[0]), config.lam, words[0]))
 
     originals = {n: p.detach().clone() for n, p in params.items()}
     # The multiplier of every candidate scalar: 1 on, 0 off, in between while shutting softly.
@@ -356,9 +439,18 @@ def _search(
     edges = [round(n_t * b / config.bands) for b in range(config.bands + 1)]
     shares = [len(a) for a in np.array_split(np.arange(config.batch_size), config.bands)]
 
-    def loss_on(z0: Any, cond: Any, band: int) -> Any:
+    # The batch's bound tokens and its word's anchor, read by the hooks below.
+    bound_now: list[Any] = [None, None]
+    anchors = {
+        w: _anchor(pipe, config.class_prompt if len(set(words)) == 1 else None, w)
+        for w in set(words)
+    }
+
+    def loss_on(z0: Any, cond: Any, bound: Any, band: int, word: str) -> Any:
         idx = torch.randint(0, len(z0), (shares[band],), generator=gen)
         z, cond = z0[idx], cond[idx.to(cond.device)]
+        bound_now[0] = bound[idx.to(bound.device)]
+        bound_now[1] = anchors[word]
         noise = torch.randn(z.shape, generator=gen).to(z)
         t = torch.randint(edges[band], edges[band + 1], (len(z),), generator=gen)
         zt = noise_sched.add_noise(z, noise, t.to(z.device))
@@ -368,6 +460,33 @@ def _search(
         target = denoising_target(noise_sched, z, noise, t.to(z.device))
         return F.mse_loss(pred.float(), target.float())
 
+    def bind_hook(name: str) -> Callable[..., Any]:
+        # The projection ran with the masked weights on every token; every token but the bound
+        # ones gets the original weights' output back, so gradients (and scores) come only
+        # through the class word.
+        def hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
+            bound, anchor = bound_now
+            if bound is None or bound.shape != out.shape[:2]:
+                return out
+            w0 = originals[name].to(out.dtype)
+            plain = F.linear(args[0], w0)
+            # The switched-off weights' share is taken on the word's anchor state (its state
+            # in its own class prompt), so it is the same wherever the word stands.
+            a = anchor.to(out.dtype)
+            shift = F.linear(a, module.weight.to(out.dtype)) - F.linear(a, w0)
+            at = shift[(bound - 1).clamp(min=0)]  # each bound token's row of the shift
+            return torch.where(bound[..., None] > 0, plain + at, plain)
+
+        return hook
+
+    hooks = (
+        [
+            unet.get_submodule(n.rpartition(".")[0]).register_forward_hook(bind_hook(n))
+            for n in names
+        ]
+        if token_bound
+        else []
+    )
     frozen = {p: p.requires_grad for p in unet.parameters()}
     checkpointing = getattr(unet, "is_gradient_checkpointing", False)
     try:
@@ -386,7 +505,7 @@ def _search(
         for step in range(start_step + 1, config.steps + 1):
             loss = 0.0
             for band, band_scores in enumerate(scores):
-                band_loss = sum(w * loss_on(z, c, band) for z, c, w in batches)
+                band_loss = sum(w * loss_on(z, c, b, band, wd) for z, c, b, w, wd in batches)
                 band_loss.backward()
                 loss += float(band_loss.detach()) * shares[band] / config.batch_size
                 with torch.no_grad():
@@ -409,6 +528,8 @@ def _search(
             if on_step is not None:
                 on_step(step, loss, n_off / total)
     finally:
+        for h in hooks:
+            h.remove()
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(originals[n])
@@ -551,6 +672,17 @@ def write_draft(
             "method": {"name": "cones", "hyperparameters": asdict(config)},
             **({"parents": list(parents)} if parents else {}),
         },
+        **(
+            {
+                "binding": {
+                    "mode": "token",
+                    "word": config.class_word,
+                    "anchor": config.class_prompt,
+                }
+            }
+            if config.binding == "token"
+            else {}
+        ),
     }
     atomic_write(out_dir / artifact_constants.DRAFT_MANIFEST, json.dumps(draft, indent=2).encode())
     concept = Concept.from_draft(out_dir)  # validates the draft exactly as push will

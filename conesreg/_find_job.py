@@ -10,7 +10,7 @@ searches with a checkpoint in the output folder (resumable) and writes the draft
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ._find_inputs import (
     load_images,
     read_captions,
 )
+from ._find_presets import preset_for
 from ._session import Session
 from .artifact import Manifest, parse_ref
 from .errors import ConesregError
@@ -64,6 +65,13 @@ class FindPlan:
     config: FindConfig
     subject: SubjectFiles | None
     parents: list[tuple[Concept, SubjectFiles]]
+    # What find_config was given: run_find makes the config again with the base model's
+    # preset once the model is loaded (``config`` above is checked without one).
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def config_for(self, preset: str | None) -> FindConfig:
+        """The search's settings with ``preset``'s defaults filled in."""
+        return find_config(**self.settings, preset=preset)
 
 
 def find_config(
@@ -75,19 +83,24 @@ def find_config(
     rounds: int | None = None,
     sparsity: float | None = None,
     tau: float | None = None,
+    preset: str | None = None,
     **options: Any,
 ) -> FindConfig:
-    """The settings of a search, with the defaults of a search or of a refinement.
+    """The settings of a search: the options given, then the base model's preset, then the
+    defaults of a search or of a refinement.
 
     A refinement runs a few joint steps on top of its parents' union, so its defaults are
-    smaller (:data:`conesreg._find.REFINE_DEFAULTS` against ``SEARCH_DEFAULTS``). Without
-    ``sparsity`` or ``tau`` the budget is the default sparsity.
+    smaller (:data:`conesreg._find.REFINE_DEFAULTS` against ``SEARCH_DEFAULTS``) and take no
+    preset's steps, rounds or budget. Without ``sparsity`` or ``tau`` the budget is the
+    preset's, else the default sparsity. Options that are None take their default.
 
     Args:
         class_word: the subject's class, e.g. ``"star"``.
         refine: take a refinement's defaults.
         prompt: the class prompt template (``{class_word}`` is filled in).
         steps, rounds, sparsity, tau: as for :class:`FindConfig`; None takes the default.
+        preset: a key of :data:`conesreg._find_presets.PRESETS` (see
+            :func:`~conesreg._find_presets.preset_for`), or None for the plain defaults.
         options: any other :class:`FindConfig` field (``batch_size``, ``lam``, ``preserve``...).
 
     Returns:
@@ -101,8 +114,25 @@ def find_config(
         100
         >>> find_config(class_word="star", refine=True).sparsity
         0.005
+        >>> find_config(class_word="star", preset="conesreg-mini").binding
+        'token'
     """
-    defaults = REFINE_DEFAULTS if refine else SEARCH_DEFAULTS
+    from ._find_presets import PRESETS
+
+    defaults: dict[str, Any] = dict(REFINE_DEFAULTS if refine else SEARCH_DEFAULTS)
+    if preset is not None:
+        chosen = dict(PRESETS[preset])
+        if refine:
+            for key in REFINE_DEFAULTS:
+                chosen.pop(key, None)
+            chosen.pop("context_words", None)  # a refine's captions are its parents' own
+        defaults.update(chosen)
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    settings = {k: v for k, v in defaults.items() if k not in ("steps", "rounds", "sparsity")}
+    settings.update(given)
+    if "bands" not in given and "batch_size" in settings:
+        # A preset's bands split its batch; a smaller batch given by hand takes fewer.
+        settings["bands"] = min(settings.get("bands", 1), settings["batch_size"])
     return FindConfig(
         class_prompt=prompt.format(class_word=class_word),
         class_word=class_word,
@@ -110,7 +140,8 @@ def find_config(
         rounds=rounds or defaults["rounds"],
         sparsity=defaults["sparsity"] if sparsity is None and tau is None else sparsity,
         tau=tau,
-        **options,
+        preset=preset,
+        **settings,
     )
 
 
@@ -170,6 +201,14 @@ def plan_find(
     captions = read_captions(files)
     parent_captions = [read_captions(f) for f in parent_files]
     concepts = load_concepts([ref for ref, _ in refine], session=s) if refine else []
+    bound = [c.label for c in concepts if c.manifest.binding.mode == "token"]
+    if bound:
+        raise ConesregError(
+            f"{bound[0]} is token-bound: --refine makes one mask for global concepts",
+            hint="apply token-bound concepts together (conesreg generate -c A -c B)",
+        )
+    if concepts:
+        options["binding"] = "global"  # the parents' own binding
     if concepts and class_word is None:
         class_word = " and ".join(c.manifest.metadata.class_word for c in concepts)
     assert class_word is not None  # check_find_options: required without parents
@@ -178,20 +217,22 @@ def plan_find(
     for c, caps, f in zip(concepts, parent_captions, parent_files, strict=True):
         if caps is not None:
             check_captions(caps, len(f), c.manifest.metadata.class_word)
-    config = find_config(
-        class_word=class_word,
-        refine=bool(refine),
-        prompt=prompt,
-        steps=steps,
-        rounds=rounds,
-        sparsity=sparsity,
-        tau=tau,
+    settings = {
+        "class_word": class_word,
+        "refine": bool(refine),
+        "prompt": prompt,
+        "steps": steps,
+        "rounds": rounds,
+        "sparsity": sparsity,
+        "tau": tau,
         **options,
-    )
+    }
+    config = find_config(**settings)
     return FindPlan(
         name=r.name,
         namespace=r.namespace,
         config=config,
+        settings=settings,
         subject=None if concepts else SubjectFiles(files, captions),
         parents=[
             (c, SubjectFiles(f, caps))
@@ -241,6 +282,7 @@ def run_find(
     s = session or Session()
     concepts = [c for c, _ in plan.parents]
     pipe = load_pipeline(base, device=device, session=s)
+    config = plan.config_for(preset_for(pipe.unet.config))
     if concepts:
         apply(pipe, concepts).restore()  # every check of composing (base model, shapes, ranges)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -256,13 +298,19 @@ def run_find(
         ]
         union = union_masks(c.indices for c in concepts)
         mask = refine_neurons(
-            pipe, subjects, union, plan.config, on_step=on_step, checkpoint=checkpoint
+            pipe,
+            subjects,
+            union,
+            config,
+            class_words=[c.manifest.metadata.class_word for c in concepts],
+            on_step=on_step,
+            checkpoint=checkpoint,
         )
     else:
         mask = find_neurons(
             pipe,
             load_images(plan.subject.files, size=size),
-            plan.config,
+            config,
             captions=plan.subject.captions,
             on_step=on_step,
             checkpoint=checkpoint,
@@ -271,7 +319,7 @@ def run_find(
         output,
         pipe,
         mask,
-        plan.config,
+        config,
         name=plan.name,
         namespace=plan.namespace,
         base_id=str(base or s.config.base_model() or MODEL_ID),

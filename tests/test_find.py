@@ -36,7 +36,7 @@ def fixed_loss(pipe, images: np.ndarray, prompt: str = CONFIG.class_prompt) -> f
     t = torch.linspace(50, 950, len(z)).long()
     zt = pipe.scheduler.add_noise(z, noise, t)
     with torch.no_grad():
-        pred = pipe.unet(zt, t, _embed(pipe, prompt).expand(len(z), -1, -1)).sample
+        pred = pipe.unet(zt, t, _embed(pipe, prompt)[0].expand(len(z), -1, -1)).sample
     v_pred = pipe.scheduler.config.prediction_type == "v_prediction"
     target = pipe.scheduler.get_velocity(z, noise, t) if v_pred else noise
     return float(F.mse_loss(pred, target))

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._json import load_json
     from ._manifest import (
         BaseModelRef,
+        Binding,
         BlobRef,
         ConceptMetadata,
         IndexEntry,
@@ -93,6 +94,7 @@ _LAZY: dict[str, str | None] = {
     "sort_releases": "_versions",
     # the manifest (pydantic)
     "BaseModelRef": "_manifest",
+    "Binding": "_manifest",
     "BlobRef": "_manifest",
     "ConceptMetadata": "_manifest",
     "IndexEntry": "_manifest",
@@ -134,6 +136,7 @@ __all__ = [
     "SCORE_EXACT",
     "SCORE_PARTIAL",
     "BaseModelRef",
+    "Binding",
     "BlobRef",
     "ConceptMetadata",
     "ConceptRef",

@@ -128,6 +128,7 @@ def build_manifest(
         ).model_dump(),
         "metadata": metadata.model_dump(),
         "blobs": [b.model_dump() for b in blobs],
+        "binding": draft.binding.model_dump(),
     }
     manifest = parse_manifest(body)
     check_mask(manifest, data)

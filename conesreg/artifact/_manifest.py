@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -115,6 +117,43 @@ class MaskDescriptor(_Model):
     counts: dict[str, int] = Field(description="k per target parameter")
 
 
+class Binding(_Model):
+    """Where a concept's neurons are switched off (manifest schema 2).
+
+    ``global``: in the weights themselves, for every token of every prompt (the paper's
+    method; every schema-1 manifest). ``token``: only in the cross-attention keys and values of
+    ``word``'s tokens, each concept at its own word; the switched-off weights' share is taken
+    on the text encoder's state at ``word`` in ``anchor`` (the class prompt), so it is the
+    same wherever the word stands in a prompt (docs/design.md, "Token-bound concepts").
+    """
+
+    mode: Literal["global", "token"] = "global"
+    word: str | None = Field(default=None, description="token: the word the concept acts at")
+    anchor: str | None = Field(
+        default=None, description="token: the prompt whose state at the word anchors the share"
+    )
+
+    @field_validator("word", "anchor")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None:
+            _plain_text(value, what="binding text")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> Binding:
+        if self.mode == "global" and (self.word or self.anchor):
+            raise ValueError("a global binding names no word or anchor")
+        if self.mode == "token":
+            if not self.word or not self.word.strip():
+                raise ValueError("a token binding needs its word")
+            if not self.anchor or not re.search(
+                rf"(?<!\w){re.escape(self.word)}(?!\w)", self.anchor, re.IGNORECASE
+            ):
+                raise ValueError(f"the binding's anchor must contain its word {self.word!r}")
+        return self
+
+
 class MethodInfo(_Model):
     """How the concept was found."""
 
@@ -163,7 +202,7 @@ class ConceptMetadata(_Model):
 class Manifest(_Model):
     """One immutable version of a concept."""
 
-    schema_version: Literal[1] = constants.MANIFEST_SCHEMA_VERSION
+    schema_version: Literal[1, 2] = constants.MANIFEST_SCHEMA_VERSION
     namespace: Name
     name: Name
     version: Version
@@ -172,9 +211,21 @@ class Manifest(_Model):
     mask: MaskDescriptor
     metadata: ConceptMetadata
     blobs: tuple[BlobRef, ...]
+    # Schema 1 had no binding: such a manifest reads as global and is dumped without the key,
+    # so its canonical JSON, and its digest, stay what they were.
+    binding: Binding = Field(default_factory=Binding)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.schema_version == 1:
+            data.pop("binding", None)
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
+        if self.schema_version == 1 and self.binding.mode != "global":
+            raise ValueError("a schema 1 manifest has no binding; use schema_version 2")
         by_digest = {b.digest: b for b in self.blobs}
         _check_layout(self.blobs)
         if self.mask.blob not in by_digest:
@@ -236,6 +287,7 @@ class ManifestDraft(_Model):
     name: Name | None = None
     base_model: BaseModelRef
     metadata: ConceptMetadata
+    binding: Binding = Field(default_factory=Binding)
     preview_files: tuple[str, ...] = Field(
         default=(), description="paths relative to the draft; default: every image in previews/"
     )
@@ -367,6 +419,7 @@ def utcnow() -> datetime:
 
 __all__ = [
     "BaseModelRef",
+    "Binding",
     "BlobRef",
     "ConceptMetadata",
     "IndexEntry",

@@ -33,7 +33,8 @@ def _env_positive(name: str, default: float, *, unit: str = "seconds") -> float:
 # --- names and formats -----------------------------------------------------------------------
 #: The namespace of a concept named without one (``dog`` is ``library/dog``).
 DEFAULT_NAMESPACE = "library"
-MANIFEST_SCHEMA_VERSION = 1
+#: 2 added ``binding`` (token-bound concepts); schema 1 manifests still read, as global.
+MANIFEST_SCHEMA_VERSION = 2
 CONCEPT_KIND = "cones-mask/1"
 MASK_ENCODING = "cones-rice/1"
 

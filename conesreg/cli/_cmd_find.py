@@ -42,7 +42,7 @@ from ._output import open_session, progress_bar, stdout
 )
 @click.option("--base", default=None, help="Diffusers folder or Hub id (default: configured).")
 @click.option("--steps", type=click.IntRange(1), default=None, help="[default 100; refine 20]")
-@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: preset]")
 @click.option("--rounds", type=click.IntRange(1), default=None, help="[default 10; refine 2]")
 @click.option(
     "--sparsity", type=float, default=None, help="Share to switch off [default 0.05; refine 0.005]."
@@ -52,9 +52,8 @@ from ._output import open_session, progress_bar, stdout
     "--lambda",
     "lam",
     type=float,
-    default=0.0,
-    show_default=True,
-    help="Weight of the prior-preservation loss.",
+    default=None,
+    help="Weight of the prior-preservation loss [default: preset].",
 )
 @click.option("--prior-images", type=click.IntRange(1), default=8, show_default=True)
 @click.option(
@@ -68,17 +67,31 @@ from ._output import open_session, progress_bar, stdout
 @click.option(
     "--bands",
     type=int,
-    default=1,
-    show_default=True,
-    help="Timestep bands, each with its own scores and share of the budget.",
+    default=None,
+    help="Timestep bands, each with its own scores and share of the budget [default: preset].",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--candidates",
     type=click.Choice(["cross-kv", "cross-self-kv", "attention"]),
-    default="cross-kv",
-    show_default=True,
-    help="Cross-attention K/V; with self-attention K/V; or every attention projection.",
+    default=None,
+    help="Cross-attention K/V (the default); with self-attention K/V; or every attention "
+    "projection (global binding only).",
+)
+@click.option(
+    "--binding",
+    type=click.Choice(["token", "global"]),
+    default=None,
+    help="token: the concept acts only at its class word, so concepts compose and leave other "
+    "classes alone; global: everywhere, the paper's method [default: preset].",
+)
+@click.option(
+    "--context-word",
+    "context_words",
+    multiple=True,
+    metavar="WORD",
+    help="Another class named before the subject in every second caption while searching, "
+    "so the concept holds when not named first (repeatable) [default: preset].",
 )
 @click.option("--autocast", is_flag=True, help="Half-precision forward pass (scores stay fp32).")
 @click.option("--gradient-checkpointing", is_flag=True, help="Less memory, more compute.")
@@ -93,23 +106,28 @@ def find(
     parents: tuple[str, ...],
     base: str | None,
     steps: int | None,
-    batch_size: int,
+    batch_size: int | None,
     rounds: int | None,
     sparsity: float | None,
     tau: float | None,
-    lam: float,
+    lam: float | None,
     prior_images: int,
     preserve: tuple[str, ...],
     rho: float | None,
-    bands: int,
+    bands: int | None,
     seed: int,
-    candidates: str,
+    candidates: str | None,
+    binding: str | None,
+    context_words: tuple[str, ...],
     autocast: bool,
     gradient_checkpointing: bool,
     device: str,
     resume: bool,
 ) -> None:
     """Find the concept neurons of a subject from IMAGES (files or folders).
+
+    Settings not given take the base model's preset (docs/design.md): on the bundled mini
+    model, a token-bound concept, 3% of the cross-attention K/V, two timestep bands.
 
     With --refine, compose existing concepts instead and run a few joint steps on all their
     subjects: the result is a composite concept that records its parents.
@@ -140,6 +158,8 @@ def find(
         bands=bands,
         seed=seed,
         candidates=candidates,
+        binding=binding,
+        context_words=context_words,
         autocast=autocast,
         gradient_checkpointing=gradient_checkpointing,
     )

@@ -21,23 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._find_presets import PRESETS
 from .world import BACKGROUNDS, PATTERN_WORDS, SHAPES, SLOTS, Obj, Scene, render, where
 
 if TYPE_CHECKING:
     from .._find import FindConfig
 
-#: The finder's settings for the mini model, chosen with ``fidelity.py --tune`` (docs/design.md):
-#: a model this small needs a far larger share switched off than Stable Diffusion's ~1%; a
-#: light preservation of the other classes (``Subject.find_config``) makes masks more specific;
-#: two timestep bands give the quiet timesteps (which decide pattern) their share of the mask.
-FIND_SETTINGS: dict[str, Any] = {
-    "steps": 100,
-    "batch_size": 8,
-    "rounds": 10,
-    "sparsity": 0.03,
-    "lam": 0.25,
-    "bands": 2,
-}
+#: The finder's settings for the mini model: ``conesreg find``'s preset for it (one dict, so the
+#: demo, the benchmarks and the CLI cannot drift apart), measured with ``fidelity.py``
+#: (docs/design.md, "Token-bound concepts").
+FIND_SETTINGS: dict[str, Any] = PRESETS["conesreg-mini"]
 
 #: How the benchmarks sample the mini model (``benchmarks/mini_guidance.py`` compares others).
 GUIDANCE = 5.0
@@ -82,7 +75,9 @@ class Subject:
         params = {**FIND_SETTINGS, **overrides}
         others = tuple(f"a photo of a {sh}" for sh in SHAPES if sh != self.shape)
         params.setdefault("preserve", others if params.get("lam", 0) > 0 else ())
-        return FindConfig(self.class_prompt, self.class_word, seed=seed, **params)
+        return FindConfig(
+            self.class_prompt, self.class_word, seed=seed, preset="conesreg-mini", **params
+        )
 
     def matches(self, obj: dict[str, Any]) -> bool:
         """Whether a classifier-judged object is this subject (shape, color and pattern)."""

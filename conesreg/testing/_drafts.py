@@ -95,6 +95,7 @@ def make_tiny_draft(
     name: str = "dog",
     namespace: str = "acme",
     class_word: str = "dog",
+    binding: str = "global",
 ) -> Path:
     """A draft for the tiny pipeline: a random mask over its cross-attention K/V weights.
 
@@ -104,6 +105,8 @@ def make_tiny_draft(
         seed: seeds the mask.
         fraction: the share of each target's weights the mask selects (at least one).
         name, namespace, class_word: the concept's identity and class word.
+        binding: ``"global"``, or ``"token"``: bound to ``class_word``, anchored on
+            ``"a photo of a {class_word}"``.
 
     Returns:
         `Path`: ``folder``.
@@ -130,6 +133,12 @@ def make_tiny_draft(
         },
         "metadata": {"class_word": class_word},
     }
+    if binding == "token":
+        draft["binding"] = {
+            "mode": "token",
+            "word": class_word,
+            "anchor": f"a photo of a {class_word}",
+        }
     (folder / "concept.json").write_text(json.dumps(draft))
     return folder
 

@@ -1,0 +1,315 @@
+"""Token-bound concepts: the manifest's binding, the binder's arithmetic, apply and restore."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conesreg import Concept
+from conesreg._binding import Binder, BoundMask, word_ids, word_starts
+from conesreg._compose import apply, restore
+from conesreg._find import FindConfig, find_neurons, write_draft
+from conesreg.artifact import Binding, parse_manifest
+from conesreg.errors import ConesregError, ConesregWarning, MaskError, UnsupportedPipelineError
+from conesreg.testing import make_manifest, make_tiny_draft, make_tiny_pipeline
+
+
+@pytest.fixture
+def pipe():  # type: ignore[no-untyped-def]
+    return make_tiny_pipeline(seed=0)
+
+
+def draw(pipe, prompts, seed: int = 0) -> np.ndarray:  # type: ignore[no-untyped-def]
+    out = pipe(
+        list(prompts),
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="np",
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return out.images
+
+
+def bound_concept(tmp: Path, pipe, seed: int, word: str, fraction: float = 0.2) -> Concept:  # type: ignore[no-untyped-def]
+    return Concept.from_draft(
+        make_tiny_draft(
+            tmp / f"{word}{seed}",
+            pipe,
+            seed=seed,
+            fraction=fraction,
+            name=word,
+            class_word=word,
+            binding="token",
+        )
+    )
+
+
+# -- the manifest ---------------------------------------------------------------------------------
+def test_schema_1_manifest_reads_as_global_and_keeps_its_digest() -> None:
+    m = make_manifest()
+    data = json.loads(m.canonical_json())
+    assert data["schema_version"] == 2 and data["binding"] == {
+        "mode": "global",
+        "word": None,
+        "anchor": None,
+    }
+    data["schema_version"] = 1
+    del data["binding"]
+    old = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    parsed = parse_manifest(old)
+    assert parsed.binding.mode == "global"
+    assert parsed.canonical_json() == old  # no key added: the digest of old manifests holds
+    data["binding"] = {"mode": "token", "word": "dog", "anchor": "a photo of a dog"}
+    with pytest.raises(ConesregError, match="schema 1"):
+        parse_manifest(data)
+
+
+def test_binding_must_be_complete() -> None:
+    assert Binding(mode="token", word="dog", anchor="a photo of a dog.").word == "dog"
+    for bad in (
+        {"mode": "token", "word": "dog"},
+        {"mode": "token", "word": "dog", "anchor": "a photo of a dogs"},
+        {"mode": "global", "word": "dog"},
+        {"mode": "token", "word": "dog\n", "anchor": "a photo of a dog"},
+    ):
+        with pytest.raises(ValueError):
+            Binding(**bad)
+
+
+# -- the binder -----------------------------------------------------------------------------------
+def test_word_positions(pipe) -> None:  # type: ignore[no-untyped-def]
+    ids = pipe.tokenizer("a photo of a dog and a cat and a dog").input_ids
+    assert len(word_ids(pipe.tokenizer, "dog")) == 1
+    assert word_starts(ids, pipe.tokenizer, "dog") == [5, 11]
+    several = word_ids(pipe.tokenizer, "zebra")  # not a whole token: several pieces
+    assert len(several) > 1
+    ids = pipe.tokenizer("a zebra").input_ids
+    assert word_starts(ids, pipe.tokenizer, "zebra") == [2]
+
+
+def reference_hooks(pipe, mask, word: str, anchor: str | None):  # type: ignore[no-untyped-def]
+    """Keys and values recomputed the slow, obvious way: at the word's tokens, the masked
+    weights on the state (or on the anchor's state); elsewhere the original weights."""
+    tok = pipe.tokenizer
+    last: dict[str, torch.Tensor] = {}
+
+    def encode(text: str) -> tuple[torch.Tensor, list[int]]:
+        ids = tok(text, padding="max_length", max_length=tok.model_max_length, return_tensors="pt")
+        with torch.no_grad():
+            states = pipe.text_encoder(ids.input_ids)[0]
+        return states, ids.input_ids[0].tolist()
+
+    def hook_for(name: str):  # type: ignore[no-untyped-def]
+        def hook(module, args, out):  # type: ignore[no-untyped-def]
+            x = args[0]
+            w = module.weight
+            masked = w.detach().clone().view(-1)
+            masked[torch.from_numpy(mask[name])] = 0
+            masked = masked.view_as(w)
+            new = out.clone()
+            for b in range(x.shape[0]):
+                for states, ids_list in last.values():
+                    if torch.equal(states[0], x[b]):
+                        for s in word_starts(ids_list, tok, word):
+                            h = x[b, s] if anchor is None else encode(anchor)[0][0, 5]
+                            new[b, s] = F.linear(x[b, s], w) - F.linear(h, w) + F.linear(h, masked)
+            return new
+
+        return hook
+
+    return hook_for, last, encode
+
+
+@pytest.mark.parametrize("anchor", [None, "a photo of a dog"])
+def test_binder_equals_masked_weights_at_the_word(pipe, anchor) -> None:  # type: ignore[no-untyped-def]
+    names = [
+        n
+        for n, _ in pipe.unet.named_parameters()
+        if n.endswith(("to_k.weight", "to_v.weight")) and "attn2" in n
+    ]
+    rng = np.random.default_rng(0)
+    mask = {
+        n: np.sort(rng.choice(pipe.unet.get_parameter(n).numel(), 40, replace=False)) for n in names
+    }
+    prompts = ["a cat and a dog in the city", "a photo of a dog"]
+    hook_for, last, encode = reference_hooks(pipe, mask, "dog", anchor)
+    for p in prompts:
+        last[p] = encode(p)
+    hooks = [
+        pipe.unet.get_submodule(n.rpartition(".")[0]).register_forward_hook(hook_for(n))
+        for n in names
+    ]
+    try:
+        want = draw(pipe, prompts)
+    finally:
+        for h in hooks:
+            h.remove()
+    binder = Binder(pipe)
+    try:
+        binder.set([BoundMask("dog", "dog", mask, anchor=anchor)])
+        got = draw(pipe, prompts)
+    finally:
+        binder.close()
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert np.abs(got - draw(pipe, prompts)).max() > 1e-4  # the masks did something
+
+
+def test_binder_without_masks_is_the_default_processor(pipe) -> None:  # type: ignore[no-untyped-def]
+    before = draw(pipe, ["a photo of a dog"])
+    procs = dict(pipe.unet.attn_processors)
+    binder = Binder(pipe)
+    binder.set([])
+    assert np.array_equal(draw(pipe, ["a photo of a dog"]), before)
+    binder.close()
+    assert dict(pipe.unet.attn_processors) == procs
+
+
+# -- apply and restore ----------------------------------------------------------------------------
+def test_token_concept_acts_only_where_its_word_is(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dog = bound_concept(tmp_path, pipe, 1, "dog")
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    procs = dict(pipe.unet.attn_processors)
+    cat_before = draw(pipe, ["a photo of a cat"])
+    dog_before = draw(pipe, ["a photo of a dog"])
+    with apply(pipe, [dog]):
+        assert all(torch.equal(v, weights[k]) for k, v in pipe.unet.state_dict().items())
+        assert np.array_equal(draw(pipe, ["a photo of a cat"]), cat_before)  # no dog: no change
+        assert not np.array_equal(draw(pipe, ["a photo of a dog"]), dog_before)
+    assert dict(pipe.unet.attn_processors) == procs
+    assert np.array_equal(draw(pipe, ["a photo of a dog"]), dog_before)
+
+
+def test_token_and_global_concepts_together_restore_bitwise(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dog = bound_concept(tmp_path, pipe, 1, "dog")
+    cat = bound_concept(tmp_path, pipe, 2, "cat")
+    glob = Concept.from_draft(make_tiny_draft(tmp_path / "g", pipe, seed=3, name="g"))
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    before = draw(pipe, ["a photo of a dog and a cat"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # different words never blend: no overlap warning
+        a = apply(pipe, [dog, cat])
+    b = apply(pipe, [glob])
+    assert not all(torch.equal(v, weights[k]) for k, v in pipe.unet.state_dict().items())
+    a.restore()
+    b.restore()
+    assert all(torch.equal(v, weights[k]) for k, v in pipe.unet.state_dict().items())
+    assert np.array_equal(draw(pipe, ["a photo of a dog and a cat"]), before)
+    apply(pipe, [dog, glob])
+    restore(pipe)
+    assert np.array_equal(draw(pipe, ["a photo of a dog and a cat"]), before)
+
+
+def test_token_concept_refusals(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dog = bound_concept(tmp_path, pipe, 1, "dog")
+    with pytest.raises(UnsupportedPipelineError, match="whole pipeline"):
+        apply(pipe.unet, [dog])
+    # A token-bound concept that addresses other weights than the cross-attention K/V.
+    other = "down_blocks.0.attentions.0.proj_in.weight"
+    shape = tuple(pipe.unet.get_parameter(other).shape)
+    targets = (
+        *dog.manifest.base_model.targets,
+        type(dog.manifest.base_model.targets[0])(name=other, shape=shape),
+    )
+    manifest = dog.manifest.model_copy(
+        update={"base_model": dog.manifest.base_model.model_copy(update={"targets": targets})}
+    )
+    bad = Concept(manifest, {**dog.indices, other: np.array([0, 1])})
+    procs = dict(pipe.unet.attn_processors)
+    with pytest.raises(MaskError, match="token-bound"):
+        apply(pipe, [bad])
+    assert dict(pipe.unet.attn_processors) == procs
+
+
+def test_prompt_embeds_warn_once(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dog = bound_concept(tmp_path, pipe, 1, "dog")
+    embeds = torch.randn(1, 77, pipe.text_encoder.config.hidden_size)
+    with apply(pipe, [dog]), pytest.warns(ConesregWarning, match="prompt_embeds"):
+        pipe(
+            prompt_embeds=embeds,
+            negative_prompt_embeds=torch.zeros_like(embeds) + 0.1,
+            num_inference_steps=1,
+            height=32,
+            width=32,
+            output_type="np",
+        )
+
+
+# -- the finder -----------------------------------------------------------------------------------
+def test_token_bound_search(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    hooks = {n: len(m._forward_hooks) for n, m in pipe.unet.named_modules()}
+    captions = ["a photo of a dog in the city", "a cat and a dog", "a photo of a dog"]
+    kw = {"steps": 4, "rounds": 2, "batch_size": 2, "sparsity": 0.05}
+    cfg = FindConfig("a photo of a dog", "dog", binding="token", **kw)
+    mask = find_neurons(pipe, images, cfg, captions=captions)
+    again = find_neurons(pipe, images, cfg, captions=captions)
+    glob = find_neurons(
+        pipe, images, FindConfig("a photo of a dog", "dog", **kw), captions=captions
+    )
+    assert all(np.array_equal(mask[n], again[n]) for n in mask)  # deterministic
+    assert any(not np.array_equal(mask[n], glob[n]) for n in mask)  # and not the global search
+    assert all(torch.equal(v, weights[k]) for k, v in pipe.unet.state_dict().items())
+    assert {n: len(m._forward_hooks) for n, m in pipe.unet.named_modules()} == hooks
+    draft = write_draft(
+        tmp_path / "d", pipe, mask, cfg, name="dog", base_id="tiny", preview_seeds=()
+    )
+    concept = Concept.from_draft(draft)
+    assert concept.manifest.binding == Binding(mode="token", word="dog", anchor="a photo of a dog")
+    with pytest.raises(ConesregError, match="cross-attention"):
+        FindConfig("a photo of a dog", "dog", candidates="attention", binding="token")
+    with pytest.raises(ConesregError, match="does not contain the class word"):
+        find_neurons(pipe, images, FindConfig("a photo", "dog", binding="token", **kw))
+
+
+def test_user_path_token_concepts(isolated, tiny_pipeline_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """find -> push -> install -> generate -c A -c B, with token-bound concepts."""
+    from conesreg import push
+    from conesreg._generate import read_png_metadata
+    from conesreg.cli import main
+
+    images = isolated / "dogs"
+    images.mkdir()
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    code = main(
+        ["find", str(images), "--class-word", "dog", "--name", "acme/dog",
+         "-o", str(isolated / "d"), "--base", str(tiny_pipeline_dir), "--steps", "2",
+         "--rounds", "1", "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    drafted = json.loads((isolated / "d" / "concept.json").read_text())
+    assert drafted["binding"] == {"mode": "token", "word": "dog", "anchor": "a photo of a dog"}
+    assert drafted["metadata"]["method"]["hyperparameters"]["preset"] == "stable-diffusion"
+    base = make_tiny_pipeline(seed=0)
+    push(isolated / "d", version="1.0.0")
+    push(
+        make_tiny_draft(
+            isolated / "c", base, seed=2, name="cat", class_word="cat", binding="token"
+        ),
+        version="1.0.0",
+    )
+    args = ["--base", str(tiny_pipeline_dir), "--steps", "2", "--height", "32", "--width", "32",
+            "--seed", "7", "--device", "cpu"]  # fmt: skip
+    plain, both = isolated / "plain.png", isolated / "both.png"
+    assert main(["generate", "a photo of a dog and a cat", *args, "-o", str(plain)]) == 0
+    code = main(
+        ["generate", "a photo of a dog and a cat", "-c", "acme/dog", "-c", "acme/cat@1", *args,
+         "-o", str(both)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    meta = read_png_metadata(both)
+    assert [c["ref"] for c in json.loads(meta["concepts"])] == ["acme/dog@1.0.0", "acme/cat@1.0.0"]
+    assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(both)))
+    lock = (isolated / "project" / "conesreg.lock").read_text()
+    assert 'name = "dog"' in lock and 'name = "cat"' in lock
