@@ -20,7 +20,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # docs/design.md, "Token-bound concepts": measured on held-out seeds and subjects.
     "conesreg-mini": {
         "steps": 100,
-        "rounds": 10,
+        "rounds": 20,
         "batch_size": 8,
         "sparsity": 0.03,
         "lam": 0.0,
@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "stable-diffusion": {
         "steps": 100,
-        "rounds": 10,
+        "rounds": 20,
         "batch_size": 4,
         "sparsity": 0.01,
         "lam": 0.0,
@@ -43,7 +43,7 @@ def preset_for(unet_config: Any) -> str:
     """The preset of a UNet, from its configuration.
 
     Example:
-        >>> preset_for({"cross_attention_dim": 768, "sample_size": 64})
+        >>> preset_for({"sample_size": 64, "block_out_channels": (320, 640, 1280, 1280)})
         'stable-diffusion'
     """
     get = (
@@ -51,10 +51,13 @@ def preset_for(unet_config: Any) -> str:
         if isinstance(unet_config, dict)
         else (lambda k, d=None: getattr(unet_config, k, d))
     )
-    from .mini.model import TEXT_WIDTH
+    from .mini.model import LATENT_SIZE, unet_config
 
-    if get("cross_attention_dim") == TEXT_WIDTH and get("sample_size") == 8:
-        return "conesreg-mini"
+    mini = unet_config()
+    if get("sample_size") == LATENT_SIZE and tuple(get("block_out_channels") or ()) == tuple(
+        mini["block_out_channels"]
+    ):
+        return "conesreg-mini"  # whatever its text encoder's width
     return "stable-diffusion"
 
 

@@ -311,5 +311,8 @@ def test_user_path_token_concepts(isolated, tiny_pipeline_dir: Path, capsys) -> 
     meta = read_png_metadata(both)
     assert [c["ref"] for c in json.loads(meta["concepts"])] == ["acme/dog@1.0.0", "acme/cat@1.0.0"]
     assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(both)))
+    capsys.readouterr()
+    assert main(["info", "acme/dog"]) == 0
+    assert "token: acts at 'dog', anchored on 'a photo of a dog'" in capsys.readouterr().out
     lock = (isolated / "project" / "conesreg.lock").read_text()
     assert 'name = "dog"' in lock and 'name = "cat"' in lock

@@ -47,6 +47,7 @@ def test_full_flow(pushed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert info["manifest"]["version"] == "1.0.0" and info["entry"]["yanked"] is False
     code, out, _ = run(capsys, "info", "acme/dog")
     assert code == 0 and "acme/dog@1.1.0" in out and "base model" in out
+    assert "binding      global" in out
     code, out, _ = run(capsys, "versions", "acme/dog", "--json")
     assert [v["version"] for v in json.loads(out)] == ["1.0.0", "1.1.0"]
     code, out, _ = run(capsys, "install", "acme/dog@^1", "--json")

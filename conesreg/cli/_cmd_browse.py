@@ -89,6 +89,12 @@ def info(refs: tuple[str, ...], overlap: bool, as_json: bool) -> None:
         f"  class word   {md.class_word}"
         + (f"  (trigger: {md.trigger_word})" if md.trigger_word else ""),
         f"  prompt       {md.prompt_template}",
+        "  binding      "
+        + (
+            f"token: acts at {m.binding.word!r}, anchored on {m.binding.anchor!r}"
+            if m.binding.mode == "token"
+            else "global: switched off in every prompt"
+        ),
         f"  description  {md.description or '-'}",
         f"  tags         {', '.join(md.tags) or '-'}",
         f"  license      {md.license or '-'}   authors: {', '.join(md.authors) or '-'}",

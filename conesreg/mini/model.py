@@ -62,8 +62,11 @@ def vae_config() -> dict[str, Any]:
     }
 
 
-def unet_config() -> dict[str, Any]:
-    """Cross-attention at 8x8 and 4x4 and in the middle: the concept neurons' candidates."""
+def unet_config(*, text_width: int = TEXT_WIDTH) -> dict[str, Any]:
+    """Cross-attention at 8x8 and 4x4 and in the middle: the concept neurons' candidates.
+
+    ``text_width`` is the text encoder's (a wider one tests how much the 64-wide encoder limits
+    concepts; docs/design.md)."""
     return {
         "sample_size": LATENT_SIZE,
         "in_channels": LATENT_CHANNELS,
@@ -73,17 +76,17 @@ def unet_config() -> dict[str, Any]:
         "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         "mid_block_type": "UNetMidBlock2DCrossAttn",
         "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        "cross_attention_dim": TEXT_WIDTH,
+        "cross_attention_dim": text_width,
         # Read by diffusers as the number of heads for SD 1.x-style configs.
         "attention_head_dim": 4,
         "norm_num_groups": 16,
     }
 
 
-def text_encoder_config(tokenizer: Any) -> dict[str, Any]:
+def text_encoder_config(tokenizer: Any, *, text_width: int = TEXT_WIDTH) -> dict[str, Any]:
     return {
-        "hidden_size": TEXT_WIDTH,
-        "intermediate_size": 2 * TEXT_WIDTH,
+        "hidden_size": text_width,
+        "intermediate_size": 2 * text_width,
         "num_hidden_layers": 3,
         "num_attention_heads": 4,
         "max_position_embeddings": MAX_TOKENS,
@@ -125,7 +128,7 @@ def make_tokenizer() -> Any:
     return make_word_tokenizer(WORDS, max_length=MAX_TOKENS)
 
 
-def build_components(*, seed: int = 0) -> dict[str, Any]:
+def build_components(*, seed: int = 0, text_width: int = TEXT_WIDTH) -> dict[str, Any]:
     """Freshly initialised components (seeded), as training starts from them."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -136,9 +139,11 @@ def build_components(*, seed: int = 0) -> dict[str, Any]:
         torch.manual_seed(seed)
         vae = AutoencoderKL(**vae_config())
         torch.manual_seed(seed + 1)
-        unet = UNet2DConditionModel(**unet_config())
+        unet = UNet2DConditionModel(**unet_config(text_width=text_width))
         torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_encoder_config(tokenizer)))
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(**text_encoder_config(tokenizer, text_width=text_width))
+        )
     return {
         "vae": vae,
         "unet": unet,

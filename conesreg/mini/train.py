@@ -189,14 +189,16 @@ def _ema_update(ema: torch.nn.Module, live: torch.nn.Module, decay: float) -> No
             e.lerp_(p, 1 - decay)
 
 
-def stage_unet(workdir: Path, *, steps: int, batch: int, seed: int, lr: float) -> None:
+def stage_unet(
+    workdir: Path, *, steps: int, batch: int, seed: int, lr: float, text_width: int = mm.TEXT_WIDTH
+) -> None:
     from diffusers import DDPMScheduler
 
     ckpt = workdir / "unet.pt"
     latents = torch.from_numpy(np.load(workdir / "latents.npy"))
     scale = json.loads((workdir / "scaling_factor.json").read_text())["scaling_factor"]
     scenes = [_scene_from_json(d) for d in json.loads((workdir / "scenes.json").read_text())]
-    parts = mm.build_components(seed=seed)
+    parts = mm.build_components(seed=seed, text_width=text_width)
     unet, text_encoder, tokenizer = parts["unet"], parts["text_encoder"], parts["tokenizer"]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -274,6 +276,7 @@ def stage_unet(workdir: Path, *, steps: int, batch: int, seed: int, lr: float) -
                         "seconds": seconds,
                         "rng": rng.bit_generator.state,
                         "torch_rng": torch.get_rng_state(),
+                        "text_width": text_width,
                     },
                 )
                 _log(workdir, "unet", step=step, loss=loss.item(), seconds=seconds)
@@ -283,11 +286,11 @@ def build_trained_pipeline(workdir: Path) -> Any:
     """The pipeline from the checkpoints in ``workdir`` (EMA weights), float32."""
     from diffusers import AutoencoderKL
 
-    parts = mm.build_components()
+    state = torch.load(workdir / "unet.pt", weights_only=False)
+    parts = mm.build_components(text_width=state.get("text_width", mm.TEXT_WIDTH))
     scale = json.loads((workdir / "scaling_factor.json").read_text())["scaling_factor"]
     vae = AutoencoderKL(**mm.vae_config(), scaling_factor=scale)
     vae.load_state_dict(torch.load(workdir / "vae.pt", weights_only=False)["model"])
-    state = torch.load(workdir / "unet.pt", weights_only=False)
     parts["unet"].load_state_dict(state["ema_unet"])
     parts["text_encoder"].load_state_dict(state["ema_text"])
     parts["vae"] = vae
@@ -409,6 +412,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--out", type=Path, default=mm.WEIGHTS_DIR)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--text-width",
+        type=int,
+        default=mm.TEXT_WIDTH,
+        help="the text encoder's width (and the UNet's cross-attention width)",
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.workdir.mkdir(parents=True, exist_ok=True)
@@ -422,7 +431,14 @@ def main(argv: list[str] | None = None) -> None:
         elif stage == "encode":
             stage_encode(a.workdir)
         elif stage == "unet":
-            stage_unet(a.workdir, steps=a.unet_steps, batch=a.unet_batch, seed=a.seed, lr=a.unet_lr)
+            stage_unet(
+                a.workdir,
+                steps=a.unet_steps,
+                batch=a.unet_batch,
+                seed=a.seed,
+                lr=a.unet_lr,
+                text_width=a.text_width,
+            )
         elif stage == "export":
             # The card shows the command that runs every stage, whichever stage this call ran.
             args = list(argv if argv is not None else sys.argv[1:])
