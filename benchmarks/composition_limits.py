@@ -28,18 +28,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-# A sibling benchmark: Python puts this folder on the path when a benchmark runs.
-import fidelity as fid
 import numpy as np
 import torch
 
-from conesreg._find import FindConfig, find_neurons, refine_neurons, union_masks
+from conesreg import Concept
+from conesreg._compose import apply
+from conesreg._find import FindConfig, find_neurons, refine_neurons, union_masks, write_draft
+from conesreg.mini.classifier import load_classifier, predict
+from conesreg.mini.model import load_mini_pipeline
 from conesreg.mini.subjects import (
-    FIND_SETTINGS,
     SUBJECTS,
     Subject,
     all_subjects_share,
     composition_prompt,
+    sample,
     subject_captions,
     subject_images,
     subject_share,
@@ -52,6 +54,35 @@ QUARTERS = {
     "top right": (slice(0, 32), slice(32, 64)),
     "bottom left": (slice(32, 64), slice(0, 32)),
     "bottom right": (slice(32, 64), slice(32, 64)),
+}
+
+#: The tuning seeds this study used (renders, finder, sampling), and renders per search.
+SEEDS = {"images": 100, "find": 200, "sample": 20000, "random": 300}
+RENDERS = 6
+
+
+def as_concept(pipe: Any, mask: dict[str, np.ndarray], cfg: FindConfig, folder: Path) -> Concept:
+    draft = write_draft(folder, pipe, mask, cfg, name=folder.name, base_id="mini", preview_seeds=())
+    return Concept.from_draft(draft)
+
+
+def draw(pipe: Any, clf: Any, prompts: list[str], concepts: list[Concept], seed: int) -> list:
+    if concepts:
+        with apply(pipe, concepts):
+            return predict(clf, sample(pipe, prompts, seed=seed))
+    return predict(clf, sample(pipe, prompts, seed=seed))
+
+
+#: The settings this study measured: global concepts, as the mini model's preset was before
+#: token binding (docs/design.md, "Measured choices on the mini model (global binding)").
+GLOBAL = {
+    "steps": 100,
+    "batch_size": 8,
+    "rounds": 10,
+    "sparsity": 0.03,
+    "lam": 0.25,
+    "bands": 2,
+    "binding": "global",
 }
 
 
@@ -95,22 +126,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400, help="steps of the searches on 4 at once")
     a = ap.parse_args()
     torch.set_flush_denormal(True)
-    seeds = fid.SEEDS["tune"]
+    seeds = SEEDS
     subjects = list(SUBJECTS.values())
-    pipe, clf = fid.load_mini_pipeline(), fid.load_classifier()
+    pipe, clf = load_mini_pipeline(), load_classifier()
     prompt = composition_prompt(subjects)
     prompts = [prompt] * a.n
     sample_seed = seeds["sample"] + 7000 + len(subjects)  # as fidelity.py's 4-subject row
-    print(f"mini model, tuning seeds, {a.n} images, finder {FIND_SETTINGS}\nprompt: {prompt}\n")
+    print(f"mini model, tuning seeds, {a.n} images, finder {GLOBAL}\nprompt: {prompt}\n")
 
     def judge(mask: dict[str, np.ndarray] | None, words: str | None = None) -> list[Any]:
         ps = [words] * a.n if words else prompts
         if mask is None:
-            return fid.draw(pipe, clf, ps, [], sample_seed)
+            return draw(pipe, clf, ps, [], sample_seed)
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = subjects[0].find_config(seed=0)
-            concept = fid.as_concept(pipe, mask, cfg, Path(tmp) / "m")
-            return fid.draw(pipe, clf, ps, [concept], sample_seed)
+            cfg = subjects[0].find_config(seed=0, **GLOBAL)
+            concept = as_concept(pipe, mask, cfg, Path(tmp) / "m")
+            return draw(pipe, clf, ps, [concept], sample_seed)
 
     def row(label: str, preds: list[Any], size: int | None = None) -> None:
         each = " | ".join(f"{subject_share(s, preds):.2f}" for s in subjects)
@@ -123,14 +154,14 @@ def main() -> None:
 
     renders = {
         s.name: (
-            subject_images(s, n=fid.RENDERS, seed=seeds["images"]),
-            subject_captions(s, n=fid.RENDERS, seed=seeds["images"]),
+            subject_images(s, n=RENDERS, seed=seeds["images"]),
+            subject_captions(s, n=RENDERS, seed=seeds["images"]),
         )
         for s in subjects
     }
     masks = []
     for s in subjects:
-        cfg = s.find_config(seed=seeds["find"])
+        cfg = s.find_config(seed=seeds["find"], **GLOBAL)
         masks.append(find_neurons(pipe, renders[s.name][0], cfg, captions=renders[s.name][1]))
     sizes = [sum(len(v) for v in m.values()) for m in masks]
 
@@ -169,7 +200,7 @@ def main() -> None:
     row("all four (union)", judge(u), sum(map(len, u.values())))
 
     words = " and ".join(s.class_word for s in subjects)
-    search = {**FIND_SETTINGS, "lam": 0.0, "steps": a.steps, "rounds": 20, "batch_size": 16}
+    search = {**GLOBAL, "lam": 0.0, "steps": a.steps, "rounds": 20, "batch_size": 16}
     for label, stimulation in (
         ("search on renders of the four together", together(subjects, seeds["images"])),
         ("search on cut-mix collages of their renders", cut_mix(subjects, renders)),

@@ -44,6 +44,7 @@ def generate(
     """
     import torch
 
+    _warn_unbound(pipe, prompt)
     device = getattr(pipe, "device", torch.device("cpu"))
     generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
 
@@ -79,6 +80,28 @@ def generate(
         "software": f"conesreg {constants.package_version()}",
     }
     return Generation(images, metadata)
+
+
+def _warn_unbound(pipe: Any, prompt: str) -> None:
+    """Warn about token-bound concepts whose word the prompt does not name: they do nothing."""
+    import warnings
+
+    from ._binding import word_ids, word_starts
+    from .errors import ConesregWarning
+
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return
+    ids = tokenizer(prompt).input_ids
+    for c in active_concepts(pipe):
+        word = c.manifest.binding.word
+        if word and word_ids(tokenizer, word) and not word_starts(ids, tokenizer, word):
+            warnings.warn(
+                f"{c.label} acts at the word {word!r}, which the prompt does not name: it "
+                f"changes nothing here (name it, e.g. 'a photo of a {word}')",
+                ConesregWarning,
+                stacklevel=3,
+            )
 
 
 def grid(images: Sequence[Any]) -> Any:

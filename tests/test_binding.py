@@ -316,3 +316,15 @@ def test_user_path_token_concepts(isolated, tiny_pipeline_dir: Path, capsys) -> 
     assert "token: acts at 'dog', anchored on 'a photo of a dog'" in capsys.readouterr().out
     lock = (isolated / "project" / "conesreg.lock").read_text()
     assert 'name = "dog"' in lock and 'name = "cat"' in lock
+
+
+def test_generate_warns_when_the_prompt_lacks_the_word(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from conesreg._generate import generate
+
+    dog = bound_concept(tmp_path, pipe, 1, "dog")
+    with apply(pipe, [dog]):
+        with pytest.warns(ConesregWarning, match="does not name"):
+            generate(pipe, "a photo of a cat", steps=1, height=32, width=32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            generate(pipe, "a photo of a dog", steps=1, height=32, width=32)
