@@ -640,8 +640,12 @@ def write_draft(
     namespace: str | None = None,
     preview_seeds: Sequence[int] = (0, 1),
     parents: Sequence[str] = (),
+    stimulation: tuple[np.ndarray, Sequence[str]] | None = None,
 ) -> Path:
-    """Write ``concept.json``, ``mask.safetensors`` and previews with and without the mask.
+    """Write ``concept.json``, ``mask.safetensors`` and previews with and without the mask,
+    and with ``stimulation`` (the subject images and their captions or class prompt),
+    ``stimulation.safetensors``: the images as VAE latents, which ``conesreg push
+    --with-stimulation`` publishes.
 
     Example:
         >>> write_draft(Path("out/star"), pipe, mask, config, name="star", base_id="conesreg/mini")
@@ -658,6 +662,16 @@ def write_draft(
     shapes = {n: tuple(pipe.unet.get_parameter(n).shape) for n in mask}
     numels = {n: int(np.prod(s)) for n, s in shapes.items()}
     atomic_write(out_dir / artifact_constants.DRAFT_MASK, encode_mask(mask, numels=numels))
+    if stimulation is not None:
+        from .artifact._stimulation import encode_stimulation
+
+        images, captions = stimulation
+        atomic_write(
+            out_dir / artifact_constants.DRAFT_STIMULATION,
+            encode_stimulation(
+                _latents(pipe, images).float().cpu().numpy(), captions, word=config.class_word
+            ),
+        )
     draft = {
         "name": name,
         **({"namespace": namespace} if namespace else {}),

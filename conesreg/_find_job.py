@@ -291,6 +291,7 @@ def run_find(
     checkpoint = output / CHECKPOINT_FILE
     if not resume:
         checkpoint.unlink(missing_ok=True)
+    stimulation = None  # a refine's subjects are its parents': nothing of its own
     if plan.subject is None:
         subjects = [
             (load_images(sub.files, size=size), sub.captions or _class_prompt(c.manifest))
@@ -307,9 +308,11 @@ def run_find(
             checkpoint=checkpoint,
         )
     else:
+        images = load_images(plan.subject.files, size=size)
+        stimulation = (images, plan.subject.captions or [config.class_prompt] * len(images))
         mask = find_neurons(
             pipe,
-            load_images(plan.subject.files, size=size),
+            images,
             config,
             captions=plan.subject.captions,
             on_step=on_step,
@@ -324,6 +327,7 @@ def run_find(
         namespace=plan.namespace,
         base_id=str(base or s.config.base_model() or MODEL_ID),
         parents=[f"{c.label.rsplit('@', 1)[0]}@{c.digest}" for c in concepts],
+        stimulation=stimulation,
     )
     checkpoint.unlink(missing_ok=True)
     return mask

@@ -21,6 +21,7 @@ def push(
     *,
     version: str,
     ref: str | None = None,
+    stimulation: bool = False,
     session: Session | None = None,
 ) -> tuple[Manifest, bool]:
     """Publish the draft at ``draft_dir`` as ``version``.
@@ -30,6 +31,8 @@ def push(
         version: a full semver version, e.g. ``"1.0.0"``.
         ref: ``[REGISTRY/]NAMESPACE/NAME`` to publish under (default: the draft's own name, in the
             default registry).
+        stimulation: publish the subject's images as VAE latents too (``conesreg compose``
+            refines concepts jointly on them); they are the author's photos, so only on request.
         session: config and sources to use.
 
     Returns:
@@ -55,6 +58,7 @@ def push(
         version=version,
         namespace=target.namespace if target else None,
         name=target.name if target else None,
+        stimulation=stimulation,
     )
     # A re-push of the same draft must be a no-op even though the draft has no timestamp: reuse
     # the published version's creation time so that identical content gives the same digest.
@@ -71,6 +75,7 @@ def push(
             namespace=manifest.namespace,
             name=manifest.name,
             created=existing.metadata.created,
+            stimulation=stimulation,
         )
     return manifest, source.push(manifest, files)
 

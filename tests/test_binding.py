@@ -62,6 +62,7 @@ def test_schema_1_manifest_reads_as_global_and_keeps_its_digest() -> None:
     }
     data["schema_version"] = 1
     del data["binding"]
+    del data["metadata"]["stimulation"]
     old = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     parsed = parse_manifest(old)
     assert parsed.binding.mode == "global"
@@ -328,3 +329,41 @@ def test_generate_warns_when_the_prompt_lacks_the_word(pipe, tmp_path: Path) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             generate(pipe, "a photo of a dog", steps=1, height=32, width=32)
+
+
+# -- the stimulation ------------------------------------------------------------------------------
+def test_stimulation_is_published_only_on_request(isolated, tiny_pipeline_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    from conesreg import push
+    from conesreg._find_job import plan_find, run_find
+    from conesreg.artifact import constants
+    from conesreg.artifact._stimulation import read_stimulation
+
+    images = isolated / "dogs"
+    images.mkdir()
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    plan = plan_find(name="acme/dog", images=[images], class_word="dog", steps=2, rounds=1)
+    draft = isolated / "d"
+    run_find(plan, draft, base=tiny_pipeline_dir, device="cpu")
+    stim = read_stimulation((draft / constants.DRAFT_STIMULATION).read_bytes())
+    assert stim.latents.shape[0] == 3 and stim.captions == ("a photo of a dog",) * 3
+    plain, _ = push(draft, version="1.0.0")
+    assert plain.metadata.stimulation is None
+    assert all(b.media_type != constants.MEDIA_TYPE_STIMULATION for b in plain.blobs)
+    shared, _ = push(draft, version="1.0.1", stimulation=True)
+    blob = shared.blob(str(shared.metadata.stimulation))
+    assert blob.media_type == constants.MEDIA_TYPE_STIMULATION
+    # A manifest naming a stimulation blob it does not list, or as something else, is refused.
+    data = json.loads(shared.canonical_json())
+    data["blobs"] = [b for b in data["blobs"] if b["digest"] != blob.digest]
+    with pytest.raises(ConesregError, match="stimulation"):
+        parse_manifest(data)
+    (draft / constants.DRAFT_STIMULATION).write_bytes(b"junk")
+    with pytest.raises(ConesregError, match="stimulation file is invalid"):
+        push(draft, version="1.0.2", stimulation=True)
+    (draft / constants.DRAFT_STIMULATION).unlink()
+    with pytest.raises(ConesregError, match="no stimulation.safetensors"):
+        push(draft, version="1.0.2", stimulation=True)

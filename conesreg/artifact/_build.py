@@ -26,6 +26,7 @@ def build_manifest(
     namespace: str | None = None,
     name: str | None = None,
     created: datetime | None = None,
+    stimulation: bool = False,
 ) -> tuple[Manifest, dict[str, Path]]:
     """Validate a draft directory and build the manifest it would publish.
 
@@ -41,6 +42,9 @@ def build_manifest(
             ``constants.DEFAULT_NAMESPACE``).
         name: The concept name (default: the draft's).
         created: The creation time (default: the draft's, else now).
+        stimulation: Publish the draft's ``stimulation.safetensors`` too (the subject's
+            images as VAE latents, so that others can compose the concept); off by default,
+            since they are the author's photos.
 
     Returns:
         The manifest and a map from each blob digest to its file.
@@ -107,9 +111,24 @@ def build_manifest(
             raise ManifestError(f"preview {p} listed in {concept_file.name} does not exist")
         previews.append(add(p, mimetypes.guess_type(p.name)[0] or "application/octet-stream"))
 
+    stimulation_digest = None
+    if stimulation:
+        from ._stimulation import read_stimulation
+
+        path = draft_dir / constants.DRAFT_STIMULATION
+        if not path.is_file():
+            raise ManifestError(
+                f"{draft_dir} has no {constants.DRAFT_STIMULATION} to publish",
+                hint="find the concept again with this version of conesreg, or push without "
+                "--with-stimulation",
+            )
+        read_stimulation(path.read_bytes())
+        stimulation_digest = add(path, constants.MEDIA_TYPE_STIMULATION)
+
     counts = {k: v for k, v in info.counts.items() if v}
     metadata = draft.metadata.model_copy(
         update={
+            "stimulation": stimulation_digest,
             "previews": tuple(previews),
             "created": created or draft.metadata.created or utcnow(),
         }

@@ -175,6 +175,11 @@ class ConceptMetadata(_Model):
     method: MethodInfo = Field(default_factory=MethodInfo)
     previews: tuple[Digest, ...] = ()
     parents: tuple[str, ...] = Field(default=(), description="name@digest of composed concepts")
+    stimulation: Digest | None = Field(
+        default=None,
+        description="schema 2: the subject's images as VAE latents with their captions, published "
+        "on request so that others can compose the concept (`conesreg compose`)",
+    )
 
     @field_validator("class_word", "trigger_word", "license", "tags", "authors", "parents")
     @classmethod
@@ -220,16 +225,27 @@ class Manifest(_Model):
         data: dict[str, Any] = handler(self)
         if self.schema_version == 1:
             data.pop("binding", None)
+            data.get("metadata", {}).pop("stimulation", None)
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        if self.schema_version == 1 and self.binding.mode != "global":
-            raise ValueError("a schema 1 manifest has no binding; use schema_version 2")
+        if self.schema_version == 1 and (
+            self.binding.mode != "global" or self.metadata.stimulation is not None
+        ):
+            raise ValueError(
+                "a schema 1 manifest has no binding or stimulation; use schema_version 2"
+            )
         by_digest = {b.digest: b for b in self.blobs}
         _check_layout(self.blobs)
         if self.mask.blob not in by_digest:
             raise ValueError(f"mask blob {self.mask.blob} is not listed in blobs")
+        stimulation = self.metadata.stimulation
+        if stimulation is not None and (
+            stimulation not in by_digest
+            or by_digest[stimulation].media_type != constants.MEDIA_TYPE_STIMULATION
+        ):
+            raise ValueError(f"stimulation {stimulation} is not listed in blobs as one")
         missing = [d for d in self.metadata.previews if d not in by_digest]
         if missing:
             raise ValueError(f"preview {missing[0]} is not listed in blobs")

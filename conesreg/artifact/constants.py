@@ -40,12 +40,18 @@ MASK_ENCODING = "cones-rice/1"
 
 MEDIA_TYPE_MANIFEST = "application/vnd.conesreg.manifest.v1+json"
 MEDIA_TYPE_MASK = "application/vnd.conesreg.mask.v1+safetensors"
+#: A concept's stimulation: its subject images as VAE latents, with their captions (opt-in).
+MEDIA_TYPE_STIMULATION = "application/vnd.conesreg.stimulation.v1+safetensors"
+STIMULATION_FORMAT = "conesreg-stimulation/1"
+#: At most this many stimulation images (a search takes 3 to 20).
+MAX_STIMULATION_IMAGES = 64
 MEDIA_TYPE_PNG = "image/png"
 MEDIA_TYPE_JPEG = "image/jpeg"
 
 #: Names inside a draft directory written by ``conesreg find`` and read by ``conesreg push``.
 DRAFT_MANIFEST = "concept.json"
 DRAFT_MASK = "mask.safetensors"
+DRAFT_STIMULATION = "stimulation.safetensors"
 DRAFT_PREVIEWS = "previews"
 #: File suffixes taken as images: previews in a draft, training images of ``conesreg find``.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})

@@ -14,8 +14,15 @@ from ._output import brief, emit_json, json_option, open_session, stdout
 @click.argument("draft_dir", type=click.Path(path_type=Path))
 @click.option("--version", "version", required=True, help="Full semver version, e.g. 1.0.0.")
 @click.option("--name", "ref", default=None, help="[REGISTRY/]NAMESPACE/NAME to publish as.")
+@click.option(
+    "--with-stimulation",
+    "stimulation",
+    is_flag=True,
+    help="Also publish the subject's images as VAE latents, so that others can refine this "
+    "concept jointly with theirs (they are your photos, encoded: off by default).",
+)
 @json_option
-def push(draft_dir: Path, version: str, ref: str | None, as_json: bool) -> None:
+def push(draft_dir: Path, version: str, ref: str | None, stimulation: bool, as_json: bool) -> None:
     """Publish a draft directory (written by `conesreg find`) as a new version."""
     from .._push import push as do_push
 
@@ -26,7 +33,9 @@ def push(draft_dir: Path, version: str, ref: str | None, as_json: bool) -> None:
     from rich.console import Console
 
     with Console(stderr=True).status(f"publishing {draft_dir} as {version}"):
-        manifest, created = do_push(draft_dir, version=version, ref=ref, session=open_session())
+        manifest, created = do_push(
+            draft_dir, version=version, ref=ref, stimulation=stimulation, session=open_session()
+        )
     if as_json:
         emit_json({"created": created, "digest": manifest.digest, **brief(manifest)})
         return
