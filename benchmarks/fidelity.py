@@ -17,7 +17,8 @@ registry, and ``apply`` installs the concepts by reference through a ``conesreg.
   each subject's own share, on placed prompts ("a photo of a star at the top left and a heart
   at the top right") and unplaced ones ("a photo of a star and a heart"), the subjects named in
   both orders; beside each row the model's own ceiling: the same prompt with each subject
-  described in words ("a checkered purple star") and no concept.
+  described in words ("a checkered purple star") and no concept; and the same placed prompts
+  with the concepts composed by ``conesreg compose`` (each pushed with its stimulation).
 
 Figures are means over ``--seeds`` finder seeds with the minimum beside them. The reported run
 uses held-out seeds (renders, finder, sampling) that tuning never saw; ``--group new`` reports
@@ -164,6 +165,26 @@ def run(a: argparse.Namespace, tmp: Path) -> None:
                 f"seed {fseed} {label}: all {entry['all']:.2f} each {fmt(entry['each'])}",
                 flush=True,
             )
+        composites: dict[int, str] = {}
+        for label, group, prompt_of in composition_rows(subjects):
+            if "unplaced" in label:
+                continue
+            if len(group) not in composites:
+                composites[len(group)] = compose_and_push(group, refs, fseed, tmp)
+            prompt = prompt_of(group, described=False)
+            preds = judge(
+                [prompt] * a.n, [composites[len(group)]], seeds["sample"] + 7000 + len(group)
+            )
+            entry = {
+                "all": all_right(group, preds),
+                "each": [subject_share_of(s, preds) for s in group],
+            }
+            composed = f"{label}, composed"
+            comps.setdefault(composed, [comps[label][0]]).append(entry)
+            print(
+                f"seed {fseed} {composed}: all {entry['all']:.2f} each {fmt(entry['each'])}",
+                flush=True,
+            )
 
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(
@@ -216,6 +237,18 @@ def find_and_push(s: Any, folder: Path, fseed: int, tmp: Path, options: dict[str
     plan = plan_find(name=name, images=[folder], class_word=s.class_word, seed=fseed, **options)
     draft = tmp / "drafts" / f"{s.name}-{fseed}"
     run_find(plan, draft, device="cpu")
+    push(draft, version="1.0.0", stimulation=True)  # so that `compose` can use it
+    return f"{name}@1.0.0"
+
+
+def compose_and_push(group: Sequence[Any], refs: dict[str, str], fseed: int, tmp: Path) -> str:
+    """``conesreg compose A B ... --name bench/G --seed SEED`` then ``push``."""
+    from conesreg import push
+    from conesreg._composite import compose
+
+    name = f"bench/{'-'.join(s.class_word for s in group)}-{fseed}"
+    draft = tmp / "drafts" / name.replace("/", "-")
+    compose([refs[s.name] for s in group], draft, name=name, device="cpu", seed=fseed)
     push(draft, version="1.0.0")
     return f"{name}@1.0.0"
 

@@ -288,7 +288,9 @@ def _check(pipe: Any, unet: Any, state: _Applied, concepts: list[Concept], *, fo
     # Masks are decoded only now, within the sizes of the parameters this UNet really has: a
     # payload can claim any size (a full set of a huge parameter is a few bytes), the UNet cannot.
     for c in concepts:
-        numels = {t.name: params[t.name].numel() for t in c.manifest.base_model.targets}
+        # A composite's tensors are PART:NAME, each of its parameter's size.
+        declared = c.manifest.binding.mask_numels(c.manifest.base_model.targets)
+        numels = {k: params[k.rpartition(":")[2]].numel() for k in declared}
         for name, idx in c.decode(numels=numels).items():
             if name not in numels:
                 raise BaseModelMismatchError(f"{c.label}'s mask addresses unknown {name!r}")
@@ -375,17 +377,17 @@ def _sync_bound(state: _Applied) -> None:
         state.binder.close()  # the pipeline's own processors are back: bitwise as loaded
         state.binder = None
         return
-    state.binder.set(
-        [
-            BoundMask(
-                c.digest,
-                str(c.manifest.binding.word),
-                c.indices,
-                anchor=c.manifest.binding.anchor,
-            )
-            for c in bound
-        ]
-    )
+    masks = []
+    for c in bound:
+        b = c.manifest.binding
+        if not b.parts:
+            masks.append(BoundMask(c.digest, str(b.word), c.indices, anchor=b.anchor))
+            continue
+        for i, part in enumerate(b.parts):  # a composite: each part at its own word
+            prefix = f"{i}:"
+            own = {k[len(prefix) :]: v for k, v in c.indices.items() if k.startswith(prefix)}
+            masks.append(BoundMask(f"{c.digest}:{i}", part.word, own, anchor=part.anchor))
+    state.binder.set(masks)
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -78,7 +78,8 @@ class Concept:
         A payload is decoded on first use, within the sizes its manifest declares for the
         targets; :func:`conesreg.apply` decodes within the pipeline's own sizes instead.
         """
-        return self.decode(numels={t.name: t.numel for t in self.manifest.base_model.targets})
+        m = self.manifest
+        return self.decode(numels=m.binding.mask_numels(m.base_model.targets))
 
     def decode(self, *, numels: Mapping[str, int]) -> dict[str, np.ndarray]:
         """The indices, decoding the payload (once) only if it fits ``numels``.
@@ -114,7 +115,8 @@ class Concept:
         """
         from .artifact._mask import IndexSet, decode_mask_sets
 
-        numels = {t.name: t.numel for t in self.manifest.base_model.targets}
+        m = self.manifest
+        numels = m.binding.mask_numels(m.base_model.targets)
         if self._indices is None:
             assert self._mask is not None
             return decode_mask_sets(self._mask, numels=numels)

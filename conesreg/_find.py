@@ -174,9 +174,10 @@ def _latents(pipe: Any, images: np.ndarray) -> Any:
         return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
-def _embed(pipe: Any, prompt: str, word: str | None = None) -> tuple[Any, Any]:
-    """The prompt's text embedding, and where ``word`` stands in it: per token, 0 where it
-    does not, else 1 + the token's place in the word (a word may take several tokens)."""
+def _embed(pipe: Any, prompt: str, words: Sequence[str] = ()) -> tuple[Any, Any, Any]:
+    """The prompt's text embedding, and where each of ``words`` stands in it: per token, the
+    index of the word there (-1: none) and the token's place in that word (a word may take
+    several tokens)."""
     import torch
 
     from ._binding import word_ids, word_starts
@@ -188,13 +189,15 @@ def _embed(pipe: Any, prompt: str, word: str | None = None) -> tuple[Any, Any]:
         truncation=True,
         return_tensors="pt",
     ).input_ids.to(pipe.device)
-    bound = torch.zeros(ids.shape, dtype=torch.long, device=pipe.device)
-    if word is not None:
+    part = torch.full(ids.shape, -1, dtype=torch.long, device=pipe.device)
+    offset = torch.zeros(ids.shape, dtype=torch.long, device=pipe.device)
+    for j, word in enumerate(words):
         n = len(word_ids(pipe.tokenizer, word))
         for start in word_starts(ids[0].tolist(), pipe.tokenizer, word):
-            bound[0, start : start + n] = torch.arange(1, n + 1)
+            part[0, start : start + n] = j
+            offset[0, start : start + n] = torch.arange(n)
     with torch.no_grad():
-        return pipe.text_encoder(ids)[0], bound
+        return pipe.text_encoder(ids)[0], part, offset
 
 
 def _anchor(pipe: Any, prompt: str | None, word: str) -> Any:
@@ -203,15 +206,15 @@ def _anchor(pipe: Any, prompt: str | None, word: str) -> Any:
     their share."""
     import torch
 
-    state, bound = _embed(pipe, prompt or f"a photo of a {word}", word)
-    first = torch.nonzero(bound[0] == 1).view(-1)
+    state, part, offset = _embed(pipe, prompt or f"a photo of a {word}", [word])
+    first = torch.nonzero((part[0] == 0) & (offset[0] == 0)).view(-1)
     if not len(first):
         raise ConesregError(
             f"the class prompt {prompt!r} does not contain the class word {word!r}",
             hint="name the class word in the class prompt",
         )
     start = int(first[0])
-    return state[0, start : start + int(bound[0].max())]
+    return state[0, start : start + int(offset[0][part[0] == 0].max()) + 1]
 
 
 def _prior_images(pipe: Any, prompt: str, n: int, seed: int) -> np.ndarray:
@@ -301,7 +304,6 @@ def refine_neurons(
     start: dict[str, np.ndarray],
     config: FindConfig,
     *,
-    class_words: Sequence[str] = (),
     on_step: Callable[[int, float, float], None] | None = None,
     checkpoint: Path | None = None,
 ) -> dict[str, np.ndarray]:
@@ -334,12 +336,55 @@ def refine_neurons(
         ...                                  steps=20, rounds=2, sparsity=0.005))
         ... # doctest: +SKIP
     """
+    if config.binding == "token":
+        raise ConesregError(
+            "a refine makes one mask for global concepts",
+            hint="compose token-bound concepts with `conesreg compose`",
+        )
+    return _search(pipe, subjects, config, start=start, on_step=on_step, checkpoint=checkpoint)
+
+
+def compose_neurons(
+    pipe: Any,
+    parents: Sequence[tuple[str, str, Mapping[str, np.ndarray]]],
+    stimulation: tuple[Any, Sequence[str]],
+    config: FindConfig,
+    *,
+    on_step: Callable[[int, float, float], None] | None = None,
+    checkpoint: Path | None = None,
+) -> dict[str, np.ndarray]:
+    """A few joint steps on several token-bound concepts, each keeping a mask of its own.
+
+    Each parent's mask acts at its own word (with its share taken on its anchor), and grows by
+    ``config.sparsity`` more of the candidates scored only through that word, on the joint
+    loss of ``stimulation``: latents whose captions name several parents' words (collages of
+    their subjects, :func:`conesreg._composite.cut_mix`), so that each mask learns to hold
+    beside the others.
+
+    Args:
+        pipe: a diffusers Stable Diffusion pipeline.
+        parents: ``(word, anchor prompt, mask)`` per parent concept, two or more.
+        stimulation: ``(latents (N, C, H, W), one caption each)``.
+        config: the hyperparameters (token binding).
+        on_step, checkpoint: as for :func:`find_neurons`.
+
+    Returns:
+        The composite mask, keyed ``"PART:NAME"`` (part ``i`` is ``parents[i]``).
+
+    Example:
+        >>> compose_neurons(pipe, [("star", "a photo of a star", star),
+        ...                        ("heart", "a photo of a heart", heart)],
+        ...                 (latents, captions), config)  # doctest: +SKIP
+    """
+    if config.binding != "token" or len(parents) < 2:
+        raise ConesregError("composing takes two token-bound concepts or more")
+    start = {f"{j}:{n}": idx for j, (_, _, mask) in enumerate(parents) for n, idx in mask.items()}
     return _search(
         pipe,
-        subjects,
+        [stimulation],
         config,
         start=start,
-        class_words=class_words,
+        parts=[(word, anchor) for word, anchor, _ in parents],
         on_step=on_step,
         checkpoint=checkpoint,
     )
@@ -361,14 +406,25 @@ def union_masks(masks: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarr
 
 def _search(
     pipe: Any,
-    subjects: Sequence[tuple[np.ndarray, str | Sequence[str]]],
+    subjects: Sequence[tuple[Any, str | Sequence[str]]],
     config: FindConfig,
     *,
     start: dict[str, np.ndarray] | None = None,
-    class_words: Sequence[str] = (),
+    parts: Sequence[tuple[str, str]] = (),
     on_step: Callable[[int, float, float], None] | None = None,
     checkpoint: Path | None = None,
 ) -> dict[str, np.ndarray]:
+    """The search behind :func:`find_neurons`, :func:`refine_neurons` and
+    :func:`compose_neurons`.
+
+    ``subjects`` are ``(images or latents, prompt or one caption each)``. Global binding: one
+    mask, switched off in the weights in place while searching. Token binding: one mask per
+    ``parts`` entry ``(word, anchor prompt)`` (default: the class word and prompt), each acting
+    only at its word's tokens, with its share taken on the anchor's state; the UNet's weights
+    are never written, each part's masked copy of every candidate is a leaf of its own, so each
+    part is scored only through its own word. Masks are keyed by parameter name, or by
+    ``"PART:NAME"`` when there are several parts.
+    """
     import contextlib
 
     import torch
@@ -378,7 +434,15 @@ def _search(
     unet = pipe.unet
     names = candidate_names(unet, config.candidates)
     params = {n: unet.get_parameter(n) for n in names}
-    unknown = sorted(set(start or {}) - set(names))
+    token_bound = config.binding == "token"
+    parts = list(parts) or [(config.class_word, config.class_prompt)]
+    n_parts = len(parts) if token_bound else 1
+
+    def key(j: int, n: str) -> str:
+        return n if n_parts == 1 else f"{j}:{n}"
+
+    keys = {key(j, n): (j, n) for j in range(n_parts) for n in names}
+    unknown = sorted(set(start or {}) - set(keys))
     if unknown:
         raise ConesregError(
             f"the start mask names {unknown[0]!r}, not a {config.candidates} candidate",
@@ -388,29 +452,26 @@ def _search(
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     gen = torch.Generator().manual_seed(config.seed)
     device = unet.device
+    words = [w for w, _ in parts] if token_bound else []
 
     # Everything that needs no gradient is computed once, before any weight changes: latents
-    # of the subjects, prompt embeddings, and the preservation images of the unmasked model.
-    # Each batch is (latents, one embedding per latent, weight); the preservation images of
-    # all prompts form one pool, so preserving many prompts costs one batch per step.
-    # Under token binding, the masked weights act only at the tokens of each subject's class
-    # word (``words[i]``; a composite's parents each have their own), as they will in use.
-    token_bound = config.binding == "token"
-    words = list(class_words) if class_words else [config.class_word] * len(subjects)
-
-    def pool(pairs: Iterable[tuple[np.ndarray, str | Sequence[str]]], word: str | None) -> Any:
-        zs, conds, bounds = [], [], []
+    # of the subjects, prompt embeddings (with where each part's word stands), and the
+    # preservation images of the unmasked model. Each batch is (latents, one embedding per
+    # latent, word index and offset per token, weight); the preservation images of all prompts
+    # form one pool, so preserving many prompts costs one batch per step.
+    def pool(pairs: Iterable[tuple[Any, str | Sequence[str]]]) -> Any:
+        zs, conds, where, offsets = [], [], [], []
         for images, prompt in pairs:
-            zs.append(_latents(pipe, images))
-            n = len(zs[-1])
-            embedded = [
-                _embed(pipe, c, word) for c in ([prompt] * n if isinstance(prompt, str) else prompt)
-            ]
-            conds.append(torch.cat([e for e, _ in embedded]))
-            bounds.append(torch.cat([b for _, b in embedded]))
-        return torch.cat(zs), torch.cat(conds), torch.cat(bounds)
+            z = _latents(pipe, images) if images.dtype == np.uint8 else _as_latents(pipe, images)
+            zs.append(z)
+            captions = [prompt] * len(z) if isinstance(prompt, str) else prompt
+            embedded = [_embed(pipe, c, words) for c in captions]
+            conds.append(torch.cat([e for e, _, _ in embedded]))
+            where.append(torch.cat([w for _, w, _ in embedded]))
+            offsets.append(torch.cat([o for _, _, o in embedded]))
+        return torch.cat(zs), torch.cat(conds), torch.cat(where), torch.cat(offsets)
 
-    batches = [(*pool([pair], word), 1.0, word) for pair, word in zip(subjects, words, strict=True)]
+    batches = [(*pool([pair]), 1.0) for pair in subjects]
     if config.lam > 0:
         # The paper's prior preservation: each subject's own class prompt, unless told others.
         kept = config.preserve or tuple(
@@ -420,14 +481,26 @@ def _search(
             (_prior_images(pipe, p, config.prior_images, config.seed + 1), p)
             for p in dict.fromkeys(kept)
         ]
-        batches.append((*pool(priors, words[0]), config.lam, words[0]))
+        batches.append((*pool(priors), config.lam))
 
     originals = {n: p.detach().clone() for n, p in params.items()}
     # The multiplier of every candidate scalar: 1 on, 0 off, in between while shutting softly.
-    keep = {n: torch.ones(p.numel(), dtype=torch.float32, device=device) for n, p in params.items()}
-    for n, idx in (start or {}).items():
-        keep[n][torch.as_tensor(np.asarray(idx, dtype=np.int64), device=device)] = 0
-    base_off = sum(int((k < 1).sum()) for k in keep.values())
+    keep = {
+        k: torch.ones(params[n].numel(), dtype=torch.float32, device=device)
+        for k, (_, n) in keys.items()
+    }
+    for k, idx in (start or {}).items():
+        keep[k][torch.as_tensor(np.asarray(idx, dtype=np.int64), device=device)] = 0
+    # Each part has its own budget, on top of what it starts with.
+    by_part = [[k for k, (j, _) in keys.items() if j == part] for part in range(n_parts)]
+    base_off = [sum(int((keep[k] < 1).sum()) for k in ks) for ks in by_part]
+    # What gets the gradients: the UNet's own parameters (global: masked in place), or one
+    # masked copy per part (token: the UNet keeps its weights, the hooks below use the copies).
+    leaves = (
+        {k: torch.zeros_like(originals[n], requires_grad=True) for k, (_, n) in keys.items()}
+        if token_bound
+        else {n: params[n] for n in names}
+    )
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
         if config.autocast
@@ -439,18 +512,15 @@ def _search(
     edges = [round(n_t * b / config.bands) for b in range(config.bands + 1)]
     shares = [len(a) for a in np.array_split(np.arange(config.batch_size), config.bands)]
 
-    # The batch's bound tokens and its word's anchor, read by the hooks below.
-    bound_now: list[Any] = [None, None]
-    anchors = {
-        w: _anchor(pipe, config.class_prompt if len(set(words)) == 1 else None, w)
-        for w in set(words)
-    }
+    # The batch's word indices and offsets, and which parts it names, read by the hooks below.
+    bound_now: list[Any] = [None, None, ()]
+    anchors = [_anchor(pipe, anchor, w) for w, anchor in parts] if token_bound else []
 
-    def loss_on(z0: Any, cond: Any, bound: Any, band: int, word: str) -> Any:
+    def loss_on(z0: Any, cond: Any, where: Any, offset: Any, band: int) -> Any:
         idx = torch.randint(0, len(z0), (shares[band],), generator=gen)
         z, cond = z0[idx], cond[idx.to(cond.device)]
-        bound_now[0] = bound[idx.to(bound.device)]
-        bound_now[1] = anchors[word]
+        w = where[idx.to(where.device)]
+        bound_now[:] = [w, offset[idx.to(offset.device)], sorted(set(w[w >= 0].tolist()))]
         noise = torch.randn(z.shape, generator=gen).to(z)
         t = torch.randint(edges[band], edges[band + 1], (len(z),), generator=gen)
         zt = noise_sched.add_noise(z, noise, t.to(z.device))
@@ -461,21 +531,22 @@ def _search(
         return F.mse_loss(pred.float(), target.float())
 
     def bind_hook(name: str) -> Callable[..., Any]:
-        # The projection ran with the masked weights on every token; every token but the bound
-        # ones gets the original weights' output back, so gradients (and scores) come only
-        # through the class word.
+        # Every token gets the original weights' output, and each part's word its masked
+        # copy's share on top, taken on the word's anchor state (its state in its own class
+        # prompt), so the share is the same wherever the word stands and scores come only
+        # through the word.
         def hook(module: Any, args: tuple[Any, ...], out: Any) -> Any:
-            bound, anchor = bound_now
-            if bound is None or bound.shape != out.shape[:2]:
+            where, offset, present = bound_now
+            if where is None or where.shape != out.shape[:2]:
                 return out
             w0 = originals[name].to(out.dtype)
-            plain = F.linear(args[0], w0)
-            # The switched-off weights' share is taken on the word's anchor state (its state
-            # in its own class prompt), so it is the same wherever the word stands.
-            a = anchor.to(out.dtype)
-            shift = F.linear(a, module.weight.to(out.dtype)) - F.linear(a, w0)
-            at = shift[(bound - 1).clamp(min=0)]  # each bound token's row of the shift
-            return torch.where(bound[..., None] > 0, plain + at, plain)
+            res = F.linear(args[0], w0)
+            for j in present:
+                a = anchors[j].to(out.dtype)
+                shift = F.linear(a, leaves[key(j, name)].to(out.dtype)) - F.linear(a, w0)
+                at = shift[offset.clamp(max=len(a) - 1)]  # each token's row of the shift
+                res = torch.where((where == j)[..., None], res + at, res)
+            return res
 
         return hook
 
@@ -487,46 +558,63 @@ def _search(
         if token_bound
         else []
     )
+
+    def apply_keep() -> None:
+        with torch.no_grad():
+            for k, (_, n) in keys.items():
+                leaves[k].copy_(originals[n] * keep[k].view_as(originals[n]).to(originals[n].dtype))
+
     frozen = {p: p.requires_grad for p in unet.parameters()}
     checkpointing = getattr(unet, "is_gradient_checkpointing", False)
     try:
         for p in unet.parameters():
             p.requires_grad_(False)
-        for p in params.values():
-            p.requires_grad_(True)
+        for leaf in leaves.values():
+            leaf.requires_grad_(True)
         if config.gradient_checkpointing and not checkpointing:
             unet.enable_gradient_checkpointing()
         per_round = config.steps // config.rounds
         # One score per band; every batch (subjects and preservation) pooled into it.
-        scores = [{n: torch.zeros_like(k) for n, k in keep.items()} for _ in range(config.bands)]
+        scores = [{k: torch.zeros_like(v) for k, v in keep.items()} for _ in range(config.bands)]
         start_step = _resume(checkpoint, config, keep, gen)
-        _apply_keep(params, originals, keep)
+        apply_keep()
         n_off = sum(int((k < 1).sum()) for k in keep.values())
         for step in range(start_step + 1, config.steps + 1):
             loss = 0.0
             for band, band_scores in enumerate(scores):
-                band_loss = sum(w * loss_on(z, c, b, band, wd) for z, c, b, w, wd in batches)
+                band_loss = sum(w * loss_on(z, c, wh, o, band) for z, c, wh, o, w in batches)
                 band_loss.backward()
                 loss += float(band_loss.detach()) * shares[band] / config.batch_size
                 with torch.no_grad():
-                    for n, p in params.items():
+                    for k, leaf in leaves.items():
+                        if leaf.grad is None:
+                            continue  # a part whose word this step's batch did not name
                         # theta * dL/dtheta: scalars already off score -inf when chosen.
-                        band_scores[n].addcmul_(
-                            p.detach().view(-1).float(), p.grad.view(-1).float()
+                        band_scores[k].addcmul_(
+                            leaf.detach().view(-1).float(), leaf.grad.view(-1).float()
                         )
-                        p.grad = None
+                        leaf.grad = None
             done_rounds = step // per_round
             if step % per_round == 0 and done_rounds <= config.rounds:
-                _switch_off(scores, keep, config, done_rounds, total, per_round, base_off)
-                _apply_keep(params, originals, keep)
+                for ks, off in zip(by_part, base_off, strict=True):
+                    _switch_off(
+                        [{k: sc[k] for k in ks} for sc in scores],
+                        {k: keep[k] for k in ks},
+                        config,
+                        done_rounds,
+                        total,
+                        per_round,
+                        off,
+                    )
+                apply_keep()
                 n_off = sum(int((k < 1).sum()) for k in keep.values())
                 for band_scores in scores:
-                    for s in band_scores.values():
-                        s.zero_()
+                    for sc in band_scores.values():
+                        sc.zero_()
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, config, step, keep, gen)
             if on_step is not None:
-                on_step(step, loss, n_off / total)
+                on_step(step, loss, n_off / (total * n_parts))
     finally:
         for h in hooks:
             h.remove()
@@ -538,16 +626,15 @@ def _search(
         if config.gradient_checkpointing and not checkpointing:
             unet.disable_gradient_checkpointing()
     return {
-        n: torch.nonzero(k < 1).view(-1).cpu().numpy().astype(np.int64) for n, k in keep.items()
+        k: torch.nonzero(v < 1).view(-1).cpu().numpy().astype(np.int64) for k, v in keep.items()
     }
 
 
-def _apply_keep(params: dict[str, Any], originals: dict[str, Any], keep: dict[str, Any]) -> None:
+def _as_latents(pipe: Any, latents: Any) -> Any:
+    """Stored latents (a stimulation's float16 array) as the UNet's input."""
     import torch
 
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(originals[n] * keep[n].view_as(p).to(p.dtype))
+    return torch.as_tensor(np.asarray(latents, dtype=np.float32)).to(pipe.device, pipe.unet.dtype)
 
 
 def _save_checkpoint(
@@ -629,6 +716,12 @@ def _switch_off(
         offset += size
 
 
+def _draft_binding(config: FindConfig, parts: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    if parts:
+        return {"mode": "token", "parts": [{"word": w, "anchor": a} for w, a in parts]}
+    return {"mode": "token", "word": config.class_word, "anchor": config.class_prompt}
+
+
 def write_draft(
     out_dir: Path,
     pipe: Any,
@@ -641,6 +734,7 @@ def write_draft(
     preview_seeds: Sequence[int] = (0, 1),
     parents: Sequence[str] = (),
     stimulation: tuple[np.ndarray, Sequence[str]] | None = None,
+    parts: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write ``concept.json``, ``mask.safetensors`` and previews with and without the mask,
     and with ``stimulation`` (the subject images and their captions or class prompt),
@@ -659,8 +753,11 @@ def write_draft(
 
     out_dir = Path(out_dir)
     (out_dir / artifact_constants.DRAFT_PREVIEWS).mkdir(parents=True, exist_ok=True)
-    shapes = {n: tuple(pipe.unet.get_parameter(n).shape) for n in mask}
-    numels = {n: int(np.prod(s)) for n, s in shapes.items()}
+    # A composite's mask is keyed PART:NAME (``parts``: its words and anchors); the targets are
+    # the parameters either way.
+    targets = sorted({n.rpartition(":")[2] for n in mask})
+    shapes = {n: tuple(pipe.unet.get_parameter(n).shape) for n in targets}
+    numels = {n: int(np.prod(shapes[n.rpartition(":")[2]])) for n in mask}
     atomic_write(out_dir / artifact_constants.DRAFT_MASK, encode_mask(mask, numels=numels))
     if stimulation is not None:
         from .artifact._stimulation import encode_stimulation
@@ -686,17 +783,7 @@ def write_draft(
             "method": {"name": "cones", "hyperparameters": asdict(config)},
             **({"parents": list(parents)} if parents else {}),
         },
-        **(
-            {
-                "binding": {
-                    "mode": "token",
-                    "word": config.class_word,
-                    "anchor": config.class_prompt,
-                }
-            }
-            if config.binding == "token"
-            else {}
-        ),
+        **({"binding": _draft_binding(config, parts)} if config.binding == "token" else {}),
     }
     atomic_write(out_dir / artifact_constants.DRAFT_MANIFEST, json.dumps(draft, indent=2).encode())
     concept = Concept.from_draft(out_dir)  # validates the draft exactly as push will

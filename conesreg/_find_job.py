@@ -303,7 +303,6 @@ def run_find(
             subjects,
             union,
             config,
-            class_words=[c.manifest.metadata.class_word for c in concepts],
             on_step=on_step,
             checkpoint=checkpoint,
         )

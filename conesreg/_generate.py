@@ -94,14 +94,15 @@ def _warn_unbound(pipe: Any, prompt: str) -> None:
         return
     ids = tokenizer(prompt).input_ids
     for c in active_concepts(pipe):
-        word = c.manifest.binding.word
-        if word and word_ids(tokenizer, word) and not word_starts(ids, tokenizer, word):
-            warnings.warn(
-                f"{c.label} acts at the word {word!r}, which the prompt does not name: it "
-                f"changes nothing here (name it, e.g. 'a photo of a {word}')",
-                ConesregWarning,
-                stacklevel=3,
-            )
+        b = c.manifest.binding
+        for word in [b.word] if b.word else [part.word for part in b.parts]:
+            if word_ids(tokenizer, word) and not word_starts(ids, tokenizer, word):
+                warnings.warn(
+                    f"{c.label} acts at the word {word!r}, which the prompt does not name: it "
+                    f"changes nothing there (name it, e.g. 'a photo of a {word}')",
+                    ConesregWarning,
+                    stacklevel=3,
+                )
 
 
 def grid(images: Sequence[Any]) -> Any:

@@ -59,6 +59,7 @@ def test_schema_1_manifest_reads_as_global_and_keeps_its_digest() -> None:
         "mode": "global",
         "word": None,
         "anchor": None,
+        "parts": [],
     }
     data["schema_version"] = 1
     del data["binding"]
@@ -367,3 +368,92 @@ def test_stimulation_is_published_only_on_request(isolated, tiny_pipeline_dir: P
     (draft / constants.DRAFT_STIMULATION).unlink()
     with pytest.raises(ConesregError, match="no stimulation.safetensors"):
         push(draft, version="1.0.2", stimulation=True)
+
+
+# -- compose --------------------------------------------------------------------------------------
+def _find_placed(isolated: Path, base_dir: Path, word: str, seed: int) -> Path:
+    """A token-bound draft of `word` from random images captioned with places."""
+    from PIL import Image
+
+    from conesreg._find_job import plan_find, run_find
+
+    folder = isolated / f"img-{word}"
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    places = ["top left", "top right", "bottom left", "bottom right"]
+    lines = []
+    for i, place in enumerate(places):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        lines.append(
+            json.dumps({"file_name": f"{i}.png", "text": f"a photo of a {word} at the {place}"})
+        )
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    plan = plan_find(name=f"acme/{word}", images=[folder], class_word=word, steps=2, rounds=1)
+    draft = isolated / f"draft-{word}"
+    run_find(plan, draft, base=base_dir, device="cpu")
+    return draft
+
+
+def test_compose_token_concepts_without_images(isolated, tiny_pipeline_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from conesreg import push
+    from conesreg._composite import compose
+    from conesreg.cli import main
+
+    push(_find_placed(isolated, tiny_pipeline_dir, "dog", 0), version="1.0.0", stimulation=True)
+    push(_find_placed(isolated, tiny_pipeline_dir, "cat", 1), version="1.0.0", stimulation=True)
+    out = isolated / "pair"
+    code = main(
+        ["compose", "acme/dog@1", "acme/cat@1", "--name", "acme/pair", "-o", str(out),
+         "--base", str(tiny_pipeline_dir), "--steps", "2", "--rounds", "1", "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    pair = Concept.from_draft(out)
+    b = pair.manifest.binding
+    assert [p.word for p in b.parts] == ["dog", "cat"] and b.word is None
+    assert len(pair.manifest.metadata.parents) == 2
+    assert {k.split(":")[0] for k in pair.indices} == {"0", "1"}
+    dog = Concept.from_draft(isolated / "draft-dog")
+    # Each part holds its parent's neurons and at most a few more.
+    own = {k.split(":", 1)[1]: v for k, v in pair.indices.items() if k.startswith("0:")}
+    assert all(set(dog.indices[n]) <= set(own[n]) for n in dog.indices)
+    push(out, version="1.0.0")
+    args = ["--base", str(tiny_pipeline_dir), "--steps", "1", "--height", "32", "--width", "32",
+            "--device", "cpu"]  # fmt: skip
+    code = main(
+        ["generate", "a dog and a cat", "-c", "acme/pair", *args, "-o", str(isolated / "p.png")]
+    )
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["info", "acme/pair"]) == 0
+    assert "token composite: 'dog'" in capsys.readouterr().out
+    # Refusals: one concept, a parent without stimulation, a global parent.
+    with pytest.raises(ConesregError, match="two concepts or more"):
+        compose(["acme/dog@1"], isolated / "x", name="acme/x")
+    push(isolated / "draft-dog", version="1.0.1")
+    with pytest.raises(ConesregError, match="carries no stimulation"):
+        compose(["acme/dog@1.0.1", "acme/cat@1"], isolated / "x", name="acme/x")
+    base = make_tiny_pipeline(seed=0)
+    push(make_tiny_draft(isolated / "g", base, seed=3, name="glob"), version="1.0.0")
+    with pytest.raises(ConesregError, match="not a token-bound concept"):
+        compose(["acme/glob@1", "acme/cat@1"], isolated / "x", name="acme/x")
+    assert not (isolated / "x").exists()
+
+
+def test_cut_mix_needs_places() -> None:
+    from conesreg._composite import cut_mix
+    from conesreg.artifact._stimulation import Stimulation
+
+    z = np.zeros((2, 4, 8, 8), dtype=np.float16)
+    star = Stimulation(z + 1, ("a photo of a star at the top left", "a photo of a star"), "star")
+    heart = Stimulation(z + 2, ("a heart at the bottom right", "a photo of a heart"), "heart")
+    latents, captions = cut_mix([star, heart])
+    assert len(latents) == len(captions) == 6  # 4 own, 2 collages
+    first = captions.index(next(c for c in captions[4:] if c.startswith("a photo of a star")))
+    assert latents[first][0, 0, 0] == 1 and latents[first][0, 7, 7] == 2  # heart pasted in
+    with pytest.raises(ConesregError, match="no places"):
+        cut_mix(
+            [
+                Stimulation(z, ("a star", "a star"), "star"),
+                Stimulation(z, ("a heart",) * 2, "heart"),
+            ]
+        )

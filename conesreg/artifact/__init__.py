@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ._manifest import (
         BaseModelRef,
         Binding,
+        BindingPart,
         BlobRef,
         ConceptMetadata,
         IndexEntry,
@@ -95,6 +96,7 @@ _LAZY: dict[str, str | None] = {
     # the manifest (pydantic)
     "BaseModelRef": "_manifest",
     "Binding": "_manifest",
+    "BindingPart": "_manifest",
     "BlobRef": "_manifest",
     "ConceptMetadata": "_manifest",
     "IndexEntry": "_manifest",
@@ -137,6 +139,7 @@ __all__ = [
     "SCORE_PARTIAL",
     "BaseModelRef",
     "Binding",
+    "BindingPart",
     "BlobRef",
     "ConceptMetadata",
     "ConceptRef",

@@ -81,7 +81,7 @@ def build_manifest(
     version = str(parse_version(version))
 
     data = mask_file.read_bytes()
-    shapes = {t.name: t.numel for t in draft.base_model.targets}
+    shapes = draft.binding.mask_numels(draft.base_model.targets)
     # The header's sizes are checked against the draft's base model before the manifest is
     # built from its counts (a misfit is the mask's error, not the manifest's); check_mask below
     # then validates every index, in memory ~ the file's size.
@@ -141,7 +141,7 @@ def build_manifest(
         "mask": MaskDescriptor(
             blob=mask_digest,
             encoding=info.encoding,
-            total=sum(shapes.values()),
+            total=sum(t.numel for t in draft.base_model.targets),
             selected=sum(counts.values()),
             counts=counts,
         ).model_dump(),

@@ -62,7 +62,7 @@ def check_mask(manifest: Manifest, data: bytes, *, max_target_numel: int | None 
             f"the mask is {header.encoding}, the manifest says {manifest.mask.encoding}",
             hint=_MISMATCH_HINT,
         )
-    _check_targets(header, {t.name: t.numel for t in manifest.base_model.targets})
+    _check_targets(header, manifest.binding.mask_numels(manifest.base_model.targets))
     info = validate_mask(data)
     actual = {k: v for k, v in info.counts.items() if v}
     declared = {k: v for k, v in manifest.mask.counts.items() if v}

@@ -117,6 +117,30 @@ class MaskDescriptor(_Model):
     counts: dict[str, int] = Field(description="k per target parameter")
 
 
+class BindingPart(_Model):
+    """One part of a token-bound composite: the word it acts at and its anchor prompt."""
+
+    word: str
+    anchor: str
+
+    @field_validator("word", "anchor")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return _plain_text(value, what="binding text")
+
+    @model_validator(mode="after")
+    def _anchored(self) -> BindingPart:
+        _check_anchor(self.word, self.anchor)
+        return self
+
+
+def _check_anchor(word: str | None, anchor: str | None) -> None:
+    if not word or not word.strip():
+        raise ValueError("a token binding needs its word")
+    if not anchor or not re.search(rf"(?<!\w){re.escape(word)}(?!\w)", anchor, re.IGNORECASE):
+        raise ValueError(f"the binding's anchor must contain its word {word!r}")
+
+
 class Binding(_Model):
     """Where a concept's neurons are switched off (manifest schema 2).
 
@@ -132,6 +156,11 @@ class Binding(_Model):
     anchor: str | None = Field(
         default=None, description="token: the prompt whose state at the word anchors the share"
     )
+    parts: tuple[BindingPart, ...] = Field(
+        default=(),
+        description="token composite (`conesreg compose`): one word and anchor per part, its "
+        "mask's tensors named PART:PARAMETER; word and anchor are then unset",
+    )
 
     @field_validator("word", "anchor")
     @classmethod
@@ -142,16 +171,20 @@ class Binding(_Model):
 
     @model_validator(mode="after")
     def _complete(self) -> Binding:
-        if self.mode == "global" and (self.word or self.anchor):
-            raise ValueError("a global binding names no word or anchor")
-        if self.mode == "token":
-            if not self.word or not self.word.strip():
-                raise ValueError("a token binding needs its word")
-            if not self.anchor or not re.search(
-                rf"(?<!\w){re.escape(self.word)}(?!\w)", self.anchor, re.IGNORECASE
-            ):
-                raise ValueError(f"the binding's anchor must contain its word {self.word!r}")
+        if self.mode == "global" and (self.word or self.anchor or self.parts):
+            raise ValueError("a global binding names no word, anchor or parts")
+        if self.mode == "token" and self.parts:
+            if self.word or self.anchor or len(self.parts) < 2:
+                raise ValueError("a composite binding has two parts or more and no word of its own")
+        elif self.mode == "token":
+            _check_anchor(self.word, self.anchor)
         return self
+
+    def mask_numels(self, targets: tuple[TargetParam, ...]) -> dict[str, int]:
+        """The mask's tensor names and sizes: the targets', or ``PART:NAME`` per part."""
+        if not self.parts:
+            return {t.name: t.numel for t in targets}
+        return {f"{i}:{t.name}": t.numel for i in range(len(self.parts)) for t in targets}
 
 
 class MethodInfo(_Model):
@@ -254,16 +287,17 @@ class Manifest(_Model):
         targets = {t.name: t for t in self.base_model.targets}
         if len(targets) != len(self.base_model.targets):
             raise ValueError("base_model.targets names a parameter twice")
+        numels = self.binding.mask_numels(self.base_model.targets)
         if self.mask.total > constants.MAX_TARGET_NUMEL:
             raise ValueError(
                 f"mask.total is {self.mask.total}, over the {constants.MAX_TARGET_NUMEL} scalars "
                 "any supported base model has (CONESREG_MAX_TARGET_NUMEL)"
             )
-        if set(self.mask.counts) - set(targets):
-            extra = sorted(set(self.mask.counts) - set(targets))[0]
+        if set(self.mask.counts) - set(numels):
+            extra = sorted(set(self.mask.counts) - set(numels))[0]
             raise ValueError(f"mask counts name {extra!r}, which is not a target parameter")
         for name, count in self.mask.counts.items():
-            if not 0 <= count <= targets[name].numel:
+            if not 0 <= count <= numels[name]:
                 raise ValueError(f"mask count {count} out of range for {name!r}")
         if sum(self.mask.counts.values()) != self.mask.selected:
             raise ValueError("mask.selected is not the sum of mask.counts")
@@ -436,6 +470,7 @@ def utcnow() -> datetime:
 __all__ = [
     "BaseModelRef",
     "Binding",
+    "BindingPart",
     "BlobRef",
     "ConceptMetadata",
     "IndexEntry",

@@ -38,6 +38,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("._cmd_config", "config"),
     "login": ("._cmd_config", "login"),
     "find": ("._cmd_find", "find"),
+    "compose": ("._cmd_find", "compose"),
     "generate": ("._cmd_generate", "generate"),
     "demo": ("._cmd_demo", "demo"),
     "serve": ("registry_server.cli", "serve"),

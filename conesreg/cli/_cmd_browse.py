@@ -89,12 +89,7 @@ def info(refs: tuple[str, ...], overlap: bool, as_json: bool) -> None:
         f"  class word   {md.class_word}"
         + (f"  (trigger: {md.trigger_word})" if md.trigger_word else ""),
         f"  prompt       {md.prompt_template}",
-        "  binding      "
-        + (
-            f"token: acts at {m.binding.word!r}, anchored on {m.binding.anchor!r}"
-            if m.binding.mode == "token"
-            else "global: switched off in every prompt"
-        ),
+        f"  binding      {_binding_line(m.binding)}",
         f"  description  {md.description or '-'}",
         f"  tags         {', '.join(md.tags) or '-'}",
         f"  license      {md.license or '-'}   authors: {', '.join(md.authors) or '-'}",
@@ -111,6 +106,14 @@ def info(refs: tuple[str, ...], overlap: bool, as_json: bool) -> None:
     for b in m.blobs:
         lines.append(f"    {b.path:<32} {human(b.size):>10}  {b.digest[:19]}...")
     stdout().print("\n".join(lines))
+
+
+def _binding_line(b: Any) -> str:
+    if b.mode == "global":
+        return "global: switched off in every prompt"
+    if b.parts:
+        return "token composite: " + ", ".join(f"{p.word!r} ({p.anchor!r})" for p in b.parts)
+    return f"token: acts at {b.word!r}, anchored on {b.anchor!r}"
 
 
 def _print_overlap(s: Any, entries: list[Any], as_json: bool) -> None:

@@ -197,3 +197,68 @@ def _parent_arg(value: str) -> tuple[str, Path]:
             f"--refine takes REF=IMAGES, not {value!r}", hint="e.g. --refine acme/star@1=stars/"
         )
     return ref, Path(path)
+
+
+@click.command()
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--name", "ref", required=True, help="[NAMESPACE/]NAME of the composite.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Draft directory to write (then `conesreg push` it).",
+)
+@click.option("--base", default=None, help="Diffusers folder or Hub id (default: configured).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="[default 20]")
+@click.option("--rounds", type=click.IntRange(1), default=None, help="[default 2]")
+@click.option("--sparsity", type=float, default=None, help="Share added per concept [0.005].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def compose(
+    refs: tuple[str, ...],
+    ref: str,
+    output: Path,
+    base: str | None,
+    steps: int | None,
+    rounds: int | None,
+    sparsity: float | None,
+    seed: int,
+    device: str,
+) -> None:
+    """Compose installed token-bound concepts REFS into one composite, without images.
+
+    Each concept must have been pushed with --with-stimulation (its subject as VAE latents);
+    the concepts are refined jointly on collages of their subjects so that they hold together.
+    """
+    from .._compose import quiet_libraries
+
+    quiet_libraries()
+    from .._composite import compose as do_compose
+
+    with progress_bar(steps=True) as progress:
+        task = progress.add_task("composing", total=steps or 20, visible=False)
+
+        def on_step(step: int, loss: float, sparsity_now: float) -> None:
+            progress.update(
+                task, visible=True, completed=step, description=f"composing  loss {loss:.4f}"
+            )
+
+        mask = do_compose(
+            list(refs),
+            output,
+            name=ref,
+            base=base,
+            device=device,
+            steps=steps,
+            rounds=rounds,
+            sparsity=sparsity,
+            seed=seed,
+            on_step=on_step,
+            session=open_session(),
+        )
+    n = sum(len(v) for v in mask.values())
+    stdout().print(
+        f"wrote {output}: {len(refs)} concepts, {n:,} neurons; publish with "
+        f"`conesreg push {output} --version 1.0.0`"
+    )
