@@ -248,7 +248,14 @@ def compose_and_push(group: Sequence[Any], refs: dict[str, str], fseed: int, tmp
 
     name = f"bench/{'-'.join(s.class_word for s in group)}-{fseed}"
     draft = tmp / "drafts" / name.replace("/", "-")
-    compose([refs[s.name] for s in group], draft, name=name, device="cpu", seed=fseed)
+    compose(
+        [refs[s.name] for s in group],
+        draft,
+        name=name,
+        device="cpu",
+        seed=fseed,
+        project_dir=tmp / "project",
+    )
     push(draft, version="1.0.0")
     return f"{name}@1.0.0"
 

@@ -16,7 +16,7 @@ lazily).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -82,6 +82,8 @@ class _Plan:
 
     groups: list[tuple[Any, Any, Any, tuple[int, ...]]]  # (rows, cols, word offsets, masks)
     state: int  # which text-encoder state the rows are (0: last, 1: the one before)
+    # (layer, "to_k" or "to_v") -> (the weight's version stamp, [(rows, cols, share)])
+    shares: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
 class Binder:
@@ -286,28 +288,40 @@ class Binder:
 
         ``raw`` is the encoder hidden states as the UNet got them (recognised by content),
         ``context`` what the projections saw (after the layer's own normalisation, if any).
+        The shares depend only on those and the weights, so they are computed once per
+        prompt and layer and reused at every step (recomputed if a weight changes).
         """
         plan = self.plan(raw)
+        for proj, out, kind in ((attn.to_k, key, "to_k"), (attn.to_v, value, "to_v")):
+            w = proj.weight
+            stamp = (w._version, w.data_ptr())
+            cached = plan.shares.get((layer, kind))
+            if cached is None or cached[0] != stamp:
+                cached = (stamp, self._shares(plan, layer, kind, w, context, attn))
+                plan.shares[(layer, kind)] = cached
+            for rows, cols, share in cached[1]:
+                out.index_put_((rows, cols), -share.to(out.dtype), accumulate=True)
+
+    def _shares(
+        self, plan: _Plan, layer: str, kind: str, w: Any, context: Any, attn: Any
+    ) -> list[tuple[Any, Any, Any]]:
+        out = []
         for rows, cols, offsets, group in plan.groups:
+            idx = self._union(group, f"{layer}.{kind}.weight", context.device)
+            if not len(idx):
+                continue
             h = context[rows, cols]
-            if (
-                len(group) == 1
-                and self.masks[group[0]].anchor is not None
-                and attn.norm_cross is None
-            ):
+            mask = self.masks[group[0]]
+            if len(group) == 1 and mask.anchor is not None and attn.norm_cross is None:
                 anchor = self._anchor(group[0], plan.state, h)
                 if anchor is not None:
                     h = anchor[offsets.clamp(min=0).to(anchor.device)]
-            for proj, out, kind in ((attn.to_k, key, "to_k"), (attn.to_v, value, "to_v")):
-                idx = self._union(group, f"{layer}.{kind}.weight", h.device)
-                if not len(idx):
-                    continue
-                w = proj.weight
-                rows_w, cols_w = idx // w.shape[1], idx % w.shape[1]
-                # (tokens, k): each switched-off scalar's term W[i, j] * h[j], summed per row i
-                terms = h[:, cols_w] * w.view(-1)[idx].to(h.dtype)
-                share = h.new_zeros(len(h), w.shape[0]).index_add_(1, rows_w, terms)
-                out.index_put_((rows, cols), -share.to(out.dtype), accumulate=True)
+            rows_w, cols_w = idx // w.shape[1], idx % w.shape[1]
+            # (tokens, k): each switched-off scalar's term W[i, j] * h[j], summed per row i
+            terms = h[:, cols_w] * w.detach().view(-1)[idx].to(h.dtype)
+            share = h.new_zeros(len(h), w.shape[0]).index_add_(1, rows_w, terms)
+            out.append((rows, cols, share))
+        return out
 
 
 def _starts(ids: list[int], pattern: Sequence[int]) -> list[int]:

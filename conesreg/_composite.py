@@ -133,6 +133,7 @@ def compose(
     sparsity: float | None = None,
     seed: int = 0,
     on_step: Callable[[int, float, float], None] | None = None,
+    project_dir: Path | None = None,
     session: Session | None = None,
 ) -> dict[str, np.ndarray]:
     """Compose installed token-bound concepts into one composite draft, without images.
@@ -148,6 +149,8 @@ def compose(
             rounds adding 0.5% per parent).
         seed: seeds the collages and the search.
         on_step: called as ``on_step(step, loss, sparsity)`` after every step.
+        project_dir: whose ``conesreg.lock`` installs the concepts (default: the current
+            directory's).
         session: the configuration and cache to use.
 
     Returns:
@@ -174,7 +177,7 @@ def compose(
         raise ConesregError(f"--name takes NAMESPACE/NAME, not {name!r}", hint="e.g. acme/pair")
     if len(refs) < 2:
         raise ConesregError("compose takes two concepts or more", hint="e.g. acme/star acme/heart")
-    parents = load_concepts(list(refs), session=s)
+    parents = load_concepts(list(refs), project_dir=project_dir, session=s)
     for c in parents:
         b = c.manifest.binding
         if b.mode != "token" or b.parts:
