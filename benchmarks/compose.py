@@ -305,7 +305,7 @@ def bench_token_generation() -> dict[str, float]:
                generator=torch.Generator().manual_seed(0))  # fmt: skip
             return time.perf_counter() - t
 
-        out["sd15"] = interleaved(run_sd, sd_concepts, sd, 3)
+        out["sd15"] = interleaved(run_sd, sd_concepts, sd, 5)
     return out
 
 
