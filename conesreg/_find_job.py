@@ -205,7 +205,7 @@ def plan_find(
     if bound:
         raise ConesregError(
             f"{bound[0]} is token-bound: --refine makes one mask for global concepts",
-            hint="apply token-bound concepts together (conesreg generate -c A -c B)",
+            hint="apply them together (generate -c A -c B), or `conesreg compose` them",
         )
     if concepts:
         options["binding"] = "global"  # the parents' own binding
