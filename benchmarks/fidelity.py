@@ -102,8 +102,7 @@ def run(a: argparse.Namespace, tmp: Path) -> None:
     folders = {s.name: write_subject(s, tmp, seeds["images"]) for s in subjects}
     singles: dict[str, list[dict[str, float]]] = {s.name: [] for s in subjects}
     comps: dict[str, list[dict[str, Any]]] = {}
-    none_cache: dict[str, dict[str, float]] = {}
-    none_drawn: dict[str, set[str]] = {}
+    without: dict[tuple[str, str], list[dict[str, Any]]] = {}  # judged images, no concept
     find_s = []
     for rep in range(a.seeds):
         fseed = seeds["find"] + rep
@@ -118,17 +117,13 @@ def run(a: argparse.Namespace, tmp: Path) -> None:
         for s in subjects:
             cells = single_cells(s, a.n)
             row = {}
-            known = none_cache.setdefault(s.name, {})  # without a concept: drawn once
-            drawn = none_drawn.setdefault(s.name, set())
             for key, (prompts, offset, scores) in cells.items():
                 with_mask = judge(prompts, [refs[s.name]], seeds["sample"] + offset)
-                without = None if key in drawn else judge(prompts, [], seeds["sample"] + offset)
+                if (s.name, key) not in without:  # the same for every finder seed: drawn once
+                    without[s.name, key] = judge(prompts, [], seeds["sample"] + offset)
                 for metric, score in scores.items():
                     row[f"{metric}/mask"] = score(with_mask)
-                    if without is not None:
-                        known[metric] = score(without)
-                    row[f"{metric}/none"] = known[metric]
-                drawn.add(key)
+                    row[f"{metric}/none"] = score(without[s.name, key])
             prompts, offset, scores = cells["plain"]
             row["plain/random"] = scores["plain"](
                 judge(prompts, [control[s.name]], seeds["sample"] + offset)

@@ -95,9 +95,6 @@ class Binder:
     only embeddings. The weights are never written, so :meth:`close` (which puts the original
     processors back) leaves the pipeline bitwise as it was.
 
-    ``eot`` says what the end-of-text and padding tokens get: ``"none"``, the original weights
-    (the default, docs/design.md measures why), or ``"union"``, every mask of the prompt.
-
     Example:
         >>> binder = Binder(pipe)  # doctest: +SKIP
         >>> star = BoundMask("star", "star", mask, anchor="a photo of a star")  # doctest: +SKIP
@@ -106,9 +103,8 @@ class Binder:
         >>> binder.close()  # doctest: +SKIP
     """
 
-    def __init__(self, pipe: Any, *, eot: str = "none") -> None:
+    def __init__(self, pipe: Any) -> None:
         self.unet = pipe.unet
-        self.eot = eot
         self.masks: list[BoundMask] = []
         self.records: list[_Record] = []
         self.encoders = [
@@ -125,7 +121,7 @@ class Binder:
         self._plans: list[tuple[Any, _Plan]] = []
         self._indices: dict[tuple[Any, ...], Any] = {}
         self._anchors: dict[tuple[int, int, Any, Any], Any] = {}
-        self.unmatched = 0
+        self._warned = False  # about prompts it could not recognise, once
         self._hooks = [
             enc.register_forward_hook(self._recorder(tok), with_kwargs=True)
             for enc, tok in self.encoders
@@ -203,26 +199,20 @@ class Binder:
                 for start in _starts(ids, pattern):
                     for j in range(len(pattern)):
                         per_token.setdefault(start + j, (set(), j))[0].add(mi)
-            if self.eot == "union" and per_token:
-                present = set().union(*(ms for ms, _ in per_token.values()))
-                first = ids.index(tok.eos_token_id) if tok.eos_token_id in ids else len(ids)
-                for pos in range(first, len(ids)):
-                    per_token.setdefault(pos, (set(), -1))[0].update(present)
             for pos, (ms, j) in per_token.items():
                 cells.setdefault(tuple(sorted(ms)), []).append((b, pos, j))
-        if not matched and self.masks and ehs.abs().sum() > 0:
-            self.unmatched += 1
-            if self.unmatched == 1:
-                import warnings
+        if not matched and self.masks and not self._warned and ehs.abs().sum() > 0:
+            import warnings
 
-                from .errors import ConesregWarning
+            from .errors import ConesregWarning
 
-                warnings.warn(
-                    "token-bound concepts found no prompt they know in this call (were "
-                    "prompt_embeds passed in?); they act only on prompts given as text",
-                    ConesregWarning,
-                    stacklevel=2,
-                )
+            self._warned = True
+            warnings.warn(
+                "token-bound concepts found no prompt they know in this call (were "
+                "prompt_embeds passed in?); they act only on prompts given as text",
+                ConesregWarning,
+                stacklevel=2,
+            )
         plan = _Plan(
             [
                 (

@@ -217,7 +217,7 @@ def compose(
         name=r.name,
         namespace=r.namespace,
         base_id=str(base or s.config.base_model() or MODEL_ID),
-        parents=[f"{c.label.rsplit('@', 1)[0]}@{c.digest}" for c in parents],
+        parents=[c.pinned for c in parents],
         parts=parts,
     )
     return mask

@@ -68,6 +68,12 @@ class Concept:
         return f"{m.namespace}/{m.name}@{m.version}"
 
     @property
+    def pinned(self) -> str:
+        """``namespace/name@sha256:...``: the exact content, as a composite records a parent."""
+        m = self.manifest
+        return f"{m.namespace}/{m.name}@{self.digest}"
+
+    @property
     def digest(self) -> str:
         return self.manifest.digest
 

@@ -325,7 +325,7 @@ def run_find(
         name=plan.name,
         namespace=plan.namespace,
         base_id=str(base or s.config.base_model() or MODEL_ID),
-        parents=[f"{c.label.rsplit('@', 1)[0]}@{c.digest}" for c in concepts],
+        parents=[c.pinned for c in concepts],
         stimulation=stimulation,
     )
     checkpoint.unlink(missing_ok=True)

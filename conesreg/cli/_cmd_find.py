@@ -14,18 +14,21 @@ from .._find_inputs import DEFAULT_PROMPT
 from ..errors import ConesregError
 from ._output import open_session, progress_bar, stdout
 
-
-@click.command()
-@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--class-word", default=None, help="The subject's class, e.g. star.")
-@click.option("--name", "ref", required=True, help="[NAMESPACE/]NAME of the concept.")
-@click.option(
+#: ``-o DRAFT`` of ``find`` and ``compose``.
+_draft_output = click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
     required=True,
     help="Draft directory to write (then `conesreg push` it).",
 )
+
+
+@click.command()
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--class-word", default=None, help="The subject's class, e.g. star.")
+@click.option("--name", "ref", required=True, help="[NAMESPACE/]NAME of the concept.")
+@_draft_output
 @click.option(
     "--prompt",
     default=DEFAULT_PROMPT,
@@ -202,13 +205,7 @@ def _parent_arg(value: str) -> tuple[str, Path]:
 @click.command()
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--name", "ref", required=True, help="[NAMESPACE/]NAME of the composite.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Draft directory to write (then `conesreg push` it).",
-)
+@_draft_output
 @click.option("--base", default=None, help="Diffusers folder or Hub id (default: configured).")
 @click.option("--steps", type=click.IntRange(1), default=None, help="[default 20]")
 @click.option("--rounds", type=click.IntRange(1), default=None, help="[default 2]")
