@@ -1,6 +1,7 @@
 """Do concepts found with `conesreg find`'s defaults hold, stay specific and compose? (mini model)
 
-Run: ``python benchmarks/fidelity.py [--group bundled|new] [--seeds 3] [--n 32] [--tune]``
+Run: ``python benchmarks/fidelity.py [--group bundled|new] [--seeds 3] [--n 32] [--tune]
+[--base DIR]``
 
 Everything goes through the user path with no tuning flags: each subject's renders are written
 to a folder with their captions (``metadata.jsonl``), ``plan_find``/``run_find`` search as
@@ -53,6 +54,12 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="the seeds the presets were tuned on")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
+        "--base",
+        default=None,
+        help="another mini-world base model (a diffusers folder, e.g. one trained with "
+        "`python -m conesreg.mini.train --text-width 256`); default: the bundled mini model",
+    )
+    ap.add_argument(
         "--set",
         action="append",
         default=[],
@@ -83,10 +90,11 @@ def run(a: argparse.Namespace, tmp: Path) -> None:
     seeds = SEEDS["tune" if a.tune else "report"]
     subjects = list(SUBJECTS.values()) if a.group == "bundled" else new_subjects(Subject)
     options = {k: _value(v) for k, v in (s.split("=", 1) for s in a.set)}
-    pipe = load_pipeline(None, device="cpu")
+    pipe = load_pipeline(a.base, device="cpu")
     clf = load_classifier()
     print(
-        f"mini model, group {a.group}, {a.n} images a cell, {'tuning' if a.tune else 'held-out'} "
+        f"{a.base or 'bundled mini model'} (text width {pipe.text_encoder.config.hidden_size}), "
+        f"group {a.group}, {a.n} images a cell, {'tuning' if a.tune else 'held-out'} "
         f"seeds, {a.seeds} finder seeds, options {options or 'none (the preset)'}, "
         f"{torch_threads()} threads\n"
     )
@@ -109,7 +117,7 @@ def run(a: argparse.Namespace, tmp: Path) -> None:
         refs = {}
         for s in subjects:
             t = time.perf_counter()
-            refs[s.name] = find_and_push(s, folders[s.name], fseed, tmp, options)
+            refs[s.name] = find_and_push(s, folders[s.name], fseed, tmp, options, base=a.base)
             find_s.append(time.perf_counter() - t)
         control = {
             s.name: random_control(pipe, refs[s.name], seeds["random"] + rep, tmp) for s in subjects
@@ -165,7 +173,7 @@ def run(a: argparse.Namespace, tmp: Path) -> None:
             if "unplaced" in label:
                 continue
             if len(group) not in composites:
-                composites[len(group)] = compose_and_push(group, refs, fseed, tmp)
+                composites[len(group)] = compose_and_push(group, refs, fseed, tmp, base=a.base)
             prompt = prompt_of(group, described=False)
             preds = judge(
                 [prompt] * a.n, [composites[len(group)]], seeds["sample"] + 7000 + len(group)
@@ -223,7 +231,9 @@ def write_subject(s: Any, tmp: Path, seed: int) -> Path:
     return folder
 
 
-def find_and_push(s: Any, folder: Path, fseed: int, tmp: Path, options: dict[str, Any]) -> str:
+def find_and_push(
+    s: Any, folder: Path, fseed: int, tmp: Path, options: dict[str, Any], *, base: str | None
+) -> str:
     """``conesreg find IMAGES --class-word W --name bench/S-SEED --seed SEED`` then ``push``."""
     from conesreg import push
     from conesreg._find_job import plan_find, run_find
@@ -231,12 +241,14 @@ def find_and_push(s: Any, folder: Path, fseed: int, tmp: Path, options: dict[str
     name = f"bench/{s.name}-{fseed}"
     plan = plan_find(name=name, images=[folder], class_word=s.class_word, seed=fseed, **options)
     draft = tmp / "drafts" / f"{s.name}-{fseed}"
-    run_find(plan, draft, device="cpu")
+    run_find(plan, draft, base=base, device="cpu")
     push(draft, version="1.0.0", stimulation=True)  # so that `compose` can use it
     return f"{name}@1.0.0"
 
 
-def compose_and_push(group: Sequence[Any], refs: dict[str, str], fseed: int, tmp: Path) -> str:
+def compose_and_push(
+    group: Sequence[Any], refs: dict[str, str], fseed: int, tmp: Path, *, base: str | None
+) -> str:
     """``conesreg compose A B ... --name bench/G --seed SEED`` then ``push``."""
     from conesreg import push
     from conesreg._composite import compose
@@ -247,6 +259,7 @@ def compose_and_push(group: Sequence[Any], refs: dict[str, str], fseed: int, tmp
         [refs[s.name] for s in group],
         draft,
         name=name,
+        base=base,
         device="cpu",
         seed=fseed,
         project_dir=tmp / "project",

@@ -87,10 +87,21 @@ def _to_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
-def stage_vae(workdir: Path, *, steps: int, batch: int, seed: int, lr: float) -> None:
+def stage_vae(
+    workdir: Path, *, steps: int, batch: int, seed: int, lr: float, vae_from: Path | None = None
+) -> None:
     from diffusers import AutoencoderKL
 
     ckpt = workdir / "vae.pt"
+    if vae_from is not None and not ckpt.is_file():
+        # A second model that differs from the shipped one in its text encoder only keeps the
+        # shipped autoencoder: the comparison is then about the text width and nothing else, and
+        # the 20 minutes of VAE training are saved.
+        src = vae_from / "vae" if (vae_from / "vae").is_dir() else vae_from
+        reused = AutoencoderKL.from_pretrained(src, torch_dtype=torch.float32)
+        _save(ckpt, {"model": reused.state_dict(), "step": steps, "seconds": 0.0, "from": str(src)})
+        _log(workdir, "vae", reused=str(src), seconds=0.0)
+        return
     images = np.load(workdir / "images.npy", mmap_mode="r")
     torch.manual_seed(seed)
     vae = AutoencoderKL(**mm.vae_config())
@@ -98,6 +109,8 @@ def stage_vae(workdir: Path, *, steps: int, batch: int, seed: int, lr: float) ->
     step, seconds = 0, 0.0
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
+        if state["step"] >= steps:
+            return  # done (or reused with --vae-from, which keeps no optimizer state)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, seconds = state["step"], state["seconds"]
@@ -315,7 +328,9 @@ def write_card(workdir: Path, path: Path, argv: list[str]) -> None:
 
     s = training_summary(workdir)
     args = json.loads((workdir / "args.json").read_text())
-    minutes = {k: s[k]["seconds"] / 60 for k in ("data", "vae", "encode", "unet") if k in s}
+    minutes = {
+        k: s[k].get("seconds", 0.0) / 60 for k in ("data", "vae", "encode", "unet") if k in s
+    }
     pipe = build_trained_pipeline(workdir)
     params = {
         k: sum(p.numel() for p in v.parameters())
@@ -323,6 +338,13 @@ def write_card(workdir: Path, path: Path, argv: list[str]) -> None:
         if hasattr(v, "parameters")
     }
     sched = pipe.scheduler.config
+    reused = s.get("vae", {}).get("reused")
+    vae_line = (
+        f"VAE: reused from `{reused}` (--vae-from), not trained."
+        if reused
+        else f"VAE: L1 + MSE with a 1e-6 KL weight, {args['vae_steps']} steps of "
+        f"{args['vae_batch']}."
+    )
     objective = (
         "v-prediction MSE on a schedule rescaled to zero terminal SNR"
         if sched.prediction_type == "v_prediction"
@@ -375,8 +397,8 @@ def write_card(workdir: Path, path: Path, argv: list[str]) -> None:
         f"| total | {sum(minutes.values()):.1f} |",
         "",
         f"Hardware: {platform.machine()} CPU, {torch.get_num_threads()} threads (2 cores), no",
-        f"GPU; torch {torch.__version__}. VAE: L1 + MSE with a 1e-6 KL weight,",
-        f"{args['vae_steps']} steps of {args['vae_batch']}. UNet and text encoder: {objective},",
+        f"GPU; torch {torch.__version__}. {vae_line} UNet and text encoder"
+        f" ({pipe.text_encoder.config.hidden_size} wide): {objective},",
         f"{args['unet_steps']} steps of {args['unet_batch']}, 10% empty captions, EMA 0.999.",
         "",
         "## Figures",
@@ -410,6 +432,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unet-steps", type=int, default=4600)
     ap.add_argument("--unet-batch", type=int, default=128)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--vae-from",
+        type=Path,
+        default=None,
+        help="reuse the VAE of this pipeline folder instead of training one",
+    )
     ap.add_argument("--out", type=Path, default=mm.WEIGHTS_DIR)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
@@ -427,7 +455,14 @@ def main(argv: list[str] | None = None) -> None:
         if stage == "data":
             stage_data(a.workdir, images=a.images, seed=a.seed)
         elif stage == "vae":
-            stage_vae(a.workdir, steps=a.vae_steps, batch=a.vae_batch, seed=a.seed, lr=a.vae_lr)
+            stage_vae(
+                a.workdir,
+                steps=a.vae_steps,
+                batch=a.vae_batch,
+                seed=a.seed,
+                lr=a.vae_lr,
+                vae_from=a.vae_from,
+            )
         elif stage == "encode":
             stage_encode(a.workdir)
         elif stage == "unet":
