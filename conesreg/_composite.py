@@ -145,8 +145,9 @@ def compose(
         name: ``[NAMESPACE/]NAME`` of the composite.
         base: the base model (default: the configured one, else the mini model).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        steps, rounds, sparsity: the joint steps (default: a refinement's, 20 steps in 2
-            rounds adding 0.5% per parent).
+        steps, rounds, sparsity: the joint steps (default: the base model's
+            :data:`~conesreg._find_presets.COMPOSE_PRESETS`; the mini model's: 200 steps of 64
+            in 2 rounds adding 1% per parent).
         seed: seeds the collages and the search.
         on_step: called as ``on_step(step, loss, sparsity)`` after every step.
         project_dir: whose ``conesreg.lock`` installs the concepts (default: the current
@@ -168,7 +169,7 @@ def compose(
     from ._compose import apply, load_pipeline
     from ._find import compose_neurons, write_draft
     from ._find_job import find_config
-    from ._find_presets import preset_for
+    from ._find_presets import COMPOSE_PRESETS, preset_for
     from .mini.model import MODEL_ID
 
     s = session or Session()
@@ -191,15 +192,18 @@ def compose(
     pipe = load_pipeline(base, device=device, session=s)
     apply(pipe, parents).restore()  # every check of composing (base model, shapes, ranges)
     words = [str(c.manifest.binding.word) for c in parents]
+    preset = preset_for(pipe.unet.config)
+    joint = COMPOSE_PRESETS[preset]
     config = find_config(
         class_word=" and ".join(words),
         refine=True,
         prompt="a photo of " + " and ".join(f"a {w}" for w in words),
-        steps=steps,
-        rounds=rounds,
-        sparsity=sparsity,
+        steps=steps or joint["steps"],
+        rounds=rounds or joint["rounds"],
+        sparsity=joint["sparsity"] if sparsity is None else sparsity,
+        batch_size=joint["batch_size"],
         seed=seed,
-        preset=preset_for(pipe.unet.config),
+        preset=preset,
     )
     parts = [(str(c.manifest.binding.word), str(c.manifest.binding.anchor)) for c in parents]
     mask = compose_neurons(

@@ -411,6 +411,13 @@ def test_compose_token_concepts_without_images(isolated, tiny_pipeline_dir: Path
     b = pair.manifest.binding
     assert [p.word for p in b.parts] == ["dog", "cat"] and b.word is None
     assert len(pair.manifest.metadata.parents) == 2
+    # The joint steps given win; the rest is the base model's compose preset.
+    from conesreg._find_presets import COMPOSE_PRESETS
+
+    hp = pair.manifest.metadata.method.hyperparameters
+    joint = COMPOSE_PRESETS["stable-diffusion"]  # the tiny pipeline is not the mini model
+    assert (hp["steps"], hp["rounds"]) == (2, 1)
+    assert (hp["batch_size"], hp["sparsity"]) == (joint["batch_size"], joint["sparsity"])
     assert {k.split(":")[0] for k in pair.indices} == {"0", "1"}
     dog = Concept.from_draft(isolated / "draft-dog")
     # Each part holds its parent's neurons and at most a few more.

@@ -207,9 +207,13 @@ def _parent_arg(value: str) -> tuple[str, Path]:
 @click.option("--name", "ref", required=True, help="[NAMESPACE/]NAME of the composite.")
 @_draft_output
 @click.option("--base", default=None, help="Diffusers folder or Hub id (default: configured).")
-@click.option("--steps", type=click.IntRange(1), default=None, help="[default 20]")
-@click.option("--rounds", type=click.IntRange(1), default=None, help="[default 2]")
-@click.option("--sparsity", type=float, default=None, help="Share added per concept [0.005].")
+@click.option(
+    "--steps", type=click.IntRange(1), default=None, help="Joint steps [the base model's: 200]."
+)
+@click.option("--rounds", type=click.IntRange(1), default=None, help="[the base model's: 2]")
+@click.option(
+    "--sparsity", type=float, default=None, help="Share added per concept [mini model: 0.01]."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def compose(
@@ -234,11 +238,15 @@ def compose(
     from .._composite import compose as do_compose
 
     with progress_bar(steps=True) as progress:
-        task = progress.add_task("composing", total=steps or 20, visible=False)
+        # The number of steps is the base model's preset's unless given: known once it loads.
+        task = progress.add_task("composing", total=steps, visible=False)
 
         def on_step(step: int, loss: float, sparsity_now: float) -> None:
             progress.update(
-                task, visible=True, completed=step, description=f"composing  loss {loss:.4f}"
+                task,
+                visible=True,
+                completed=step,
+                description=f"composing  step {step}  loss {loss:.4f}",
             )
 
         mask = do_compose(
