@@ -12,6 +12,9 @@ Stages (``--stage all`` runs them in order; each resumes from its checkpoint in 
 5. ``export`` write the EMA weights as an fp16 diffusers pipeline into the package
 
 Run: ``python -m conesreg.mini.train --workdir /tmp/mini`` (about 83 minutes on 2 CPU cores).
+A variant that differs in its text encoder only (the width test of docs/design.md):
+``--text-width 256 --vae-from conesreg/mini/weights/pipeline --out DIR`` (stage 2 then reuses
+the shipped VAE instead of training one).
 """
 
 from __future__ import annotations
