@@ -4,22 +4,34 @@ A mask says, for each target parameter of the UNet (a diffusers state-dict name 
 ``down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight``), which of its scalars are
 concept neurons: the sorted, unique flat indices ``0 <= i < numel``.
 
-Layout of the payload (encoding ``cones-rice/1``), a safetensors file:
+Layout of the payload (encoding ``cones-rice/2``, what :func:`encode_mask` writes), a
+safetensors file holding one 1-D ``uint8`` tensor ``rice`` and three metadata strings:
 
-* one 1-D ``uint8`` tensor per parameter, named by the parameter, holding its indices Rice coded;
-* ``__metadata__`` = ``{"encoding": "cones-rice/1", "params": P}`` where ``P`` is the compact
-  JSON list ``[[numel, count, b, flags], ...]``, one entry per tensor in sorted name order
-  (code point order). ``count`` is the number of selected indices, ``b`` the Rice parameter
-  (0..40) and ``flags`` bit 0 means "the complement is stored".
+* ``encoding`` = ``"cones-rice/2"``;
+* ``names``: the target names in sorted (code point) order, front coded, one line each: line
+  ``r,p,s,middle`` is the name ``ref[:p] + middle + ref[len(ref) - s:]`` where ``ref`` is the
+  name ``r`` lines earlier (``1 <= r <= 16``), or just ``middle`` when ``r = p = s = 0``. The
+  encoder picks, for each name, the reference sharing the most prefix plus suffix (the nearest
+  on ties), and only that canonical coding is valid. Diffusers names share nearly everything
+  (``...attentions.1.transformer_blocks.0.attn2.to_k.weight``), so 32 of them cost ~400 bytes
+  instead of 4.7 KB of safetensors tensor entries;
+* ``params``: three decimal integers per name, comma separated: ``numel,count,b``, where
+  ``count`` is the number of selected indices and ``b`` the Rice parameter (0..40).
 
-Each tensor codes the ``k`` indices ``x_0 < x_1 < ...`` of its *stored set* (the selected
+Each target codes the ``k`` indices ``x_0 < x_1 < ...`` of its *stored set*: the selected
 indices, or their complement within ``range(numel)`` when ``2 * count > numel``, so that a full
-set costs nothing) as gaps ``g_i = x_i - x_{i-1} - 1`` with ``x_{-1} = -1``. Gap ``g`` is split
-into ``g >> b``, written in unary (that many 0 bits then a 1), and its low ``b`` bits. The tensor
-is the low parts of all gaps, MSB first, packed into ``ceil(k * b / 8)`` bytes (zero padded),
-then the unary parts packed the same way; the last byte holds the last 1 bit, so the tensor
-length is implied and anything after it is corruption. ``b`` is the exact size minimiser, so
-uniformly random sets cost within a fraction of a percent of the information bound.
+set costs nothing (:mod:`conesreg.artifact._rice` has the code itself). The tensor is every
+target's low parts, each section ``ceil(k * b / 8)`` bytes (zero padded), in name order, then
+one unary section for all targets: their high parts in name order, so target ``t``'s first gap
+counts the zeros after the 1 that ends target ``t - 1``. The last byte holds the last 1 bit, so
+the length is implied and anything after it is corruption. ``b`` is the exact size minimiser, so
+uniformly random sets cost within a fraction of a percent of the information bound, and the
+whole container within 1% of it at SD scale.
+
+The previous encoding, ``cones-rice/1``, is still read: one tensor per target, named by it, each
+holding its low parts then its own unary section, and ``params`` the JSON list
+``[[numel, count, b, flags], ...]`` (``flags`` bit 0: the complement is stored). Its tensor
+entries made the header 2.4% of an SD mask and 40% of a mini-model one.
 
 The encoding is deterministic (same indices, same bytes), which the content-addressed registry
 relies on: re-encoding a concept reproduces its sha256.
@@ -37,9 +49,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -54,7 +68,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
-from . import constants
+from . import _rice, constants
+from ._rice import corrupt as _corrupt
 from .errors import MaskError
 
 __all__ = [
@@ -70,26 +85,65 @@ __all__ = [
     "validate_mask",
 ]
 
-#: Largest Rice parameter. 2**40 covers the gaps of any plausible tensor, and keeps
-#: ``b + 7 <= 64`` so that a low part always fits one unaligned 64-bit window when decoding.
-_MAX_RICE_B = 40
 #: Largest numel accepted. Well above any real tensor, and low enough that gap arithmetic in
 #: int64 (``q << b`` plus low bits) can never overflow once ``q`` is bounded by ``numel``.
 _MAX_NUMEL = 1 << 62
-_FLAG_COMPLEMENT = 1
-_KNOWN_FLAGS = _FLAG_COMPLEMENT
 _METADATA_KEY = "__metadata__"
-#: Bytes of a tensor that validate_mask looks at in one step. Its scratch is at most 8 bytes per
-#: byte of a chunk (bits unpacked to bytes), so a chunk of 64 KiB keeps it under 1 MiB whatever
-#: the payload claims, while the Python loop stays short (16 steps per MiB).
-_CHUNK_BYTES = 1 << 16
-#: Set bits of every byte value: counting the 1s of the unary section without unpacking it.
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+#: cones-rice/1: flags bit 0, "the complement is stored" (cones-rice/2 derives it from count).
+_FLAG_COMPLEMENT = 1
+#: cones-rice/2: the one tensor, and how far back a front-coded name may look for its reference.
+_TENSOR = "rice"
+_NAME_WINDOW = 16
+#: cones-rice/2: front coding never expands real names much (SD 1.x: 5.5x, SDXL-like runs of
+#: block numbers: under 10x); a header that would is a decompression bomb and is refused before
+#: its names are built, keeping validate_mask's memory within its promise.
+_NAME_EXPANSION = 32
+_NAME_SLACK = 1 << 16
+_PARAMS_RE = re.compile(r"(?:(?:0|[1-9][0-9]{0,18})(?:,(?:0|[1-9][0-9]{0,18}))*)?")
+_LINE_RE = re.compile(r"(0|[1-9][0-9]{0,8}),(0|[1-9][0-9]{0,8}),(0|[1-9][0-9]{0,8}),(.*)", re.S)
 
-_CORRUPT_HINT = (
-    "the mask payload is damaged or was not written by conesreg.encode_mask: download it again "
-    "(`conesreg verify --fix`) or re-create it"
-)
+
+@dataclass(frozen=True)
+class _Entry:
+    """One target parameter as a header describes it."""
+
+    name: str
+    numel: int
+    count: int
+    b: int
+
+    @property
+    def complement(self) -> bool:
+        # Canonical in both encodings: the smaller of the set and its complement is stored.
+        return 2 * self.count > self.numel
+
+    @property
+    def k(self) -> int:
+        """Indices actually coded: the set's, or its complement's."""
+        return self.numel - self.count if self.complement else self.count
+
+    @property
+    def low_bytes(self) -> int:
+        return -(-self.k * self.b // 8)
+
+
+@dataclass(frozen=True)
+class _Header:
+    encoding: str
+    entries: list[_Entry]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Targets that share one unary section, each with its low parts.
+
+    cones-rice/1 has a group per target (its own tensor), cones-rice/2 one for all: decode and
+    validate walk groups, so both encodings go through the same checks.
+    """
+
+    label: str  # for errors: the tensor that holds the section
+    unary: np.ndarray
+    members: list[tuple[_Entry, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -146,7 +200,7 @@ class IndexSet:
     def indices(self) -> np.ndarray:
         """The set's own sorted indices (a complement costs ``numel`` bytes of scratch plus the
         result: call this only within sizes the caller trusts)."""
-        return _complement(self.stored, self.numel) if self.complement else self.stored
+        return _rice.complement(self.stored, self.numel) if self.complement else self.stored
 
 
 # --- public API ---------------------------------------------------------------------------------
@@ -184,25 +238,33 @@ def encode_mask(indices: Mapping[str, npt.ArrayLike], *, numels: Mapping[str, in
         )
     # Checked before sorting: sorted() of mixed key types would raise a bare TypeError.
     checked = {name: _check_numel(name, numel) for name, numel in numels.items()}
-    tensors: dict[str, np.ndarray] = {}
-    params: list[list[int]] = []
-    for name, numel in sorted(checked.items()):
+    names = sorted(checked)
+    lows: list[np.ndarray] = []
+    highs: list[np.ndarray] = []
+    params: list[int] = []
+    for name in names:
+        numel = checked[name]
         x = _check_indices(name, indices[name], numel) if name in indices else np.zeros(0, np.int64)
-        count = int(x.size)
-        flags = 0
-        if 2 * count > numel:
+        entry = _Entry(name=name, numel=numel, count=int(x.size), b=0)
+        if entry.complement:
             # Store the (smaller) complement: a near-full set then costs about as little as a
             # near-empty one instead of ~1 bit per index.
-            x = _complement(x, numel)
-            flags |= _FLAG_COMPLEMENT
-        payload, b = _rice_encode(x)
-        tensors[name] = payload
-        params.append([numel, count, b, flags])
+            x = _rice.complement(x, numel)
+        b = 0
+        if x.size:
+            low, high, b = _rice.encode(x)
+            lows.append(low)
+            highs.append(high)
+        params += [numel, entry.count, b]
+    if highs:
+        lows.append(_rice.unary_bits(np.concatenate(highs)))
+    tensor = np.concatenate(lows) if lows else np.zeros(0, np.uint8)
     metadata = {
         "encoding": constants.MASK_ENCODING,
-        "params": json.dumps(params, separators=(",", ":")),
+        "names": _front_code(tuple(names)),
+        "params": ",".join(map(str, params)),
     }
-    return _save_canonical(tensors, metadata)
+    return _save_canonical({_TENSOR: tensor}, metadata)
 
 
 def decode_mask(data: bytes, *, numels: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
@@ -270,15 +332,29 @@ def _iter_sets(data: bytes, numels: Mapping[str, int] | None) -> Iterator[tuple[
     cache and frees them before the next tensor (measurably faster for complemented sets).
     """
     data = _as_bytes(data)
-    entries = _read_header(data)
+    header = _read_header(data)
     if numels is not None:
-        _check_fits(entries, numels)
-    tensors = _load_tensors(data)
-    for name, numel, count, b, flags in entries:
-        complement = bool(flags & _FLAG_COMPLEMENT)
-        k = numel - count if complement else count
-        x = _rice_decode(name, tensors[name], k, b, numel)
-        yield name, IndexSet(numel=numel, stored=x, complement=complement)
+        _check_fits(header.entries, numels)
+    for group in _groups(data, header):
+        k_total = sum(entry.k for entry, _ in group.members)
+        ones = _rice.ones_of(group.unary) if k_total else np.zeros(0, np.int64)
+        if ones.size != k_total:
+            raise _corrupt(
+                f"mask tensor {group.label!r} codes {ones.size} indices, its metadata says "
+                f"{k_total}"
+            )
+        start, before = 0, -1
+        for entry, low in group.members:
+            x = np.zeros(0, np.int64)
+            if entry.k:
+                mine = ones[start : start + entry.k]
+                start += entry.k
+                x = _rice.decode(entry.name, low, mine, before, entry.b, entry.numel)
+                before = int(mine[-1])
+            yield (
+                entry.name,
+                IndexSet(numel=entry.numel, stored=x, complement=entry.complement),
+            )
 
 
 def validate_mask(data: bytes) -> MaskInfo:
@@ -311,8 +387,8 @@ def validate_mask(data: bytes) -> MaskInfo:
         conesreg.artifact.errors.MaskError: mask payload is not a valid safetensors file
     """
     data = _as_bytes(data)
-    entries = _read_header(data)
-    total = sum(numel for _, numel, _, _, _ in entries)
+    header = _read_header(data)
+    total = sum(entry.numel for entry in header.entries)
     limit = constants.MAX_TARGET_NUMEL
     if total > limit:
         raise MaskError(
@@ -321,15 +397,9 @@ def validate_mask(data: bytes) -> MaskInfo:
             hint="this is not a mask of a real base model; if it is, raise "
             "CONESREG_MAX_TARGET_NUMEL",
         )
-    tensors = _load_tensors(data)
-    for name, numel, count, b, flags in entries:
-        k = numel - count if flags & _FLAG_COMPLEMENT else count
-        _rice_check(name, tensors[name], k, b, numel)
-    return MaskInfo(
-        encoding=constants.MASK_ENCODING,
-        numels={name: numel for name, numel, _, _, _ in entries},
-        counts={name: count for name, _, count, _, _ in entries},
-    )
+    for group in _groups(data, header):
+        _check_group(group)
+    return _info(header)
 
 
 def read_mask_info(data: bytes) -> MaskInfo:
@@ -353,11 +423,14 @@ def read_mask_info(data: bytes) -> MaskInfo:
         >>> info.counts, info.total, info.selected
         ({'v': 0, 'w': 2}, 10, 2)
     """
-    entries = _read_header(_as_bytes(data))
+    return _info(_read_header(_as_bytes(data)))
+
+
+def _info(header: _Header) -> MaskInfo:
     return MaskInfo(
-        encoding=constants.MASK_ENCODING,
-        numels={name: numel for name, numel, _, _, _ in entries},
-        counts={name: count for name, _, count, _, _ in entries},
+        encoding=header.encoding,
+        numels={entry.name: entry.numel for entry in header.entries},
+        counts={entry.name: entry.count for entry in header.entries},
     )
 
 
@@ -452,12 +525,15 @@ def _save_canonical(tensors: dict[str, np.ndarray], metadata: dict[str, str]) ->
 
     safetensors (up to at least 0.8) writes ``__metadata__`` from a Rust HashMap, in an order
     that changes from process to process (safetensors issue #584), so equal masks would get
-    different sha256s. The metadata object is the first thing in the header; with ASCII keys and
-    values it has the same bytes as Python's compact JSON, so it is swapped for the sorted
-    serialisation of equal length, which is also what a fixed safetensors would write.
+    different sha256s. The metadata object is the first thing in the header, and its keys and
+    values have the same bytes in Python's compact JSON (UTF-8 in both; control characters,
+    which each might escape its own way, are refused in names earlier), so it is swapped for
+    the sorted serialisation of equal length, which is also what a fixed safetensors writes.
     """
     data = _st_save(tensors, metadata=metadata)
-    canonical = json.dumps(dict(sorted(metadata.items())), separators=(",", ":")).encode()
+    canonical = json.dumps(
+        dict(sorted(metadata.items())), separators=(",", ":"), ensure_ascii=False
+    ).encode()
     start = 8 + len(b'{"__metadata__":')
     end = start + len(canonical)
     try:
@@ -477,6 +553,12 @@ def _check_numel(name: object, numel: object) -> int:
     if not isinstance(name, str) or not name or name == _METADATA_KEY:
         raise MaskError(
             f"mask parameter name {name!r} is empty, not a string or reserved",
+            hint="name mask parameters by their state-dict names",
+        )
+    if any(c < " " for c in name):
+        # A newline would split the front-coded name list; no state-dict name has any of these.
+        raise MaskError(
+            f"mask parameter name {name!r} holds a control character",
             hint="name mask parameters by their state-dict names",
         )
     # bool is an int subclass but never a meaningful numel.
@@ -547,49 +629,24 @@ def _as_bytes(data: object) -> bytes:
     raise TypeError(f"a mask payload is bytes, not {type(data).__name__}")
 
 
-def _corrupt(message: str) -> MaskError:
-    return MaskError(message, hint=_CORRUPT_HINT)
-
-
-def _check_fits(entries: list[tuple[str, int, int, int, int]], numels: Mapping[str, int]) -> None:
+def _check_fits(entries: list[_Entry], numels: Mapping[str, int]) -> None:
     """Refuse a header whose parameters are not the consumer's, before anything is allocated."""
-    for name, numel, _, _, _ in entries:
-        if name not in numels:
+    for entry in entries:
+        if entry.name not in numels:
             raise MaskError(
-                f"the mask addresses {name!r}, which the model it is used on does not have",
+                f"the mask addresses {entry.name!r}, which the model it is used on does not have",
                 hint="use the mask with the base model it was made for",
             )
-        if numels[name] != numel:
+        if numels[entry.name] != entry.numel:
             raise MaskError(
-                f"the mask gives {name!r} {numel} scalars, the model it is used on has "
-                f"{numels[name]}",
+                f"the mask gives {entry.name!r} {entry.numel} scalars, the model it is used on "
+                f"has {numels[entry.name]}",
                 hint="use the mask with the base model it was made for",
             )
 
 
-def _load_tensors(data: bytes) -> dict[str, np.ndarray]:
-    """The payload's tensors (views of one copy of their bytes), after safetensors' own checks.
-
-    decode and validate share this, so they accept exactly the same file layouts.
-    """
-    try:
-        tensors = _st_load(data)
-    except (SafetensorError, KeyError, TypeError, ValueError) as e:
-        raise MaskError(
-            f"mask payload is not a valid safetensors file: {e}", hint=_CORRUPT_HINT
-        ) from e
-    for name, buf in tensors.items():
-        if buf.dtype != np.uint8 or buf.ndim != 1:
-            raise MaskError(
-                f"mask tensor {name!r} has dtype {buf.dtype} and shape {buf.shape}, "
-                "expected a 1-D uint8 tensor",
-                hint=_CORRUPT_HINT,
-            )
-    return tensors
-
-
-def _read_header(data: bytes) -> list[tuple[str, int, int, int, int]]:
-    """Parse and check the header: ``(name, numel, count, b, flags)`` per tensor, name order."""
+def _read_header(data: bytes) -> _Header:
+    """Parse and check the header of either encoding: its targets, in name order."""
     if len(data) < 8:
         raise _corrupt(f"mask payload is truncated: {len(data)} bytes, not even a header")
     size = int.from_bytes(data[:8], "little")
@@ -605,21 +662,15 @@ def _read_header(data: bytes) -> list[tuple[str, int, int, int, int]]:
     if not isinstance(metadata, dict):
         raise _corrupt("mask payload has no metadata; it is not a conesreg mask")
     encoding = metadata.get("encoding")
-    if encoding != constants.MASK_ENCODING:
+    if encoding not in constants.MASK_ENCODINGS_READ:
         raise MaskError(
             f"mask encoding {encoding!r} is not supported (this conesreg reads "
-            f"{constants.MASK_ENCODING!r})",
+            f"{', '.join(constants.MASK_ENCODINGS_READ)})",
             hint="upgrade conesreg, or re-encode the mask with this version",
         )
-    try:
-        params: Any = json.loads(metadata.get("params", ""))
-    except (TypeError, ValueError, RecursionError) as e:
-        raise _corrupt(f"mask metadata 'params' is not valid JSON: {e}") from e
-    names = sorted(header)
-    for name in names:
+    for name, spec in header.items():
         # Checked here rather than left to safetensors: a dtype numpy lacks would fail inside
         # safetensors.numpy.load with a bare KeyError, and read_mask_info never loads tensors.
-        spec = header[name]
         if (
             not isinstance(spec, dict)
             or spec.get("dtype") != "U8"
@@ -627,200 +678,236 @@ def _read_header(data: bytes) -> list[tuple[str, int, int, int, int]]:
             or len(spec["shape"]) != 1
         ):
             raise _corrupt(f"mask tensor {name!r} is not a 1-D uint8 tensor")
+    if encoding == constants.MASK_ENCODING_V1:
+        entries = _v1_entries(sorted(header), metadata.get("params"))
+    else:
+        if list(header) != [_TENSOR]:
+            raise _corrupt(f"a {encoding} mask holds exactly one tensor, {_TENSOR!r}")
+        entries = _v2_entries(metadata.get("names"), metadata.get("params"))
+    return _Header(encoding=encoding, entries=entries)
+
+
+def _v1_entries(names: list[str], text: object) -> list[_Entry]:
+    try:
+        params: Any = json.loads(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RecursionError) as e:
+        raise _corrupt(f"mask metadata 'params' is not valid JSON: {e}") from e
     if not isinstance(params, list) or len(params) != len(names):
         raise _corrupt(
             f"mask metadata 'params' does not list one entry per tensor ({len(names)} tensors)"
         )
     entries = []
-    for name, entry in zip(names, params, strict=True):
+    for name, raw in zip(names, params, strict=True):
         if (
-            not isinstance(entry, list)
-            or len(entry) != 4
-            or not all(type(v) is int for v in entry)  # rejects bool and float
+            not isinstance(raw, list)
+            or len(raw) != 4
+            or not all(type(v) is int for v in raw)  # rejects bool and float
         ):
-            raise _corrupt(f"mask metadata of {name!r} is {entry!r}, not [numel, count, b, flags]")
-        numel, count, b, flags = entry
-        if not (
-            0 <= numel < _MAX_NUMEL
-            and 0 <= count <= numel
-            and 0 <= b <= _MAX_RICE_B
-            and flags & ~_KNOWN_FLAGS == 0
-            and flags >= 0
-            # Only canonical payloads are valid: the complement is stored exactly when it is the
-            # smaller set, so one mask has one encoding (and one sha256).
-            and bool(flags & _FLAG_COMPLEMENT) == (2 * count > numel)
-        ):
-            raise _corrupt(f"mask metadata of {name!r} is inconsistent: {entry!r}")
-        entries.append((name, numel, count, b, flags))
+            raise _corrupt(f"mask metadata of {name!r} is {raw!r}, not [numel, count, b, flags]")
+        numel, count, b, flags = raw
+        entry = _checked_entry(name, numel, count, b)
+        # Only canonical payloads are valid: the complement is stored exactly when it is the
+        # smaller set, so one mask has one encoding (and one sha256).
+        if flags not in (0, _FLAG_COMPLEMENT) or bool(flags) != entry.complement:
+            raise _corrupt(f"mask metadata of {name!r} is inconsistent: {raw!r}")
+        entries.append(entry)
     return entries
 
 
-# --- the Rice code ------------------------------------------------------------------------------
-
-
-def _complement(x: np.ndarray, numel: int) -> np.ndarray:
-    # Only called when the result or x holds at least half of range(numel), so the dense
-    # boolean scratch costs at most 2 bytes per index held.
-    keep = np.ones(numel, dtype=bool)
-    keep[x] = False
-    return np.flatnonzero(keep).astype(np.int64, copy=False)
-
-
-def _best_rice_b(g: np.ndarray) -> int:
-    """The b in 0..40 minimising the exact byte size of the coded gaps (smallest on ties)."""
-    k = int(g.size)
-    top = min(int(g.max()).bit_length(), _MAX_RICE_B)
-    best_b, best_size = 0, -1
-    q = g.copy()
-    for b in range(top + 1):
-        # q == g >> b here; shifting in place keeps this one pass over k values per b.
-        size = -(-k * b // 8) + -(-(k + int(q.sum())) // 8)
-        if best_size < 0 or size < best_size:
-            best_b, best_size = b, size
-        q >>= 1
-    return best_b
-
-
-def _rice_encode(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Code the sorted unique int64 indices ``x``; returns the uint8 payload and ``b``."""
-    k = int(x.size)
-    if k == 0:
-        return np.zeros(0, np.uint8), 0
-    g = np.diff(x, prepend=np.int64(-1))
-    g -= 1
-    b = _best_rice_b(g)
-    low_bits = np.empty((k, b), dtype=np.uint8)
-    for j in range(b):
-        # Column j is bit (b - 1 - j) of every gap: MSB first, as np.packbits expects.
-        np.bitwise_and(g >> (b - 1 - j), 1, out=low_bits[:, j], casting="unsafe")
-    q = g >> b
-    # The i-th 1 of the unary section follows q_0 + ... + q_i zeros and i earlier ones.
-    ones = np.cumsum(q + 1) - 1
-    unary = np.zeros(int(ones[-1]) + 1, dtype=np.uint8)
-    unary[ones] = 1
-    return np.concatenate([np.packbits(low_bits.ravel()), np.packbits(unary)]), b
-
-
-def _sections(name: str, buf: np.ndarray, k: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split one tensor into its low parts and unary parts, checking their sizes (``k > 0``)."""
-    n_low = -(-k * b // 8)
-    if buf.size <= n_low:
+def _v2_entries(names_text: object, params_text: object) -> list[_Entry]:
+    if not isinstance(names_text, str) or not isinstance(params_text, str):
+        raise _corrupt("mask metadata 'names' and 'params' must be strings")
+    if not _PARAMS_RE.fullmatch(params_text):
+        raise _corrupt("mask metadata 'params' is not a comma-separated list of integers")
+    names = _front_decode(names_text)
+    numbers = [int(v) for v in params_text.split(",")] if params_text else []
+    if len(numbers) != 3 * len(names):
         raise _corrupt(
-            f"mask tensor {name!r} is truncated: {buf.size} bytes for {n_low} bytes of low parts "
-            "and the unary parts"
+            f"mask metadata 'params' holds {len(numbers)} numbers for {len(names)} names, not 3 "
+            "per name"
         )
-    unary = buf[n_low:]
-    if unary[-1] == 0:
-        raise _corrupt(f"mask tensor {name!r} has trailing bytes after its last index")
-    return buf[:n_low], unary
+    return [_checked_entry(name, *numbers[3 * i : 3 * i + 3]) for i, name in enumerate(names)]
 
 
-def _check_empty(name: str, buf: np.ndarray, b: int) -> None:
-    if buf.size or b:
-        raise _corrupt(f"mask tensor {name!r} holds {buf.size} bytes for an empty set")
+def _checked_entry(name: str, numel: int, count: int, b: int) -> _Entry:
+    entry = _Entry(name=name, numel=numel, count=count, b=b)
+    if not (0 <= numel < _MAX_NUMEL and 0 <= count <= numel and 0 <= b <= _rice.MAX_B):
+        raise _corrupt(f"mask metadata of {name!r} is inconsistent: {[numel, count, b]}")
+    if entry.k == 0 and b:
+        raise _corrupt(f"mask metadata of {name!r} gives an empty set a Rice parameter")
+    return entry
 
 
-def _rice_decode(name: str, buf: np.ndarray, k: int, b: int, numel: int) -> np.ndarray:
-    """Decode ``k`` indices from one tensor, checking it against the header's numbers."""
-    if k == 0:
-        _check_empty(name, buf, b)
-        return np.zeros(0, np.int64)
-    low, unary = _sections(name, buf, k, b)
-    # As bool, flatnonzero takes numpy's fast path (several times faster than on uint8).
-    ones = np.flatnonzero(np.unpackbits(unary).view(np.bool_))
-    if ones.size != k:
-        raise _corrupt(f"mask tensor {name!r} codes {ones.size} indices, its metadata says {k}")
-    q = np.diff(ones, prepend=-1)
-    q -= 1
-    # Bounding q before shifting keeps q << b below numel < 2**62: no int64 overflow below.
-    if int(q.max()) > (numel - 1) >> b:
-        raise _corrupt(f"mask tensor {name!r} codes an index >= numel ({numel})")
-    if b:
-        q <<= b
-        q |= _unpack_low(name, low, k, b)
-    gaps = q
-    gaps += 1
-    x = np.cumsum(gaps, out=gaps)
-    x -= 1
-    # Gaps are >= 0, so the sums only decrease if int64 wrapped; a wrap always passes through
-    # a negative value, which min() catches.
-    if int(x[-1]) >= numel or int(x.min()) < 0:
-        raise _corrupt(f"mask tensor {name!r} codes an index >= numel ({numel})")
-    return x
+@functools.lru_cache(maxsize=16)
+def _front_code(names: tuple[str, ...]) -> str:
+    """The canonical front coding of sorted names (see the module docstring).
 
-
-def _rice_check(name: str, buf: np.ndarray, k: int, b: int, numel: int) -> None:
-    """What :func:`_rice_decode` checks, without decoding: O(chunk) memory, whatever ``k``.
-
-    The indices are increasing, so they are all ``< numel`` exactly when the last one is, and
-    the last one is a sum: ``x = (Z << b) + L + k - 1`` where ``Z`` is the number of 0 bits
-    before the last 1 of the unary section (the sum of all high parts) and ``L`` the sum of all
-    low parts. Counting 1s, finding the last 1 and summing low parts never needs the indices;
-    Python integers keep the sums exact (decode's int64 overflow checks have no counterpart).
+    Cached: the masks of one base model all share one name list, and finding references costs
+    ~1 ms for SD's 32 names, as much as decoding a mask's indices.
     """
-    if k == 0:
-        _check_empty(name, buf, b)
+    lines = []
+    for i, name in enumerate(names):
+        best = (0, 0, 0)
+        for r in range(1, min(i, _NAME_WINDOW) + 1):
+            ref = names[i - r]
+            p = _common_run(ref, name, step=1, limit=min(len(ref), len(name)))
+            s = _common_run(ref, name, step=-1, limit=min(len(ref), len(name)) - p)
+            if p + s > best[1] + best[2]:
+                best = (r, p, s)
+        r, p, s = best
+        lines.append(f"{r},{p},{s},{name[p : len(name) - s]}")
+    return "\n".join(lines)
+
+
+def _common_run(a: str, b: str, *, step: int, limit: int) -> int:
+    """Characters ``a`` and ``b`` share at their start (step 1) or end (step -1), at most limit.
+
+    A binary search over slice comparisons: each is one C-level compare, where a loop over
+    characters would be one Python step each.
+    """
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        same = a[:mid] == b[:mid] if step == 1 else a[len(a) - mid :] == b[len(b) - mid :]
+        if same:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _front_decode(text: str) -> tuple[str, ...]:
+    """The names of a front-coded list, refusing anything but the canonical coding of sorted,
+    unique names, and any list that would expand past ``_NAME_EXPANSION`` times its text."""
+    if len(text) <= _CACHED_NAMES_TEXT:
+        return _front_decode_cached(text)
+    return _front_decode_uncached(text)
+
+
+#: Name lists of real base models are a few KB; only those are kept (a hostile one may be MBs).
+_CACHED_NAMES_TEXT = 1 << 15
+
+
+@functools.lru_cache(maxsize=16)
+def _front_decode_cached(text: str) -> tuple[str, ...]:
+    return _front_decode_uncached(text)
+
+
+def _front_decode_uncached(text: str) -> tuple[str, ...]:
+    if not text:
+        return ()
+    budget = _NAME_EXPANSION * len(text) + _NAME_SLACK
+    names: list[str] = []
+    for line in text.split("\n"):
+        match = _LINE_RE.fullmatch(line)
+        if match is None:
+            raise _corrupt(f"mask metadata 'names' has a line {line[:40]!r} not of r,p,s,middle")
+        r, p, s = (int(v) for v in match.groups()[:3])
+        middle = match.group(4)
+        if r > min(len(names), _NAME_WINDOW) or (r == 0 and (p or s)):
+            raise _corrupt(f"mask metadata 'names' refers to a name it does not have ({r} back)")
+        name = middle
+        if r:
+            ref = names[-r]
+            if p + s > len(ref):
+                raise _corrupt(f"mask metadata 'names' takes {p + s} characters of a shorter name")
+            name = ref[:p] + middle + ref[len(ref) - s :]
+        budget -= len(name)
+        if budget < 0:
+            raise _corrupt("mask metadata 'names' expands to implausibly many characters")
+        if not name or any(c < " " for c in name) or (names and name <= names[-1]):
+            raise _corrupt("mask metadata 'names' are not sorted, unique, printable names")
+        names.append(name)
+    if _front_code(tuple(names)) != text:
+        # One mask, one encoding, one sha256: only the encoder's own choice of references.
+        raise _corrupt("mask metadata 'names' is not in its canonical front coding")
+    return tuple(names)
+
+
+def _groups(data: bytes, header: _Header) -> list[_Group]:
+    """Cut the tensors into each target's low parts and the unary sections, checking sizes."""
+    try:
+        tensors = _st_load(data)
+    except (SafetensorError, KeyError, TypeError, ValueError) as e:
+        raise _corrupt(f"mask payload is not a valid safetensors file: {e}") from e
+    if header.encoding == constants.MASK_ENCODING_V1:
+        groups = []
+        for entry in header.entries:
+            buf = tensors[entry.name]
+            if not entry.k:
+                _check_empty(entry.name, buf.size)
+                groups.append(_Group(entry.name, buf, [(entry, buf)]))
+                continue
+            _check_unary(entry.name, buf, entry.low_bytes)
+            groups.append(
+                _Group(entry.name, buf[entry.low_bytes :], [(entry, buf[: entry.low_bytes])])
+            )
+        return groups
+    buf = tensors[_TENSOR]
+    members, pos = [], 0
+    for entry in header.entries:
+        end = pos + entry.low_bytes
+        if end > buf.size:
+            raise _corrupt(
+                f"mask tensor {_TENSOR!r} is truncated: {buf.size} bytes, the low parts up to "
+                f"{entry.name!r} take {end}"
+            )
+        members.append((entry, buf[pos:end]))
+        pos = end
+    unary = buf[pos:]
+    if any(entry.k for entry in header.entries):
+        _check_unary(_TENSOR, buf, pos)
+    else:
+        _check_empty(_TENSOR, unary.size)
+    return [_Group(_TENSOR, unary, members)]
+
+
+def _check_empty(label: str, size: int) -> None:
+    if size:
+        raise _corrupt(f"mask tensor {label!r} holds {size} bytes for an empty set")
+
+
+def _check_unary(label: str, buf: np.ndarray, low_bytes: int) -> None:
+    """The bytes after the low parts are a unary section: at least one, the last holding 1s."""
+    if buf.size <= low_bytes:
+        raise _corrupt(
+            f"mask tensor {label!r} is truncated: {buf.size} bytes for {low_bytes} bytes of low "
+            "parts and the unary parts"
+        )
+    if int(buf[-1]) == 0:
+        raise _corrupt(f"mask tensor {label!r} has trailing bytes after its last index")
+
+
+def _check_group(group: _Group) -> None:
+    """What decoding a group checks, without decoding: O(chunk) memory, whatever its counts.
+
+    The indices of a target are increasing, so they are all ``< numel`` exactly when the last
+    one is, and the last one is a sum: ``x = (Z << b) + L + k - 1`` where ``Z`` is the number
+    of 0 bits between the 1 that ends the previous target and this target's last 1 (the sum of
+    its high parts) and ``L`` the sum of its low parts. Counting 1s, finding the targets' last
+    1s and summing low parts never needs the indices; Python integers keep the sums exact
+    (decode's int64 overflow checks have no counterpart).
+    """
+    ranks, rank = [], 0
+    for entry, _ in group.members:
+        rank += entry.k
+        if entry.k:
+            ranks.append(rank)
+    if not rank:
         return
-    low, unary = _sections(name, buf, k, b)
-    ones = 0
-    for start in range(0, int(unary.size), _CHUNK_BYTES):
-        ones += int(_POPCOUNT[unary[start : start + _CHUNK_BYTES]].sum(dtype=np.int64))
-    if ones != k:
-        raise _corrupt(f"mask tensor {name!r} codes {ones} indices, its metadata says {k}")
-    tail = int(unary[-1])  # not 0 (checked): its lowest set bit is the last 1 of the section
-    last_one = unary.size * 8 - (tail & -tail).bit_length()
-    zeros = last_one + 1 - k
-    last = (zeros << b) + (_sum_low(name, low, k, b) if b else 0) + k - 1
-    if last >= numel:
-        raise _corrupt(f"mask tensor {name!r} codes an index >= numel ({numel})")
-
-
-def _sum_low(name: str, low: np.ndarray, k: int, b: int) -> int:
-    """The sum of the ``k`` b-bit values packed MSB first in ``low``, a chunk at a time.
-
-    A row of 8 values is exactly ``b`` bytes, and bit ``t`` of every row belongs to value
-    ``t // b`` with weight ``2 ** (b - 1 - t % b)``. So the sum is the per-position count of set
-    bits over all rows, weighted: one unpack of each chunk, no per-value array.
-    """
-    full = k // 8
-    counts = np.zeros(8 * b, dtype=np.int64)
-    rows_per_chunk = max(1, _CHUNK_BYTES // b)
-    for row in range(0, full, rows_per_chunk):
-        rows = min(rows_per_chunk, full - row)
-        chunk = low[row * b : (row + rows) * b].reshape(rows, b)
-        counts += np.unpackbits(chunk, axis=1).sum(axis=0, dtype=np.int64)
-    weights = [1 << (b - 1 - t % b) for t in range(8 * b)]
-    total = sum(int(c) * w for c, w in zip(counts.tolist(), weights, strict=True))
-    rest = k - 8 * full
-    if rest:
-        # The last, partial row ends the section, so _unpack_low also checks its padding bits
-        # (full rows have none: 8 values of b bits fill b bytes).
-        total += int(_unpack_low(name, low[full * b :], rest, b).sum())
-    return total
-
-
-def _unpack_low(name: str, low: np.ndarray, k: int, b: int) -> np.ndarray:
-    """The ``k`` b-bit values packed MSB first in ``low``, as int64."""
-    n_low = int(low.size)
-    pad = n_low * 8 - k * b
-    if pad and int(low[-1]) & ((1 << pad) - 1):
-        raise _corrupt(f"mask tensor {name!r} has stray bits after its low parts")
-    # Value i starts at bit i*b, so values 8r+j (a row r of 8 values is exactly b bytes) start
-    # at the same byte (j*b >> 3) and bit (j*b & 7) of every row. For each j, one strided
-    # big-endian 64-bit read per row covers the value (it spans at most b + 7 <= 47 bits), and a
-    # constant shift and mask extract it: 8 passes over k/8 values, no gather, no bit unpacking.
-    rows = -(-k // 8)
-    scratch = np.zeros(rows * b + 8, dtype=np.uint8)
-    scratch[:n_low] = low
-    out = np.empty((rows, 8), dtype=np.uint64)
-    mask = np.uint64((1 << b) - 1)
-    for j in range(8):
-        start = j * b
-        words = np.ndarray(
-            shape=(rows,), dtype=">u8", buffer=scratch, offset=start >> 3, strides=(b,)
+    ones, ends = _rice.unary_ends(group.unary, ranks)
+    if ones != rank:
+        raise _corrupt(
+            f"mask tensor {group.label!r} codes {ones} indices, its metadata says {rank}"
         )
-        column = out[:, j]
-        column[...] = words
-        column >>= np.uint64(64 - b - (start & 7))
-        column &= mask
-    return out.reshape(-1)[:k].view(np.int64)
+    before = -1
+    coded = iter(ends)
+    for entry, low in group.members:
+        if not entry.k:
+            continue
+        end = next(coded)
+        zeros = end - before - entry.k
+        before = end
+        last = (zeros << entry.b) + _rice.sum_low(entry.name, low, entry.k, entry.b) + entry.k - 1
+        if last >= entry.numel:
+            raise _corrupt(f"mask parameter {entry.name!r} codes an index >= numel ({entry.numel})")

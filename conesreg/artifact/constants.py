@@ -36,7 +36,11 @@ DEFAULT_NAMESPACE = "library"
 #: 2 added ``binding`` (token-bound concepts); schema 1 manifests still read, as global.
 MANIFEST_SCHEMA_VERSION = 2
 CONCEPT_KIND = "cones-mask/1"
-MASK_ENCODING = "cones-rice/1"
+#: The mask encoding encode_mask writes: one tensor, front-coded names (conesreg.artifact._mask).
+MASK_ENCODING = "cones-rice/2"
+#: The first encoding (a tensor per target); still read, never written.
+MASK_ENCODING_V1 = "cones-rice/1"
+MASK_ENCODINGS_READ = (MASK_ENCODING_V1, MASK_ENCODING)
 
 MEDIA_TYPE_MANIFEST = "application/vnd.conesreg.manifest.v1+json"
 MEDIA_TYPE_MASK = "application/vnd.conesreg.mask.v1+safetensors"

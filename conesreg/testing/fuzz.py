@@ -69,12 +69,14 @@ __all__ = [
     "check_name_text",
     "check_round_trip",
     "forge_mask",
+    "forge_mask_v2",
     "hostile_masks",
     "manifest_bodies",
     "manifest_document",
     "mask_cases",
     "name_texts",
     "raw_safetensors",
+    "v1_mask",
 ]
 
 #: Extra memory validate_mask may use: this many bytes per payload byte, plus SLACK.
@@ -115,10 +117,10 @@ def forge_mask(
     params: Sequence[Sequence[Any]] | str,
     tensors: Mapping[str, bytes],
     *,
-    encoding: str = constants.MASK_ENCODING,
+    encoding: str = constants.MASK_ENCODING_V1,
 ) -> bytes:
-    """A safetensors payload with any ``params`` (a list, or JSON text taken verbatim) and raw
-    ``uint8`` tensors: nothing is checked, which is the point.
+    """A ``cones-rice/1`` safetensors payload with any ``params`` (a list, or JSON text taken
+    verbatim) and raw ``uint8`` tensors: nothing is checked, which is the point.
 
     Example:
         >>> bomb = forge_mask([[1 << 28, 1 << 28, 0, 1]], {"w": b""})  # a full set: 144 bytes
@@ -126,6 +128,39 @@ def forge_mask(
     text = params if isinstance(params, str) else json.dumps(params, separators=(",", ":"))
     arrays = {name: np.frombuffer(data, np.uint8) for name, data in tensors.items()}
     return st_save(arrays, metadata={"encoding": encoding, "params": text})
+
+
+def forge_mask_v2(names: str, params: str, tensor: bytes, *, encoding: str | None = None) -> bytes:
+    """A ``cones-rice/2`` payload with any ``names`` and ``params`` text and tensor bytes.
+
+    Example:
+        >>> bomb = forge_mask_v2("0,0,0,w", f"{1 << 40},{1 << 40},0", b"")  # a full set
+    """
+    metadata = {"encoding": encoding or constants.MASK_ENCODING, "names": names, "params": params}
+    return st_save({"rice": np.frombuffer(tensor, np.uint8)}, metadata=metadata)
+
+
+def v1_mask(indices: Mapping[str, Sequence[int]], *, numels: Mapping[str, int]) -> bytes:
+    """What the ``cones-rice/1`` encoder wrote for these indices, rebuilt independently of the
+    codec (bit strings): old payloads must keep decoding, and tests need fresh ones to corrupt.
+
+    Example:
+        >>> data = v1_mask({"w": [1, 5]}, numels={"w": 8, "v": 2})
+    """
+    params, tensors = [], {}
+    for name in sorted(numels):
+        numel, chosen = numels[name], sorted(int(i) for i in indices.get(name, ()))
+        complement = 2 * len(chosen) > numel
+        stored = sorted(set(range(numel)) - set(chosen)) if complement else chosen
+        gaps = [x - prev - 1 for prev, x in zip([-1, *stored], stored, strict=False)]
+        # The smallest b whose size is minimal, as the codec chooses it.
+        sizes = [
+            -(-len(gaps) * b // 8) + -(-sum((g >> b) + 1 for g in gaps) // 8) for b in range(41)
+        ]
+        b = sizes.index(min(sizes)) if gaps else 0
+        params.append([numel, len(chosen), b, int(complement)])
+        tensors[name] = rice_stream(gaps, b) if gaps else b""
+    return forge_mask(params, tensors)
 
 
 def raw_safetensors(header: Any, body: bytes, *, size: int | None = None) -> bytes:
@@ -182,7 +217,7 @@ def manifest_document(
         },
         "mask": {
             "blob": digest,
-            "encoding": constants.MASK_ENCODING,
+            "encoding": _encoding_of(mask),
             "total": sum(math.prod(s) for s in targets.values()),
             "selected": sum(nonzero.values()),
             "counts": nonzero,
@@ -202,6 +237,14 @@ def manifest_document(
             }
         ],
     }
+
+
+def _encoding_of(mask: bytes) -> str:
+    """The encoding a mask's header names (forged masks are often v1), else the current one."""
+    try:
+        return read_mask_info(mask).encoding
+    except MaskError:
+        return constants.MASK_ENCODING
 
 
 # --- strategies: masks ----------------------------------------------------------------------------
@@ -255,10 +298,16 @@ def mask_cases(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], dict[str, int]]:
 
 
 @st.composite
-def _mutated(draw: st.DrawFn) -> bytes:
+def _mutated(draw: st.DrawFn, *, v1: bool = False) -> bytes:
     """A valid payload with 1-4 byte-level mutations, mostly in the coded indices."""
     indices, numels = draw(mask_cases())
-    data = bytearray(encode_mask(indices, numels=numels))
+    if v1:
+        # v1_mask works on bit strings: keep its inputs small.
+        numels = {n: v for n, v in numels.items() if v <= 1 << 12}
+        indices = {n: x for n, x in indices.items() if n in numels}
+        data = bytearray(v1_mask(indices, numels=numels))
+    else:
+        data = bytearray(encode_mask(indices, numels=numels))
     body = 8 + int.from_bytes(data[:8], "little")
     for _ in range(draw(st.integers(1, 4))):
         how = draw(st.sampled_from(["flip", "flip", "set", "truncate", "extend", "insert", "size"]))
@@ -279,6 +328,11 @@ def _mutated(draw: st.DrawFn) -> bytes:
         else:  # the header length itself
             data[:8] = (draw(st.sampled_from(EDGE_INTS)) % (1 << 64)).to_bytes(8, "little")
     return bytes(data)
+
+
+def _mutated_v1() -> st.SearchStrategy[bytes]:
+    """Mutated cones-rice/1 payloads: the old format is still read from strangers."""
+    return _mutated(v1=True)
 
 
 def _tensor_bytes() -> st.SearchStrategy[bytes]:
@@ -305,9 +359,56 @@ def _forged_params(draw: st.DrawFn) -> bytes:
     text = json.dumps(params)
     if draw(st.integers(0, 19)) == 0:
         text = draw(st.sampled_from(["", "[", "[" * 5000 + "]" * 5000, "null", "1e999"]))
-    encoding = constants.MASK_ENCODING if draw(st.integers(0, 9)) else draw(st.text(max_size=12))
+    encoding = constants.MASK_ENCODING_V1 if draw(st.integers(0, 9)) else draw(st.text(max_size=12))
     tensors = {name: draw(_tensor_bytes()) for name in names}
     return forge_mask(text, tensors, encoding=encoding)
+
+
+@st.composite
+def _forged_v2(draw: st.DrawFn) -> bytes:
+    """cones-rice/2 headers with any names and params text around the grammar, any tensor."""
+    names = sorted(set(draw(st.lists(param_names, min_size=1, max_size=4))))
+    lines = [f"0,0,0,{names[0]}"] + [f"1,{len(n) // 2},0,{n[len(n) // 2 :]}" for n in names[1:]]
+    line_st = st.one_of(
+        st.sampled_from(lines),
+        st.builds(lambda r, p, q, m: f"{r},{p},{q},{m}", ints, ints, ints, st.text(max_size=6)),
+        st.text(max_size=12),
+    )
+    text = "\n".join(draw(st.lists(line_st, min_size=0, max_size=5)))
+    if draw(st.integers(0, 19)) == 0:
+        text = draw(st.sampled_from(["1,0,0,a", "0,0,0,a\n1,1000000,0,", "0,0,0,\x01"]))
+    numbers = draw(st.lists(ints, max_size=12))
+    params = ",".join(str(v) for v in numbers)
+    if draw(st.integers(0, 9)) == 0:
+        params = draw(st.sampled_from(["", ",", "1,,2", "+1,0,0", "01,0,0", "1e3,0,0", " 1,0,0"]))
+    return forge_mask_v2(text, params, draw(_tensor_bytes()))
+
+
+@st.composite
+def _near_valid_v2(draw: st.DrawFn) -> bytes:
+    """Two targets sharing one unary section, bit-exact, with numels and counts near the truth:
+    the boundary between targets is where decode and validate could drift apart."""
+    sections = []
+    for _ in range(2):
+        b = draw(st.sampled_from([0, 1, 3, 8, 17, 40]))
+        k = draw(st.integers(0, 20))
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        gaps = [int(g) for g in rng.integers(0, (draw(st.sampled_from([1, 4, 100])) << b), size=k)]
+        b = b if k else 0
+        last = sum(gaps) + k - 1
+        numel = max(0, last + draw(st.sampled_from([-1, 0, 1, 2, k, last + 1, 2 * k + 3])))
+        count = k + draw(st.sampled_from([0, 0, 0, -1, 1]))
+        if 2 * k > numel and draw(st.booleans()):
+            count = numel - count  # the complement is stored
+        sections.append((gaps, b, numel, max(0, count)))
+    low = b"".join(rice_stream(g, b)[: -(-len(g) * b // 8)] for g, b, _, _ in sections)
+    unary = "".join("0" * (g >> b) + "1" for gaps, b, _, _ in sections for g in gaps)
+    unary += "0" * (-len(unary) % 8)
+    tensor = bytearray(low + bytes(int(unary[i : i + 8], 2) for i in range(0, len(unary), 8)))
+    if tensor and draw(st.integers(0, 3)) == 0:
+        tensor[draw(st.integers(0, len(tensor) - 1))] ^= 1 << draw(st.integers(0, 7))
+    params = ",".join(f"{numel},{count},{b}" for _, b, numel, count in sections)
+    return forge_mask_v2("0,0,0,v\n0,0,0,w", params, bytes(tensor))
 
 
 @st.composite
@@ -343,7 +444,7 @@ def _raw_headers(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 9)):
         entries = draw(st.lists(st.lists(ints, min_size=4, max_size=4), max_size=3))
         header["__metadata__"] = {
-            "encoding": constants.MASK_ENCODING,
+            "encoding": constants.MASK_ENCODING_V1,
             "params": json.dumps(entries),
         }
     else:
@@ -369,12 +470,27 @@ def hostile_masks() -> st.SearchStrategy[bytes]:
             forge_mask([[1 << 40, 1 << 40, 0, 1]], {"w": b""}),
             forge_mask([[(1 << 62) - 1, (1 << 62) - 1, 0, 1]], {"w": b""}),
             forge_mask([[1 << 21, 1 << 18, 0, 0]], {"w": b"\xff" * (1 << 15)}),
+            forge_mask_v2("0,0,0,w", f"{1 << 40},{1 << 40},0", b""),
+            forge_mask_v2(
+                "0,0,0,v\n0,0,0,w",
+                f"{1 << 28},{1 << 28},0,{1 << 21},{1 << 18},0",
+                b"\xff" * (1 << 15),
+            ),
+            # A names bomb: each line grows the name by one character.
+            forge_mask_v2(
+                "\n".join(["0,0,0,a"] + [f"1,{i},0,a" for i in range(1, 3000)]),
+                ",".join(["1,0,0"] * 3000),
+                b"",
+            ),
         ]
     )
     return st.one_of(
         _mutated(),
+        _mutated_v1(),
         _forged_params(),
+        _forged_v2(),
         _near_valid(),
+        _near_valid_v2(),
         _raw_headers(),
         bombs,
         st.binary(max_size=256),
