@@ -5,6 +5,7 @@ Layout (``CACHE_FORMAT`` in the path: a layout change never reads old files)::
     <cache>/v1/blobs/sha256/ab/ab12...                  manifests, masks, previews
     <cache>/v1/blobs/locks/ab12....lock                 one lock per blob
     <cache>/v1/refs/<registry>/<ns>/<name>/<version>.json   the IndexEntry seen at install
+    <cache>/v1/decoded/idx1/ab/ab12....                  a mask's indices, decoded (derived)
 
 The cache is append-only in normal use (only ``prune`` removes), knows nothing of the network
 (callers hand it a function that writes the bytes), and re-checks digests on every read.
@@ -13,14 +14,24 @@ The cache is append-only in normal use (only ``prune`` removes), knows nothing o
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from . import constants
 from ._storage import BlobStore, atomic_write, ensure_dir, remove_stale_temps
+from .artifact._digests import hex_of
 from .artifact._manifest import IndexEntry, Manifest, parse_manifest
+from .errors import StorageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: First bytes of a decoded-indices file; a checksum over the mask digest and the indices
+#: follows, then the indices as little-endian uint32.
+_DECODED_TAG = b"conesreg-indices/1\n"
 
 
 class Progress(Protocol):
@@ -56,6 +67,53 @@ class Cache:
         """The verified path of a blob, calling ``write`` to fetch it only if it is missing."""
         ensure_dir(self.root)
         return self.blobs.fetch(digest, write, size=size)
+
+    def _decoded_path(self, mask_digest: str) -> Path:
+        h = hex_of(mask_digest)
+        return self.root / "decoded" / constants.DECODED_FORMAT / h[:2] / h
+
+    def decoded(self, mask_digest: str, counts: Mapping[str, int]) -> dict[str, np.ndarray] | None:
+        """A mask's indices as :meth:`save_decoded` stored them, or None if they are not there
+        or fail their checksum (derived data: the caller decodes the mask again).
+
+        Args:
+            mask_digest: The mask blob's digest.
+            counts: Indices of each target, in the mask's name order (its header's counts).
+        """
+        import numpy as np
+
+        try:
+            raw = self._decoded_path(mask_digest).read_bytes()
+        except OSError:
+            return None
+        head, body = raw[: len(_DECODED_TAG) + 32], raw[len(_DECODED_TAG) + 32 :]
+        total = sum(counts.values())
+        if (
+            head[: len(_DECODED_TAG)] != _DECODED_TAG
+            or len(body) != 4 * total
+            or hashlib.sha256(mask_digest.encode() + body).digest() != head[len(_DECODED_TAG) :]
+        ):
+            return None
+        flat = np.frombuffer(body, dtype="<u4").astype(np.int64)
+        out, start = {}, 0
+        for name, count in counts.items():
+            out[name] = flat[start : start + count]
+            start += count
+        return out
+
+    def save_decoded(self, mask_digest: str, indices: Mapping[str, np.ndarray]) -> None:
+        """Keep a mask's decoded indices (name order, each below 2**32) so that another process
+        reads them instead of decoding. Best effort: a full disk or read-only cache only costs
+        the next process a decode."""
+        import numpy as np
+
+        arrays = list(indices.values())
+        if any(a.size and int(a[-1]) >= 1 << 32 for a in arrays):
+            return  # no real target is this large; such a mask is simply decoded each time
+        body = (np.concatenate(arrays) if arrays else np.zeros(0)).astype("<u4").tobytes()
+        checksum = hashlib.sha256(mask_digest.encode() + body).digest()
+        with contextlib.suppress(StorageError):
+            atomic_write(self._decoded_path(mask_digest), _DECODED_TAG + checksum + body)
 
     def manifest(self, digest: str) -> Manifest:
         """A cached manifest, re-verified against its digest."""
@@ -103,6 +161,16 @@ class Cache:
             for entry in self.entries():
                 if entry.digest not in keep:
                     self._ref_path(entry).unlink(missing_ok=True)
+        decoded = self.root / "decoded" / constants.DECODED_FORMAT
+        for path in decoded.glob("*/*") if decoded.is_dir() else ():
+            # Derived from a mask blob: it goes with the blob. (Temp files: by age, below.)
+            if not path.name.startswith(".") and not self.blobs.has(f"sha256:{path.name}"):
+                with contextlib.suppress(OSError):
+                    freed += path.stat().st_size
+                    path.unlink()
+                    removed += 1
+        if decoded.is_dir():
+            removed += remove_stale_temps(decoded)
         temps, temp_bytes = self.blobs.remove_abandoned_temps()
         removed, freed = removed + temps, freed + temp_bytes
         if (self.root / "refs").is_dir():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import constants
 from ._base_hash import base_model_hash
-from ._concept import OVERLAP_WARN_JACCARD, Concept, Overlap, load_concepts, overlap
+from ._concept import (
+    OVERLAP_WARN_JACCARD,
+    Concept,
+    Overlap,
+    load_concepts,
+    overlap,
+    overlap_suspects,
+)
 from ._session import Session
 from .errors import (
     BaseModelMismatchError,
@@ -51,6 +59,14 @@ class _Applied:
     concepts: dict[str, Concept] = field(default_factory=dict)  # digest -> concept
     # param name -> (flat indices, original values), both on the parameter's device
     saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # param name -> the digests whose indices make up saved[name], in order
+    saved_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # param name -> (digests, indices, original values, the parameter's fingerprint right after
+    # they were written back): switching the same concepts off again while nothing else touched
+    # the weights reads no originals (they are these) and concatenates nothing
+    kept: dict[str, tuple[tuple[str, ...], torch.Tensor, torch.Tensor, tuple[Any, ...]]] = field(
+        default_factory=dict
+    )
     # sorted target names -> hash of the pristine weights, so swaps never re-hash
     base_hashes: dict[tuple[str, ...], str] = field(default_factory=dict)
     # param name -> (owning module, attribute): a dict lookup instead of a walk down the tree,
@@ -59,6 +75,15 @@ class _Applied:
     # token-bound concepts act through this (attention processors, text-encoder hooks); None
     # while none is on, so that the pipeline then runs its own processors
     binder: Binder | None = None
+    # digest -> (the decoded indices, them as int64 tensors on each parameter's device), most
+    # recent last: a concept applied again (or a swap back) moves nothing to the device. Valid
+    # while the concept's indices are that very dict: a Concept built by hand may reuse a
+    # manifest (and its digest) with other indices.
+    on_device: OrderedDict[str, tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]] = field(
+        default_factory=OrderedDict
+    )
+    # digest -> the indices whose shapes, ranges and base model were checked against this UNet
+    checked: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def param(self, unet: Any, name: str) -> Any:
         """The parameter called ``name``, or None."""
@@ -87,11 +112,25 @@ class ConceptHandle:
         ...     image = pipe("a photo of a dog").images[0]
     """
 
-    def __init__(self, unet: Any, concepts: list[Concept], overlaps: list[Overlap]) -> None:
+    def __init__(
+        self, unet: Any, concepts: list[Concept], active: list[Concept], overlaps: list[Overlap]
+    ) -> None:
         self._unet = weakref.ref(unet)
         self.concepts = concepts
-        self.overlaps = overlaps
+        self._active = active
+        self._overlaps: list[Overlap] | None = overlaps if len(active) < 3 else None
         self.active = True
+
+    @property
+    def overlaps(self) -> list[Overlap]:
+        """Shared neurons of every pair of concepts that were on when this handle was made.
+
+        Computed on first access: apply() itself only looks at pairs that could share enough to
+        warn (:func:`~conesreg._concept.overlap_suspects`), which keeps composing linear.
+        """
+        if self._overlaps is None:
+            self._overlaps = overlap(self._active)
+        return self._overlaps
 
     def restore(self) -> None:
         """Switch this handle's concepts back on (no-op if already restored)."""
@@ -167,7 +206,16 @@ def apply(
     _check(pipe, unet, state, new, force=force)
 
     active = list({**state.concepts, **{c.digest: c for c in new}}.values())
-    overlaps = overlap(active)
+    overlaps, crowd = _suspect_pairs(active)
+    if crowd:
+        warnings.warn(
+            f"{len(crowd)} of the {len(active)} concepts on share more than "
+            f"{OVERLAP_WARN_JACCARD:.0%} of their neurons with the others ({', '.join(crowd[:3])}"
+            f"{', ...' if len(crowd) > 3 else ''}); they may blend (handle.overlaps or "
+            "`conesreg info --overlap` lists the pairs)",
+            ConesregWarning,
+            stacklevel=2,
+        )
     words = {c.label: c.manifest.binding.word for c in active}
     for o in overlaps:
         # Token-bound concepts of different words act at different tokens: they never blend.
@@ -199,7 +247,7 @@ def apply(
         state.holders, state.concepts = before
         _sync_bound(state)
         raise
-    return ConceptHandle(unet, unique, overlaps)
+    return ConceptHandle(unet, unique, active, overlaps if len(active) < 3 else [])
 
 
 def restore(pipe: Any) -> None:
@@ -244,7 +292,39 @@ def _unet_of(pipe: Any) -> torch.nn.Module:
     return unet
 
 
+#: What apply() warns about, by the set of concepts that are on: contents are immutable, so the
+#: answer never changes, and applying the same set again costs nothing.
+_SUSPECTS: OrderedDict[frozenset[str], tuple[list[Overlap], list[str]]] = OrderedDict()
+#: Suspects whose pairs apply() still counts one by one; beyond, it warns about them as a crowd
+#: (their pairs cost a pass each: 64 concepts would cost 2,016 passes, composing must stay
+#: linear).
+_MAX_PAIRWISE = 16
+
+
+def _suspect_pairs(active: list[Concept]) -> tuple[list[Overlap], list[str]]:
+    """The overlaps of the pairs that may share more than the warning threshold (all pairs, when
+    there are only two concepts: then that is one pass anyway), or, when too many concepts may,
+    their labels."""
+    if len(active) < 2:
+        return [], []
+    key = frozenset(c.digest for c in active)
+    if key not in _SUSPECTS:
+        threshold = OVERLAP_WARN_JACCARD
+        few = active if len(active) == 2 else overlap_suspects(active, threshold=threshold)
+        if len(few) > _MAX_PAIRWISE:
+            _SUSPECTS[key] = ([], [c.label for c in few])
+        else:
+            _SUSPECTS[key] = (overlap(few) if len(few) >= 2 else [], [])
+        while len(_SUSPECTS) > 256:
+            _SUSPECTS.popitem(last=False)
+    _SUSPECTS.move_to_end(key)
+    return _SUSPECTS[key]
+
+
 def _check(pipe: Any, unet: Any, state: _Applied, concepts: list[Concept], *, force: bool) -> None:
+    concepts = [
+        c for c in concepts if state.checked.get(c.digest) is not c.decoded or not c.decoded
+    ]
     names = {t.name for c in concepts for t in c.manifest.base_model.targets}
     params = {n: state.param(unet, n) for n in names}
     for c in concepts:
@@ -297,6 +377,7 @@ def _check(pipe: Any, unet: Any, state: _Applied, concepts: list[Concept], *, fo
             # Order and repeats do not matter for zeroing and restoring; the range does.
             if len(idx) and (idx.min() < 0 or idx.max() >= numels[name]):
                 raise MaskError(f"{c.label}: indices of {name!r} out of range")
+    state.checked.update((c.digest, c.indices) for c in concepts)
 
 
 def _pristine_hash(unet: Any, state: _Applied, targets: tuple[str, ...]) -> str:
@@ -320,33 +401,36 @@ def _sync(unet: Any, state: _Applied) -> None:
     import torch
 
     _sync_bound(state)
-    parts: dict[str, list[np.ndarray]] = {}
-    for c in state.concepts.values():
-        if _token_bound(c):
-            continue  # acts through the binder, never on the weights
-        for name, idx in c.indices.items():
-            if len(idx):
-                parts.setdefault(name, []).append(idx)
-    # Concatenated, not de-duplicated: originals are all read before any zeroing, so a position
-    # held by two concepts is saved twice with the same value, and writing it back twice is still
-    # exact. Skipping the sort-based union makes a swap several times faster.
-    union = {
-        n: (p[0] if len(p) == 1 else np.concatenate(p)).astype(np.int64, copy=False)
-        for n, p in parts.items()
-    }
-
-    params = {n: state.param(unet, n) for n in {*union, *state.saved}}
+    on = [c for c in state.concepts.values() if not _token_bound(c)]
+    names = {n for c in on for n, idx in c.indices.items() if len(idx)}
+    params = {n: state.param(unet, n) for n in {*names, *state.saved}}
     # Allocate everything first: an out-of-memory error then leaves the weights untouched.
     try:
         back = {
             n: (idx.to(params[n].device), vals.to(params[n].device, params[n].dtype))
             for n, (idx, vals) in state.saved.items()
         }
-        plan = {}
-        for n, idx in union.items():
-            p = params[n]
-            flat_idx = torch.from_numpy(idx).to(p.device, non_blocking=True)
-            plan[n] = (flat_idx, torch.empty(len(idx), dtype=p.dtype, device=p.device))
+        parts: dict[str, list[torch.Tensor]] = {}
+        by: dict[str, list[str]] = {}
+        for c in on:
+            for n, idx in _on_device(state, c, params).items():
+                parts.setdefault(n, []).append(idx)
+                by.setdefault(n, []).append(c.digest)
+        plan, reuse = {}, set()
+        for n, p in parts.items():
+            kept = state.kept.get(n)
+            # The same concepts, and the weights untouched since their originals were written
+            # back (then nothing at all touched this parameter, so it is not in `back` either).
+            if kept is not None and kept[0] == tuple(by[n]) and kept[3] == _fingerprint(params[n]):
+                plan[n] = kept[1:3]
+                reuse.add(n)
+                continue
+            # Concatenated, not de-duplicated: originals are all read before any zeroing, so a
+            # position held by two concepts is saved twice with the same value, and writing it
+            # back twice is still exact. Skipping the sort-based union makes a swap several
+            # times faster.
+            idx = p[0] if len(p) == 1 else torch.cat(p)
+            plan[n] = (idx, torch.empty(len(idx), dtype=params[n].dtype, device=idx.device))
     except torch.OutOfMemoryError as e:
         raise DeviceMemoryError(
             f"out of memory while applying concepts ({e}); the pipeline was left as it was"
@@ -355,11 +439,44 @@ def _sync(unet: Any, state: _Applied) -> None:
     with torch.no_grad():
         for n, (idx, vals) in back.items():
             params[n].view(-1).index_copy_(0, idx, vals)
+            by_n = state.saved_by.get(n, ())
+            state.kept[n] = (by_n, idx, vals, _fingerprint(params[n]))
         for n, (idx, buf) in plan.items():
             flat = params[n].view(-1)
-            torch.index_select(flat, 0, idx, out=buf)
+            if n not in reuse:
+                torch.index_select(flat, 0, idx, out=buf)
             flat.index_fill_(0, idx, 0)
     state.saved = plan
+    state.saved_by = {n: tuple(by[n]) for n in plan}
+
+
+def _fingerprint(p: Any) -> tuple[Any, ...]:
+    """What changes whenever a parameter's values may have: its version counter moves on every
+    in-place edit, and ``.to()`` or a reload give it other storage."""
+    return (p._version, p.data_ptr(), p.dtype, p.device)
+
+
+def _on_device(state: _Applied, concept: Concept, params: dict[str, Any]) -> dict[str, Any]:
+    """The concept's indices as int64 tensors on each parameter's device, made once per UNet
+    (on the CPU they share the decoded arrays' memory) and kept for the recently used."""
+    import torch
+
+    indices = concept.indices
+    source, held = state.on_device.get(concept.digest, (None, {}))
+    if source is not indices or any(t.device != params[n].device for n, t in held.items()):
+        held = {
+            n: torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(params[n].device)
+            for n, idx in indices.items()
+            if len(idx)
+        }
+        state.on_device[concept.digest] = (indices, held)
+    state.on_device.move_to_end(concept.digest)
+    total = 0
+    for digest in list(reversed(state.on_device)):
+        total += sum(t.numel() * 8 for t in state.on_device[digest][1].values())
+        if total > constants.DEVICE_INDEX_BYTES and digest not in state.concepts:
+            del state.on_device[digest]
+    return held
 
 
 def _token_bound(concept: Concept) -> bool:

@@ -6,7 +6,10 @@ it. Applying concepts to a pipeline is :mod:`conesreg._compose`.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import constants
 from ._cache import Cache
 from ._fetch import fetch
 from ._install import install
@@ -52,12 +56,15 @@ class Concept:
         indices: Mapping[str, np.ndarray] | None = None,
         *,
         mask: bytes | None = None,
+        cache: Cache | None = None,
     ) -> None:
         if (indices is None) == (mask is None):
             raise TypeError("a Concept takes either its indices or its mask payload")
         self.manifest = manifest
         self._indices = dict(indices) if indices is not None else None
         self._mask = mask
+        # Where decoded indices are kept between processes (installed concepts only).
+        self._cache = cache
 
     def __repr__(self) -> str:
         return f"<Concept {self.label}>"
@@ -87,6 +94,11 @@ class Concept:
         m = self.manifest
         return self.decode(numels=m.binding.mask_numels(m.base_model.targets))
 
+    @property
+    def decoded(self) -> dict[str, np.ndarray] | None:
+        """The indices if they were given or decoded already, else None (nothing is decoded)."""
+        return self._indices
+
     def decode(self, *, numels: Mapping[str, int]) -> dict[str, np.ndarray]:
         """The indices, decoding the payload (once) only if it fits ``numels``.
 
@@ -104,11 +116,9 @@ class Concept:
             [3, 7]
         """
         if self._indices is None:
-            from .artifact._mask import decode_mask
-
             assert self._mask is not None  # one of the two, by construction
             try:
-                self._indices = decode_mask(self._mask, numels=numels)
+                self._indices = _decoded(self._mask, numels, cache=self._cache)
             except MaskError as e:
                 raise MaskError(f"{self.label}: {e.message}", hint=e.hint) from None
         return self._indices
@@ -145,6 +155,58 @@ class Concept:
         return cls(manifest, mask=files[manifest.mask.blob].read_bytes())
 
 
+#: Decoded indices by (sha256 of the mask payload, the sizes it was decoded within), most
+#: recently used last: a process that applies a concept again, or builds a new Concept from the
+#: same payload, skips decoding. Bounded by constants.DECODED_MEMORY_BYTES.
+_DECODED: OrderedDict[tuple[bytes, tuple[tuple[str, int], ...]], dict[str, np.ndarray]] = (
+    OrderedDict()
+)
+_decoded_lock = threading.Lock()
+
+
+def _decoded(
+    mask: bytes, numels: Mapping[str, int], *, cache: Cache | None
+) -> dict[str, np.ndarray]:
+    """``decode_mask(mask, numels=numels)``, through the in-memory and on-disk caches.
+
+    Keyed by the payload's own sha256, never by what a manifest claims, so a Concept built from
+    other bytes can never be served these indices.
+    """
+    from .artifact._mask import decode_mask, read_mask_info
+
+    digest = hashlib.sha256(mask).digest()
+    key = (digest, tuple(sorted(numels.items())))
+    with _decoded_lock:
+        hit = _DECODED.get(key)
+        if hit is not None:
+            _DECODED.move_to_end(key)
+            return hit
+    out = None
+    if cache is not None:
+        info = read_mask_info(mask)
+        # The header must fit the consumer before anything is read, exactly as decode_mask does.
+        if all(numels.get(n) == v for n, v in info.numels.items()):
+            out = cache.decoded(f"sha256:{digest.hex()}", info.counts)
+    if out is None:
+        out = decode_mask(mask, numels=numels)
+        if cache is not None:
+            cache.save_decoded(f"sha256:{digest.hex()}", out)
+    with _decoded_lock:
+        _DECODED[key] = out
+        total = sum(sum(x.nbytes for x in v.values()) for v in _DECODED.values())
+        while total > constants.DECODED_MEMORY_BYTES and len(_DECODED) > 1:
+            _, dropped = _DECODED.popitem(last=False)
+            total -= sum(x.nbytes for x in dropped.values())
+    return out
+
+
+#: Installed concepts already read and checked by this process, by manifest digest, with the
+#: (size, mtime, inode) of their mask blob then: while the file is unchanged, reading the concept
+#: again skips re-hashing and re-validating it (and keeps its decoded indices).
+_READ: OrderedDict[str, tuple[tuple[int, int, int], Concept]] = OrderedDict()
+_READ_LIMIT = 256
+
+
 def read_concept(manifest: Manifest, cache: Cache) -> Concept:
     """An installed concept from the cache (digest re-checked on read), its mask still encoded.
 
@@ -158,12 +220,32 @@ def read_concept(manifest: Manifest, cache: Cache) -> Concept:
     """
     from .artifact._check import check_mask
 
+    stamp = _stamp(cache.blobs.path(manifest.mask.blob))
+    with _decoded_lock:
+        seen = _READ.get(manifest.digest)
+        if seen is not None and stamp is not None and seen[0] == stamp:
+            _READ.move_to_end(manifest.digest)
+            return seen[1]
     data = cache.blobs.read(manifest.mask.blob)
     try:
         check_mask(manifest, data)
     except MaskError as e:
         raise MaskError(f"{manifest.id}@{manifest.version}: {e.message}", hint=e.hint) from None
-    return Concept(manifest, mask=data)
+    concept = Concept(manifest, mask=data, cache=cache)
+    if stamp is not None:
+        with _decoded_lock:
+            _READ[manifest.digest] = (stamp, concept)
+            while len(_READ) > _READ_LIMIT:
+                _READ.popitem(last=False)
+    return concept
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def fetch_concept(entry: IndexEntry, *, session: Session | None = None) -> Concept:
@@ -190,8 +272,7 @@ def load_concepts(
     names = [r for r in refs if isinstance(r, str)]
     by_key: dict[str, LockedConcept] = {}
     if names:
-        done = install(names, project_dir=project_dir, locked=locked, frozen=frozen, session=s)
-        by_key = {c.key: c for c in done}
+        by_key = {c.key: c for c in _installed(names, project_dir, locked, frozen, s)}
     out = []
     for r in refs:
         if isinstance(r, Concept):
@@ -201,6 +282,43 @@ def load_concepts(
             entry = by_key[f"{ref.registry}/{ref.namespace}/{ref.name}"]
             out.append(read_concept(s.cache.manifest(entry.manifest), s.cache))
     return out
+
+
+#: What install() answered in this process, by everything that could change its answer: the
+#: references and flags, the config, the cache, and the lockfile's (size, mtime, inode). Applying
+#: the same references again while the lockfile is unchanged skips resolution (uv's "the lock is
+#: up to date"); a change to the lockfile, or a new process, resolves again.
+_INSTALLED: OrderedDict[tuple[object, ...], list[LockedConcept]] = OrderedDict()
+
+
+def _installed(
+    names: list[str], project_dir: Path | None, locked: bool, frozen: bool, s: Session
+) -> list[LockedConcept]:
+    from ._lockfile import lockfile_path
+
+    path = lockfile_path(project_dir).resolve()
+    key = (
+        tuple(names),
+        locked,
+        frozen,
+        str(s.cache.root),
+        s.config.model_dump_json(),
+        str(path),
+        _stamp(path),
+    )
+    with _decoded_lock:
+        hit = _INSTALLED.get(key)
+    # A pruned cache since: install again, which fetches what is missing.
+    if hit is not None and all(s.cache.blobs.has(c.manifest) for c in hit):
+        return hit
+    done = install(names, project_dir=project_dir, locked=locked, frozen=frozen, session=s)
+    # Stamped after install, which may have just written the lockfile.
+    key = (*key[:-1], _stamp(path))
+    with _decoded_lock:
+        _INSTALLED[key] = done
+        while len(_INSTALLED) > _READ_LIMIT:
+            _INSTALLED.popitem(last=False)
+    return done
 
 
 @dataclass(frozen=True)
@@ -257,6 +375,42 @@ def overlap(concepts: Sequence[Concept]) -> list[Overlap]:
         jaccard = float(shared[i, j] / union) if union else 0.0
         rows.append(Overlap(concepts[i].label, concepts[j].label, int(shared[i, j]), jaccard))
     return rows
+
+
+def overlap_suspects(concepts: Sequence[Concept], *, threshold: float) -> list[Concept]:
+    """The concepts that may be in a pair with a Jaccard index above ``threshold``: those
+    sharing more than ``threshold`` of their neurons with all the others together.
+
+    ``J(A, B) <= |A & B| / |A| <= |A & (others)| / |A|``, so a pair above the threshold has both
+    of its concepts here. Counting "held by someone else" takes one pass per concept (a count per
+    position, scattered and gathered), where all pairs take a pass per pair: apply() calls this on
+    every change, then :func:`overlap` on the few suspects, so that composing many concepts stays
+    linear in their neurons. Uses the decoded indices (apply() has decoded them within the
+    pipeline's sizes).
+
+    Example:
+        >>> overlap_suspects([dog, cat], threshold=0.1)  # doctest: +SKIP
+        []
+    """
+    numels: dict[str, int] = {}
+    for c in concepts:
+        numels.update(c.manifest.binding.mask_numels(c.manifest.base_model.targets))
+    shared = [0] * len(concepts)
+    sizes = [sum(len(x) for x in c.indices.values()) for c in concepts]
+    for name, numel in numels.items():
+        held = [
+            (i, c.indices[name]) for i, c in enumerate(concepts) if len(c.indices.get(name, ()))
+        ]
+        if len(held) < 2:
+            continue
+        counts = np.zeros(numel, dtype=np.uint8)
+        for _, idx in held:
+            # A concept's indices are unique, so this counts each holder once; saturating keeps
+            # 256 holders of one neuron from wrapping to 0 ("more than one" is all that is asked).
+            counts[idx] = np.minimum(counts[idx], 254) + 1
+        for i, idx in held:
+            shared[i] += int(np.count_nonzero(counts[idx] > 1))
+    return [c for c, n, k in zip(concepts, shared, sizes, strict=True) if k and n > threshold * k]
 
 
 def _shared(a: IndexSet, b: IndexSet, both: int) -> int:

@@ -74,6 +74,14 @@ LOCKFILE_VERSION = 1
 #: Bumped whenever the on-disk layout of the cache or registry changes; it is part of the folder
 #: names, so an old and a new conesreg never read each other's files.
 CACHE_FORMAT = "v1"
+#: Format of the decoded mask indices the cache keeps beside the blobs (a folder name).
+DECODED_FORMAT = "idx1"
+#: Decoded indices a process keeps in memory for concepts it may apply again (int64: SD 1.x at
+#: 1% is 1.5 MiB a concept).
+DECODED_MEMORY_BYTES = 256 << 20
+#: Concept indices apply() keeps on a UNet's device for concepts applied before (on CUDA they
+#: take GPU memory; on the CPU they are views of the decoded arrays).
+DEVICE_INDEX_BYTES = 256 << 20
 REGISTRY_FORMAT = "v1"
 
 #: Temp files older than this are leftovers of a killed process and may be removed.
