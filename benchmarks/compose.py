@@ -35,19 +35,8 @@ from conesreg import Concept, apply
 from conesreg._base_hash import base_model_hash, clear_cache, target_shapes
 from conesreg.artifact._manifest import parse_manifest
 from conesreg.artifact._mask import encode_mask
-from conesreg.testing import make_tiny_pipeline, make_tiny_tokenizer
+from conesreg.testing import make_sd15_shaped_pipeline, make_tiny_pipeline
 
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
 SPARSITY = 0.01
 N_CONCEPTS = 4
 RANK = 4
@@ -161,27 +150,14 @@ def publish(pipe, folder: Path, count: int) -> list[str]:  # type: ignore[no-unt
 
 def bench_sd15(rounds: int) -> dict[str, list[tuple[float, float]]]:
     """Every timed path, ``rounds`` times, interleaved with the LoRA baseline."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
     from conesreg import restore
 
-    torch.manual_seed(0)
     t = time.perf_counter()
-    unet = UNet2DConditionModel(**SD15_UNET).eval()
+    pipe = make_sd15_shaped_pipeline(seed=0)
+    unet = pipe.unet
     print(
         f"built SD1.x-shaped UNet ({sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M "
         f"params) in {time.perf_counter() - t:.1f} s"
-    )
-    tiny = make_tiny_pipeline(seed=0)
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=tiny.vae,
-        text_encoder=tiny.text_encoder,
-        tokenizer=make_tiny_tokenizer(),
-        scheduler=DDIMScheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
     pristine = {n: p.detach().clone() for n, p in unet.named_parameters() if "attn2" in n}
     out: dict[str, list[tuple[float, float]]] = {}
@@ -346,11 +322,7 @@ def bench_token_generation() -> dict[str, float]:
     """Generation with 4 token-bound concepts over the plain pipeline: the mini model (its
     benchmarks' sampling) and an SD 1.5-shaped pipeline with random weights (2 steps on 64x64
     latents, SD's 512x512)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from conesreg.mini.model import load_mini_pipeline
-    from conesreg.testing import tiny_vae_config
 
     words = ["star", "heart", "square", "circle"]
     prompt = "a photo of " + " and ".join(f"a {w}" for w in words)
@@ -366,26 +338,7 @@ def bench_token_generation() -> dict[str, float]:
             return time.perf_counter() - t
 
         out["mini"] = interleaved(run_mini, concepts, mini, 5)
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        torch.manual_seed(0)
-        text = CLIPTextModel(
-            CLIPTextConfig(hidden_size=768, intermediate_size=1024, num_hidden_layers=2,
-                           num_attention_heads=12, max_position_embeddings=77, vocab_size=1000)
-        )  # fmt: skip
-        tok = make_tiny_tokenizer()
-        text.resize_token_embeddings(len(tok))
-        sd = StableDiffusionPipeline(
-            vae=AutoencoderKL(**tiny_vae_config()),
-            text_encoder=text,
-            tokenizer=tok,
-            unet=UNet2DConditionModel(**SD15_UNET),
-            scheduler=DDIMScheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        sd.set_progress_bar_config(disable=True)
+        sd = make_sd15_shaped_pipeline(seed=0)
         sd_concepts = token_concepts(sd, ["dog", "cat", "car", "tree"], 0.01, Path(tmp) / "sd")
         sd_prompt = "a photo of a dog and a cat and a car and a tree"
 

@@ -452,6 +452,11 @@ def _search(
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     gen = torch.Generator().manual_seed(config.seed)
     device = unet.device
+    # Noise and timesteps are drawn where the UNet runs, so that a step moves nothing between
+    # host and device; on the CPU that is the seeded generator itself (searches there are
+    # reproducible as before). Which subjects a batch takes is drawn on the host, where the
+    # token binding reads which words it names.
+    rng = gen if device.type == "cpu" else torch.Generator(device).manual_seed(config.seed)
     words = [w for w, _ in parts] if token_bound else []
 
     # Everything that needs no gradient is computed once, before any weight changes: latents
@@ -514,20 +519,24 @@ def _search(
 
     # The batch's word indices and offsets, and which parts it names, read by the hooks below.
     bound_now: list[Any] = [None, None, ()]
+    where_host = {id(b[2]): b[2].cpu() for b in batches} if token_bound else {}
     anchors = [_anchor(pipe, anchor, w) for w, anchor in parts] if token_bound else []
 
     def loss_on(z0: Any, cond: Any, where: Any, offset: Any, band: int) -> Any:
-        idx = torch.randint(0, len(z0), (shares[band],), generator=gen)
-        z, cond = z0[idx], cond[idx.to(cond.device)]
-        w = where[idx.to(where.device)]
-        bound_now[:] = [w, offset[idx.to(offset.device)], sorted(set(w[w >= 0].tolist()))]
-        noise = torch.randn(z.shape, generator=gen).to(z)
-        t = torch.randint(edges[band], edges[band + 1], (len(z),), generator=gen)
-        zt = noise_sched.add_noise(z, noise, t.to(z.device))
+        host_idx = torch.randint(0, len(z0), (shares[band],), generator=gen)
+        idx = host_idx.to(device, non_blocking=True)
+        z, cond = z0[idx], cond[idx]
+        if token_bound:
+            # Which parts this batch names, from the host copy of the word positions: no sync.
+            named = where_host[id(where)][host_idx]
+            bound_now[:] = [where[idx], offset[idx], sorted(set(named[named >= 0].tolist()))]
+        noise = torch.randn(z.shape, generator=rng, device=device).to(z.dtype)
+        t = torch.randint(edges[band], edges[band + 1], (len(z),), generator=rng, device=device)
+        zt = noise_sched.add_noise(z, noise, t)
         with autocast:
-            pred = unet(zt, t.to(z.device), cond).sample
+            pred = unet(zt, t, cond).sample
         # The model's own training objective: epsilon, or v for v-prediction models.
-        target = denoising_target(noise_sched, z, noise, t.to(z.device))
+        target = denoising_target(noise_sched, z, noise, t)
         return F.mse_loss(pred.float(), target.float())
 
     def bind_hook(name: str) -> Callable[..., Any]:
@@ -576,15 +585,15 @@ def _search(
         per_round = config.steps // config.rounds
         # One score per band; every batch (subjects and preservation) pooled into it.
         scores = [{k: torch.zeros_like(v) for k, v in keep.items()} for _ in range(config.bands)]
-        start_step = _resume(checkpoint, config, keep, gen)
+        start_step = _resume(checkpoint, config, keep, gen, rng)
         apply_keep()
         n_off = sum(int((k < 1).sum()) for k in keep.values())
         for step in range(start_step + 1, config.steps + 1):
-            loss = 0.0
+            loss = torch.zeros((), device=device)
             for band, band_scores in enumerate(scores):
                 band_loss = sum(w * loss_on(z, c, wh, o, band) for z, c, wh, o, w in batches)
                 band_loss.backward()
-                loss += float(band_loss.detach()) * shares[band] / config.batch_size
+                loss += band_loss.detach() * (shares[band] / config.batch_size)
                 with torch.no_grad():
                     for k, leaf in leaves.items():
                         if leaf.grad is None:
@@ -612,9 +621,10 @@ def _search(
                     for sc in band_scores.values():
                         sc.zero_()
                 if checkpoint is not None:
-                    _save_checkpoint(checkpoint, config, step, keep, gen)
+                    _save_checkpoint(checkpoint, config, step, keep, gen, rng)
             if on_step is not None:
-                on_step(step, loss, n_off / (total * n_parts))
+                # The one host sync of a step, and only for whoever watches it.
+                on_step(step, float(loss), n_off / (total * n_parts))
     finally:
         for h in hooks:
             h.remove()
@@ -638,7 +648,7 @@ def _as_latents(pipe: Any, latents: Any) -> Any:
 
 
 def _save_checkpoint(
-    path: Path, config: FindConfig, step: int, keep: dict[str, Any], gen: Any
+    path: Path, config: FindConfig, step: int, keep: dict[str, Any], gen: Any, rng: Any
 ) -> None:
     import io
 
@@ -651,12 +661,14 @@ def _save_checkpoint(
         idx = torch.nonzero(k < 1).view(-1)
         off[n] = {"index": idx.cpu(), "keep": k[idx].cpu()}
     state = {"config": asdict(config), "step": step, "gen": gen.get_state(), "off": off}
+    if rng is not gen:
+        state["rng"] = rng.get_state()  # the device's generator (noise and timesteps)
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write(Path(path), buf.getvalue())
 
 
-def _resume(path: Path | None, config: FindConfig, keep: dict[str, Any], gen: Any) -> int:
+def _resume(path: Path | None, config: FindConfig, keep: dict[str, Any], gen: Any, rng: Any) -> int:
     import torch
 
     if path is None or not Path(path).is_file():
@@ -668,6 +680,8 @@ def _resume(path: Path | None, config: FindConfig, keep: dict[str, Any], gen: An
             hint="resume with the same options, or delete the checkpoint to start over",
         )
     gen.set_state(state["gen"])
+    if rng is not gen and "rng" in state:
+        rng.set_state(state["rng"])
     for n, saved in state["off"].items():
         keep[n].fill_(1)
         keep[n][saved["index"].to(keep[n].device)] = saved["keep"].to(keep[n].device)
@@ -691,8 +705,9 @@ def _switch_off(
         for n in names:
             off = keep[n] < 1
             keep[n][off] *= 1 - config.rho
-    already = torch.cat([(keep[n] < 1).cpu() for n in names])
-    bands = [torch.cat([s[n].cpu() for n in names]) for s in scores]
+    # On the scores' own device (the UNet's): a round end moves nothing to the host but counts.
+    already = torch.cat([(keep[n] < 1) for n in names])
+    bands = [torch.cat([s[n] for n in names]) for s in scores]
     if config.sparsity is not None:
         ramp = min(done_rounds, config.rounds) / config.rounds
         target = base_off + round(total * config.sparsity * ramp)
@@ -701,7 +716,7 @@ def _switch_off(
         # Each band picks its share among the scalars no earlier band took.
         for share, flat in zip(np.array_split(np.arange(k), len(bands)), bands, strict=True):
             flat = torch.where(taken, -torch.inf, flat)
-            top = torch.topk(flat, min(len(share), len(flat))).indices
+            top = top_indices(flat, len(share))
             taken[top[flat[top] > 0]] = True  # only scalars whose removal lowers the loss
         chosen = torch.nonzero(taken & ~already).view(-1)
     else:
@@ -712,8 +727,30 @@ def _switch_off(
     for n in names:
         size = keep[n].numel()
         local = chosen[(chosen >= offset) & (chosen < offset + size)] - offset
-        keep[n][local.to(keep[n].device)] = factor
+        keep[n][local] = factor
         offset += size
+
+
+def top_indices(scores: Any, m: int) -> Any:
+    """Indices of the ``m`` largest ``scores``, ties broken by the lower index, on their device.
+
+    ``torch.topk`` may return any of several equal scores (and does differently on CPU and
+    CUDA): the m-th largest value is found with it, everything above it is taken, and the ties
+    at it are taken lowest index first, so the selection is the same on every device and run.
+
+    Example:
+        >>> top_indices(torch.tensor([1.0, 3.0, 3.0, 2.0, 3.0]), 2).tolist()  # doctest: +SKIP
+        [1, 2]
+    """
+    import torch
+
+    m = min(m, scores.numel())
+    if m <= 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    threshold = torch.topk(scores, m, sorted=False).values.min()
+    above = torch.nonzero(scores > threshold).view(-1)
+    ties = torch.nonzero(scores == threshold).view(-1)[: m - above.numel()]
+    return torch.cat([above, ties])
 
 
 def _draft_binding(config: FindConfig, parts: Sequence[tuple[str, str]]) -> dict[str, Any]:

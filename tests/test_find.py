@@ -275,6 +275,35 @@ def test_each_timestep_band_gets_its_share_of_the_budget() -> None:
     assert picked[2] == [0, 1, 10, 11]
 
 
+def test_selection_breaks_ties_by_index_on_every_device() -> None:
+    from conesreg._find import _switch_off, top_indices
+
+    scores = torch.tensor([1.0, 3.0, 3.0, 2.0, 3.0, -torch.inf, 3.0])
+    assert sorted(top_indices(scores, 2).tolist()) == [1, 2]
+    assert sorted(top_indices(scores, 5).tolist()) == [1, 2, 3, 4, 6]
+    assert top_indices(scores, 0).numel() == 0
+    assert sorted(top_indices(scores, 99).tolist()) == list(range(7))
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    # Many equal scores (as a flat region of the loss gives): the same pick, run after run, on
+    # every device, and it is the lowest indices among the ties.
+    flat = torch.cat([torch.full((5000,), 0.5), torch.tensor([2.0, 1.0])])
+    picks = []
+    for device in devices:
+        for _ in range(3):
+            keep = {"a": torch.ones(3000, device=device), "b": torch.ones(2002, device=device)}
+            scores_d = [{"a": flat[:3000].to(device), "b": flat[3000:].to(device)}]
+            cfg = FindConfig(**{**CONFIG.__dict__, "sparsity": 0.001, "rounds": 1, "bands": 1})
+            _switch_off(scores_d, keep, cfg, 1, 5002, 1, 0)
+            assert keep["a"].device.type == device  # selected where the scores are
+            picks.append(
+                (torch.nonzero(keep["a"] < 1).view(-1).tolist(),
+                 torch.nonzero(keep["b"] < 1).view(-1).tolist())
+            )  # fmt: skip
+    assert all(p == picks[0] for p in picks)
+    # 0.1% of 5002 is 5: the two high scores, then three ties, lowest indices first.
+    assert picks[0] == ([0, 1, 2], [2000, 2001])
+
+
 def test_banded_search_keeps_the_budget_and_the_promise(subject: np.ndarray) -> None:
     pipe = make_tiny_pipeline(seed=0)
     one = find_neurons(pipe, subject, CONFIG)

@@ -25,7 +25,9 @@ Example:
 from ._drafts import make_draft, make_manifest, make_tiny_draft
 from ._http_push import ConceptRow, auth, publish_table, push_draft, put_manifest, upload_blobs
 from ._pipeline import (
+    SD15_UNET_CONFIG,
     TINY_WORDS,
+    make_sd15_shaped_pipeline,
     make_tiny_pipeline,
     make_tiny_tokenizer,
     tiny_text_encoder_config,
@@ -34,11 +36,13 @@ from ._pipeline import (
 )
 
 __all__ = [
+    "SD15_UNET_CONFIG",
     "TINY_WORDS",
     "ConceptRow",
     "auth",
     "make_draft",
     "make_manifest",
+    "make_sd15_shaped_pipeline",
     "make_tiny_draft",
     "make_tiny_pipeline",
     "make_tiny_tokenizer",

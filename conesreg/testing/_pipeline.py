@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from transformers import CLIPTokenizer
 
 __all__ = [
+    "SD15_UNET_CONFIG",
     "TINY_WORDS",
+    "make_sd15_shaped_pipeline",
     "make_tiny_pipeline",
     "make_tiny_tokenizer",
     "tiny_text_encoder_config",
@@ -241,6 +243,82 @@ def make_tiny_pipeline(
         tokenizer=tokenizer,
         unet=unet.eval(),
         scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+#: The UNet of Stable Diffusion 1.x (860M parameters, 768-wide cross-attention), as diffusers
+#: configures it: what the benchmarks measure "at SD scale" with random weights.
+SD15_UNET_CONFIG: dict[str, Any] = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+
+
+def make_sd15_shaped_pipeline(*, seed: int = 0) -> StableDiffusionPipeline:
+    """A pipeline whose UNet has Stable Diffusion 1.5's shape, with random weights.
+
+    The UNet is SD 1.5's (:data:`SD15_UNET_CONFIG`); the text encoder is 768 wide as SD's, but
+    only 2 layers deep, and the VAE is the tiny one (it downsamples by 2: 128x128 pixels are
+    SD's 64x64 latents of a 512x512 image). For measuring what scales with the UNet (finder
+    steps, composing, hashing) where no weights can be downloaded.
+
+    Args:
+        seed (`int`, *optional*, defaults to 0): seeds every component's weights.
+
+    Returns:
+        `StableDiffusionPipeline`: float32 on the CPU (3.4 GB), progress bar off.
+
+    Example:
+        >>> pipe = make_sd15_shaped_pipeline()  # doctest: +SKIP
+        >>> sum(p.numel() for p in pipe.unet.parameters()) // 10**6  # doctest: +SKIP
+        859
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = make_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**tiny_vae_config())
+        torch.manual_seed(seed + 2)
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=768,
+                intermediate_size=1024,
+                num_hidden_layers=2,
+                num_attention_heads=12,
+                max_position_embeddings=_MAX_LENGTH,
+                vocab_size=len(tokenizer),
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=DDIMScheduler(steps_offset=1),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
