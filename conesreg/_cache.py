@@ -72,6 +72,10 @@ class Cache:
         h = hex_of(mask_digest)
         return self.root / "decoded" / constants.DECODED_FORMAT / h[:2] / h
 
+    def has_decoded(self, mask_digest: str) -> bool:
+        """Whether the mask was decoded before (so its blob, verified by digest, decodes)."""
+        return self._decoded_path(mask_digest).is_file()
+
     def decoded(self, mask_digest: str, counts: Mapping[str, int]) -> dict[str, np.ndarray] | None:
         """A mask's indices as :meth:`save_decoded` stored them, or None if they are not there
         or fail their checksum (derived data: the caller decodes the mask again).

@@ -228,7 +228,9 @@ def read_concept(manifest: Manifest, cache: Cache) -> Concept:
             return seen[1]
     data = cache.blobs.read(manifest.mask.blob)
     try:
-        check_mask(manifest, data)
+        # The blob's digest was just verified; if the cache holds what decoding it gave, those
+        # bytes are known to decode, and the full validation (as costly as decoding) is skipped.
+        check_mask(manifest, data, known_valid=cache.has_decoded(manifest.mask.blob))
     except MaskError as e:
         raise MaskError(f"{manifest.id}@{manifest.version}: {e.message}", hint=e.hint) from None
     concept = Concept(manifest, mask=data, cache=cache)

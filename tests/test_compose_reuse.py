@@ -55,9 +55,10 @@ def _published(isolated: Path, pipe, seed: int = 1) -> str:  # type: ignore[no-u
 
 def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("decoded a mask that was cached")
+        raise AssertionError("decoded (or validated in full) a mask that was decoded before")
 
     monkeypatch.setattr("conesreg.artifact._mask.decode_mask", refuse)
+    monkeypatch.setattr("conesreg.artifact._check.validate_mask", refuse)
 
 
 # --- decoded indices ----------------------------------------------------------------------------

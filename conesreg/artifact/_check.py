@@ -21,7 +21,13 @@ _MISMATCH_HINT = (
 )
 
 
-def check_mask(manifest: Manifest, data: bytes, *, max_target_numel: int | None = None) -> MaskInfo:
+def check_mask(
+    manifest: Manifest,
+    data: bytes,
+    *,
+    max_target_numel: int | None = None,
+    known_valid: bool = False,
+) -> MaskInfo:
     """Check that ``data`` is the mask payload ``manifest`` describes, in memory ~ its size.
 
     In order, cheapest first: the manifest's total is within the ceiling; the payload's header
@@ -35,6 +41,9 @@ def check_mask(manifest: Manifest, data: bytes, *, max_target_numel: int | None 
         max_target_numel: Most target scalars accepted; default ``constants.MAX_TARGET_NUMEL``
             (``CONESREG_MAX_TARGET_NUMEL``), read at call time. A registry may pass its own,
             lower limit.
+        known_valid: These exact bytes (by digest) decoded before, so :func:`validate_mask`
+            would pass: skip it (the most costly check) and keep the header's. The client's
+            cache says so when it holds the indices it decoded from the blob.
 
     Returns:
         The payload's :class:`MaskInfo`.
@@ -63,7 +72,7 @@ def check_mask(manifest: Manifest, data: bytes, *, max_target_numel: int | None 
             hint=_MISMATCH_HINT,
         )
     _check_targets(header, manifest.binding.mask_numels(manifest.base_model.targets))
-    info = validate_mask(data)
+    info = header if known_valid else validate_mask(data)
     actual = {k: v for k, v in info.counts.items() if v}
     declared = {k: v for k, v in manifest.mask.counts.items() if v}
     if actual != declared:
