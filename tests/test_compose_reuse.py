@@ -279,3 +279,31 @@ def test_many_suspects_warn_once_as_a_crowd(pipe, tmp_path: Path) -> None:  # ty
     # The pairs are still there for whoever asks.
     assert len(handle.overlaps) == 18 * 17 // 2
     handle.restore()
+
+
+def test_suspects_are_found_on_a_sample_of_large_concepts(pipe, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # As large concepts are sampled (here: a sample of ~32 neurons of the smallest concept).
+    monkeypatch.setattr(_concept, "_SAMPLED_NEURONS", 32)
+    base = Concept.from_draft(make_tiny_draft(tmp_path / "base", pipe, seed=1, fraction=0.3))
+    rng = np.random.default_rng(1)
+    taken = {n: set(x.tolist()) for n, x in base.indices.items()}
+
+    def made(label: str, share: float) -> Concept:
+        indices = {}
+        for name, idx in base.indices.items():
+            numel = pipe.unet.get_parameter(name).numel()
+            keep = idx[rng.random(idx.size) < share]
+            free = np.array(sorted(set(range(numel)) - taken[name]))
+            extra = rng.choice(free, min(free.size, idx.size - keep.size), replace=False)
+            taken[name] |= set(extra.tolist())
+            indices[name] = np.unique(np.concatenate([keep, extra]).astype(np.int64))
+        manifest = base.manifest.model_copy(update={"name": label})
+        manifest.__dict__.pop("digest", None)
+        return Concept(manifest, indices)
+
+    sharing, apart = made("sharing", 0.2), made("apart", 0.0)
+    suspects = [c.label for c in overlap_suspects([base, sharing, apart], threshold=0.1)]
+    assert base.label in suspects and sharing.label in suspects
+    assert apart.label not in suspects
+    [pair] = [r for r in overlap([base, sharing]) if r.jaccard > 0]
+    assert pair.jaccard > 0.1
