@@ -289,6 +289,41 @@ def clear_cache(model: Any = None) -> None:
             _cache.pop(_module_of(model), None)
 
 
+def weights_stamp(path: str | os.PathLike[str]) -> list[tuple[str, int, int, int]]:
+    """(path, size, mtime, inode) of every file holding the UNet weights at ``path``.
+
+    Equal stamps mean files untouched since: a hash computed from them then still holds (the
+    way build tools and git's index trust a file they saw before).
+
+    Raises:
+        StorageError: as :func:`base_model_hash` for a path.
+    """
+    out = []
+    for file in sorted({str(p) for p in _unet_weight_files(Path(path)).values()}):
+        st = os.stat(file)
+        out.append((file, st.st_size, st.st_mtime_ns, st.st_ino))
+    return out
+
+
+def remember(model: Any, digest: str, *, targets: Sequence[str]) -> None:
+    """Record ``digest`` as the hash of ``model``'s ``targets`` as they are now, as if
+    :func:`base_model_hash` had just computed it (the same fingerprints keep it fresh).
+
+    For a model just loaded from files whose hash is known (``load_pipeline`` keeps one per
+    weight file stamp): the caller vouches that the weights are the files'.
+    """
+    module = _module_of(model)
+    params = _named_parameters(module)
+    chosen = tuple(targets)
+    tensors = [params[name] for name in chosen]
+    fingerprints = _fingerprints(tensors)
+    if fingerprints is None:
+        return
+    refs = tuple(weakref.ref(t) for t in tensors)
+    with _cache_lock:
+        _cache.setdefault(module, {})[chosen] = (refs, fingerprints, digest)
+
+
 # --- resolving inputs ---------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ Layout (``CACHE_FORMAT`` in the path: a layout change never reads old files)::
     <cache>/v1/blobs/locks/ab12....lock                 one lock per blob
     <cache>/v1/refs/<registry>/<ns>/<name>/<version>.json   the IndexEntry seen at install
     <cache>/v1/decoded/idx1/ab/ab12....                  a mask's indices, decoded (derived)
+    <cache>/v1/base-hashes/bh1/<sha256 of the key>       a model folder's base-model hash
 
 The cache is append-only in normal use (only ``prune`` removes), knows nothing of the network
 (callers hand it a function that writes the bytes), and re-checks digests on every read.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +120,23 @@ class Cache:
         checksum = hashlib.sha256(mask_digest.encode() + body).digest()
         with contextlib.suppress(StorageError):
             atomic_write(self._decoded_path(mask_digest), _DECODED_TAG + checksum + body)
+
+    def _hash_record(self, key: object) -> Path:
+        h = hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
+        return self.root / "base-hashes" / constants.BASE_HASH_FORMAT / h
+
+    def base_hash(self, key: object) -> str | None:
+        """A base-model hash recorded under ``key`` (weight file stamps and targets), or None."""
+        try:
+            text = self._hash_record(key).read_text()
+        except OSError:
+            return None
+        return text if text.startswith("sha256:") and len(text) == 71 else None
+
+    def save_base_hash(self, key: object, digest: str) -> None:
+        """Record a base-model hash; best effort, as for :meth:`save_decoded`."""
+        with contextlib.suppress(StorageError):
+            atomic_write(self._hash_record(key), digest.encode())
 
     def manifest(self, digest: str) -> Manifest:
         """A cached manifest, re-verified against its digest."""

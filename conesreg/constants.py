@@ -76,6 +76,8 @@ LOCKFILE_VERSION = 1
 CACHE_FORMAT = "v1"
 #: Format of the decoded mask indices the cache keeps beside the blobs (a folder name).
 DECODED_FORMAT = "idx1"
+#: Format of the base-model hashes the cache keeps per weight-file stamp (a folder name).
+BASE_HASH_FORMAT = "bh1"
 #: Decoded indices a process keeps in memory for concepts it may apply again (int64: SD 1.x at
 #: 1% is 1.5 MiB a concept).
 DECODED_MEMORY_BYTES = 256 << 20

@@ -307,3 +307,44 @@ def test_suspects_are_found_on_a_sample_of_large_concepts(pipe, tmp_path, monkey
     assert apart.label not in suspects
     [pair] = [r for r in overlap([base, sharing]) if r.jaccard > 0]
     assert pair.jaccard > 0.1
+
+
+def test_load_pipeline_remembers_the_hash_of_its_files(
+    isolated, tiny_pipeline_dir, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import shutil
+
+    from conesreg import _base_hash
+    from conesreg._compose import load_pipeline
+
+    folder = isolated / "model"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    expected = _base_hash.base_model_hash(load_pipeline(folder, device="cpu"))
+    hashed = []
+    real = _base_hash._digest
+
+    def counting(items):  # type: ignore[no-untyped-def]
+        hashed.append(1)
+        return real(items)
+
+    monkeypatch.setattr(_base_hash, "_digest", counting)
+    _base_hash.clear_cache()  # a new process
+    pipe = load_pipeline(folder, device="cpu")
+    assert _base_hash.base_model_hash(pipe) == expected and not hashed
+    # Concepts of that base model apply without hashing it.
+    a = Concept.from_draft(make_tiny_draft(isolated / "a", pipe, seed=1))
+    apply(pipe, [a]).restore()
+    assert not hashed
+    # Weights edited in memory: the fingerprints moved, so it is hashed again.
+    with torch.no_grad():
+        next(p for n, p in pipe.unet.named_parameters() if "attn2.to_k" in n).view(-1)[0] += 1
+    assert _base_hash.base_model_hash(pipe) != expected and hashed
+    # The file changed on disk: hashed again when loaded.
+    hashed.clear()
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    _base_hash.clear_cache()
+    load_pipeline(folder, device="cpu")
+    assert hashed
