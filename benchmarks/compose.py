@@ -141,6 +141,7 @@ def forget_concepts(pipe) -> None:  # type: ignore[no-untyped-def]
     state = _compose._STATE.get(pipe.unet)
     if state is not None:
         state.on_device.clear()
+        state.on_device_bytes = 0
         state.checked.clear()
         state.kept.clear()
 

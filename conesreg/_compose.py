@@ -82,6 +82,7 @@ class _Applied:
     on_device: OrderedDict[str, tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]] = field(
         default_factory=OrderedDict
     )
+    on_device_bytes: int = 0
     # digest -> the indices whose shapes, ranges and base model were checked against this UNet
     checked: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
@@ -464,19 +465,27 @@ def _on_device(state: _Applied, concept: Concept, params: dict[str, Any]) -> dic
     indices = concept.indices
     source, held = state.on_device.get(concept.digest, (None, {}))
     if source is not indices or any(t.device != params[n].device for n, t in held.items()):
+        if source is not None:
+            state.on_device_bytes -= _nbytes(held)
         held = {
             n: torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(params[n].device)
             for n, idx in indices.items()
             if len(idx)
         }
         state.on_device[concept.digest] = (indices, held)
+        state.on_device_bytes += _nbytes(held)
     state.on_device.move_to_end(concept.digest)
-    total = 0
-    for digest in list(reversed(state.on_device)):
-        total += sum(t.numel() * 8 for t in state.on_device[digest][1].values())
-        if total > constants.DEVICE_INDEX_BYTES and digest not in state.concepts:
-            del state.on_device[digest]
+    # Least recently used first, never a concept that is on.
+    for digest in list(state.on_device):
+        if state.on_device_bytes <= constants.DEVICE_INDEX_BYTES:
+            break
+        if digest not in state.concepts:
+            state.on_device_bytes -= _nbytes(state.on_device.pop(digest)[1])
     return held
+
+
+def _nbytes(held: dict[str, Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in held.values())
 
 
 def _token_bound(concept: Concept) -> bool:

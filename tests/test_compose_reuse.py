@@ -348,3 +348,21 @@ def test_load_pipeline_remembers_the_hash_of_its_files(
     _base_hash.clear_cache()
     load_pipeline(folder, device="cpu")
     assert hashed
+
+
+def test_device_indices_are_bounded(pipe, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from conesreg import constants
+
+    pool = [Concept.from_draft(make_tiny_draft(tmp_path / f"c{i}", pipe, seed=i)) for i in range(6)]
+    one = sum(len(x) * 8 for x in pool[0].indices.values())
+    monkeypatch.setattr(constants, "DEVICE_INDEX_BYTES", 2 * one)
+    with apply(pipe, pool[:3]):  # on: kept whatever the bound
+        state = _compose._STATE[pipe.unet]
+        assert {c.digest for c in pool[:3]} <= set(state.on_device)
+    for c in pool[3:]:
+        apply(pipe, [c]).restore()
+    assert len(state.on_device) <= 3
+    assert state.on_device_bytes == sum(
+        sum(t.numel() * 8 for t in held.values()) for _, held in state.on_device.values()
+    )
+    assert pool[-1].digest in state.on_device  # the most recent stays
