@@ -91,6 +91,8 @@ class Concept:
         A payload is decoded on first use, within the sizes its manifest declares for the
         targets; :func:`conesreg.apply` decodes within the pipeline's own sizes instead.
         """
+        if self._indices is not None:
+            return self._indices  # the common case: no sizes to work out again
         m = self.manifest
         return self.decode(numels=m.binding.mask_numels(m.base_model.targets))
 
@@ -409,7 +411,8 @@ def overlap_suspects(concepts: Sequence[Concept], *, threshold: float) -> list[C
     numels: dict[str, int] = {}
     for c in concepts:
         numels.update(c.manifest.binding.mask_numels(c.manifest.base_model.targets))
-    sizes = [sum(len(x) for x in c.indices.values()) for c in concepts]
+    decoded = [c.indices for c in concepts]
+    sizes = [sum(len(x) for x in d.values()) for d in decoded]
     smallest = min((k for k in sizes if k), default=0)
     # A power of two: position p is in the sample when hash(p) % every == 0.
     every = 1 << max(0, (smallest // _SAMPLED_NEURONS).bit_length() - 1)
@@ -417,11 +420,7 @@ def overlap_suspects(concepts: Sequence[Concept], *, threshold: float) -> list[C
     shared = [0] * len(concepts)
     sampled = [0] * len(concepts)
     for name, numel in numels.items():
-        held = [
-            (i, _sample(c.indices[name], every))
-            for i, c in enumerate(concepts)
-            if len(c.indices.get(name, ()))
-        ]
+        held = [(i, _sample(d[name], every)) for i, d in enumerate(decoded) if len(d.get(name, ()))]
         for i, idx in held:
             sampled[i] += int(idx.size)
         if len(held) < 2:
