@@ -123,9 +123,7 @@ def forget_process_memory(pipe) -> None:  # type: ignore[no-untyped-def]
     the per-UNet state (device indices, checks, hash). The cache on disk stays, as it would."""
     from conesreg import _compose, _concept
 
-    _concept._DECODED.clear()
-    _concept._READ.clear()
-    _concept._INSTALLED.clear()
+    _concept.forget()
     _compose._SUSPECTS.clear()
     _compose._STATE.pop(pipe.unet, None)
     clear_cache(pipe.unet)
@@ -135,8 +133,7 @@ def forget_concepts(pipe) -> None:  # type: ignore[no-untyped-def]
     """Everything a process keeps of the concepts it applied, but not of the model it hashed."""
     from conesreg import _compose, _concept
 
-    _concept._DECODED.clear()
-    _concept._READ.clear()
+    _concept.forget()
     _compose._SUSPECTS.clear()
     state = _compose._STATE.get(pipe.unet)
     if state is not None:

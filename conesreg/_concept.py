@@ -164,6 +164,11 @@ _DECODED: OrderedDict[tuple[bytes, tuple[tuple[str, int], ...]], dict[str, np.nd
     OrderedDict()
 )
 _decoded_lock = threading.Lock()
+_decoded_bytes = 0
+
+
+def _nbytes(indices: Mapping[str, np.ndarray]) -> int:
+    return sum(x.nbytes for x in indices.values())
 
 
 def _decoded(
@@ -193,12 +198,13 @@ def _decoded(
         out = decode_mask(mask, numels=numels)
         if cache is not None:
             cache.save_decoded(f"sha256:{digest.hex()}", out)
+    global _decoded_bytes
     with _decoded_lock:
-        _DECODED[key] = out
-        total = sum(sum(x.nbytes for x in v.values()) for v in _DECODED.values())
-        while total > constants.DECODED_MEMORY_BYTES and len(_DECODED) > 1:
-            _, dropped = _DECODED.popitem(last=False)
-            total -= sum(x.nbytes for x in dropped.values())
+        if key not in _DECODED:  # another thread may have decoded it meanwhile
+            _DECODED[key] = out
+            _decoded_bytes += _nbytes(out)
+        while _decoded_bytes > constants.DECODED_MEMORY_BYTES and len(_DECODED) > 1:
+            _decoded_bytes -= _nbytes(_DECODED.popitem(last=False)[1])
     return out
 
 
@@ -323,6 +329,17 @@ def _installed(
         while len(_INSTALLED) > _READ_LIMIT:
             _INSTALLED.popitem(last=False)
     return done
+
+
+def forget() -> None:
+    """Drop what this process keeps of the concepts it read, decoded and installed, as a new
+    process would start (the cache on disk stays). For tests and benchmarks."""
+    global _decoded_bytes
+    with _decoded_lock:
+        _DECODED.clear()
+        _decoded_bytes = 0
+        _READ.clear()
+        _INSTALLED.clear()
 
 
 @dataclass(frozen=True)

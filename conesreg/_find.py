@@ -462,8 +462,9 @@ def _search(
     # Everything that needs no gradient is computed once, before any weight changes: latents
     # of the subjects, prompt embeddings (with where each part's word stands), and the
     # preservation images of the unmasked model. Each batch is (latents, one embedding per
-    # latent, word index and offset per token, weight); the preservation images of all prompts
-    # form one pool, so preserving many prompts costs one batch per step.
+    # latent, word index and offset per token, the word indices on the host (token binding
+    # reads which words a batch names there, without a device sync), weight); the preservation
+    # images of all prompts form one pool, so preserving many prompts costs one batch per step.
     def pool(pairs: Iterable[tuple[Any, str | Sequence[str]]]) -> Any:
         zs, conds, where, offsets = [], [], [], []
         for images, prompt in pairs:
@@ -474,7 +475,8 @@ def _search(
             conds.append(torch.cat([e for e, _, _ in embedded]))
             where.append(torch.cat([w for _, w, _ in embedded]))
             offsets.append(torch.cat([o for _, _, o in embedded]))
-        return torch.cat(zs), torch.cat(conds), torch.cat(where), torch.cat(offsets)
+        at = torch.cat(where)
+        return torch.cat(zs), torch.cat(conds), at, torch.cat(offsets), at.cpu()
 
     batches = [(*pool([pair]), 1.0) for pair in subjects]
     if config.lam > 0:
@@ -519,16 +521,15 @@ def _search(
 
     # The batch's word indices and offsets, and which parts it names, read by the hooks below.
     bound_now: list[Any] = [None, None, ()]
-    where_host = {id(b[2]): b[2].cpu() for b in batches} if token_bound else {}
     anchors = [_anchor(pipe, anchor, w) for w, anchor in parts] if token_bound else []
 
-    def loss_on(z0: Any, cond: Any, where: Any, offset: Any, band: int) -> Any:
+    def loss_on(z0: Any, cond: Any, where: Any, offset: Any, where_host: Any, band: int) -> Any:
         host_idx = torch.randint(0, len(z0), (shares[band],), generator=gen)
         idx = host_idx.to(device, non_blocking=True)
         z, cond = z0[idx], cond[idx]
         if token_bound:
             # Which parts this batch names, from the host copy of the word positions: no sync.
-            named = where_host[id(where)][host_idx]
+            named = where_host[host_idx]
             bound_now[:] = [where[idx], offset[idx], sorted(set(named[named >= 0].tolist()))]
         noise = torch.randn(z.shape, generator=rng, device=device).to(z.dtype)
         t = torch.randint(edges[band], edges[band + 1], (len(z),), generator=rng, device=device)
@@ -591,7 +592,9 @@ def _search(
         for step in range(start_step + 1, config.steps + 1):
             loss = torch.zeros((), device=device)
             for band, band_scores in enumerate(scores):
-                band_loss = sum(w * loss_on(z, c, wh, o, band) for z, c, wh, o, w in batches)
+                band_loss = sum(
+                    w * loss_on(z, c, wh, o, host, band) for z, c, wh, o, host, w in batches
+                )
                 band_loss.backward()
                 loss += band_loss.detach() * (shares[band] / config.batch_size)
                 with torch.no_grad():

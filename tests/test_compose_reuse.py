@@ -34,9 +34,7 @@ def pipe():  # type: ignore[no-untyped-def]
 
 def forget_process_memory() -> None:
     """What a new process would not have: nothing decoded, read or installed before."""
-    _concept._DECODED.clear()
-    _concept._READ.clear()
-    _concept._INSTALLED.clear()
+    _concept.forget()
     _compose._SUSPECTS.clear()
 
 
