@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 
 from .api import routes as api_routes
+from .api.fast_path import manifest_fast_path
 from .browse import pages as browse_pages
 from .core.gc import collect_garbage
 from .core.registry import open_registry
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(browse_pages.router)
     app.include_router(hub_writes.router)
     app.include_router(hub_reads.router)
+    app.add_middleware(manifest_fast_path, registry=reg)  # type: ignore[arg-type]
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -114,6 +116,20 @@ def _single_values_of_repeated_params(schema: dict[str, Any]) -> None:
                     param["schema"]["anyOf"] = [*arrays, plain]
 
 
+def uvicorn_options() -> dict[str, Any]:
+    """The uvicorn settings :func:`serve` runs with (benchmarks run their baselines with them
+    too, so that the comparison is of the apps alone)."""
+    return {
+        # Idle connections go after a few seconds; uploads that stall are dropped by the
+        # per-chunk timeout (settings.chunk_timeout_seconds), so neither pins the server.
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        "timeout_graceful_shutdown": 10,
+        "limit_concurrency": 1000,
+        "server_header": False,
+        "log_level": "info",
+    }
+
+
 def serve(settings: Settings | None = None, *, host: str = "127.0.0.1", port: int = 8750) -> None:
     """Run the server until interrupted (uvicorn, one process).
 
@@ -127,16 +143,5 @@ def serve(settings: Settings | None = None, *, host: str = "127.0.0.1", port: in
     """
     import uvicorn
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=host,
-        port=port,
-        # Idle connections go after a few seconds; uploads that stall are dropped by the
-        # per-chunk timeout (settings.chunk_timeout_seconds), so neither pins the server.
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=10,
-        limit_concurrency=1000,
-        server_header=False,
-        log_level="info",
-    )
+    config = uvicorn.Config(create_app(settings), host=host, port=port, **uvicorn_options())
     uvicorn.Server(config).run()

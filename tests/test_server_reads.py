@@ -150,3 +150,70 @@ def test_manifest_reads_from_memory_keep_every_rule(tmp_path: Path) -> None:
         assert c.get("/v1/concepts/acme/dog/versions/2.0.0/manifest").status_code == 404
         assert c.get("/v1/concepts/acme/cat/versions/1.0.0/manifest").status_code == 404
         assert c.get("/v1/concepts/acme/dog/versions/one/manifest").status_code == 400
+
+
+def test_the_plain_sqlite_read_sees_every_commit_and_only_public_versions(tmp_path: Path) -> None:
+    """The manifest lookup that skips the ORM answers public versions only, sees a version
+    published after its connection opened, and leaves every other case to the full path."""
+    from registry_server import create_namespace, create_token
+    from registry_server.core.queries import read_public_manifest
+
+    with running_server(tmp_path) as s:
+        reg = s.client.app.state.registry  # type: ignore[attr-defined]
+        assert reg.reader is not None
+        create_namespace(s.settings, "secret", private=True)
+        _, secret = create_token(s.settings, namespace="secret", scope="push")
+        first, _ = push_draft(s.client, make_draft(tmp_path / "a"), version="1.0.0", token=s.token)
+        hit = read_public_manifest(reg, "acme", "dog", "1.0.0")
+        assert hit == (first.digest, first.canonical_json())
+        # Published after the connection read: seen at once (no transaction left open).
+        second, _ = push_draft(s.client, make_draft(tmp_path / "b"), version="1.1.0", token=s.token)
+        assert read_public_manifest(reg, "acme", "dog", "v1.1.0") == (
+            second.digest,
+            second.canonical_json(),
+        )
+        assert s.client.get("/v1/concepts/acme/dog/versions/1.1.0/manifest").status_code == 200
+        hidden = make_draft(tmp_path / "h", namespace="secret")
+        push_draft(s.client, hidden, version="1.0.0", token=secret)
+        assert read_public_manifest(reg, "secret", "dog", "1.0.0") is None
+        assert read_public_manifest(reg, "acme", "dog", "9.0.0") is None
+        assert read_public_manifest(reg, "acme", "Bad Name", "1.0.0") is None
+        assert read_public_manifest(reg, "acme", "dog", "one") is None
+
+
+def test_the_manifest_fast_path_answers_as_the_route_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anonymous GETs of a public manifest are answered before routing, with the status, bytes
+    and headers the route gives a token holder; everything else still reaches the route."""
+    from registry_server.api import routes
+
+    with running_server(tmp_path) as s:
+        manifest, _ = push_draft(
+            s.client, make_draft(tmp_path / "a"), version="1.0.0", token=s.token
+        )
+        url = "/v1/concepts/acme/dog/versions/1.0.0/manifest"
+        etag = f'"{manifest.digest}"'
+
+        def same(fast: object, route: object) -> None:
+            keep = ("content-type", "content-length", "etag", "cache-control")
+            assert fast.status_code == route.status_code  # type: ignore[attr-defined]
+            assert fast.content == route.content  # type: ignore[attr-defined]
+            for h in keep:
+                assert fast.headers.get(h) == route.headers.get(h), h  # type: ignore[attr-defined]
+
+        for extra in ({}, {"If-None-Match": etag}, {"If-None-Match": '"other"'}):
+            fast = s.client.get(url, headers=extra)
+            route = s.client.get(url, headers={**extra, **s.headers})
+            same(fast, route)
+        assert s.client.get(url, headers={"If-None-Match": etag}).status_code == 304
+
+        # With the route's database path broken, only what the fast path answers still works.
+        def broken(*args: object) -> None:
+            raise AssertionError("reached the route")
+
+        monkeypatch.setattr(routes, "_load_manifest", broken)
+        assert s.client.get(url).content == manifest.canonical_json()
+        for miss, headers in ((url.replace("1.0.0", "2.0.0"), {}), (url, s.headers)):
+            with pytest.raises(AssertionError, match="reached the route"):
+                s.client.get(miss, headers=headers)

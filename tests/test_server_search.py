@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conesreg.artifact import match_score
+from conesreg.artifact import BaseModelRef, ConceptMetadata, IndexEntry, Manifest, match_score
 from conesreg.testing import publish_table
+from registry_server.core.registry import Registry
 from registry_server.testing import Server, running_server
 
 OTHER_BASE = "sha256:" + "cd" * 32
@@ -109,8 +112,9 @@ def test_search_at_100k_concepts(tmp_path: Path) -> None:
     from conesreg.testing import make_manifest
     from registry_server import Settings
     from registry_server.core.auth import ANONYMOUS
-    from registry_server.core.queries import entries_json, search
+    from registry_server.core.queries import entries_json
     from registry_server.core.registry import open_registry
+    from registry_server.core.search import search
     from registry_server.testing import SEARCH_QUERIES, seed_search
 
     reg = open_registry(Settings(data=tmp_path))
@@ -137,4 +141,182 @@ def test_search_at_100k_concepts(tmp_path: Path) -> None:
             if cursor:  # the next page continues after this one
                 more, _ = search(session, ANONYMOUS, **params, cursor=cursor)
                 assert not {r.id for r in more} & {r.id for r in rows}, label
+    reg.engine.dispose()
+
+
+# -- the gather and walk plans give the embedded registry's answer ---------------------------------
+WORDS = ["dog", "cat", "do", "hotdog", "red", "dog-cat", "x"]
+BASES = ["sha256:" + "ab" * 32, "sha256:" + "cd" * 32]
+
+
+def _seed_mixed(reg: Registry, rng: random.Random, n: int) -> list[IndexEntry]:
+    """``n`` concepts (a third with an older version, a third private) whose names, class words
+    and descriptions reuse a few words: names and class words equal query terms, terms are
+    substrings of other words, many rows tie. Returns the public latest versions as entries."""
+    from sqlalchemy import insert
+
+    from registry_server.core.db import ConceptRow, ManifestData, Namespace, Version, VersionTag
+    from registry_server.core.publishing import search_fields
+
+    spaces = ["pub", "zoo", "secret"]
+    namespaces = [
+        {"id": i + 1, "name": ns, "private": ns == "secret"} for i, ns in enumerate(spaces)
+    ]
+    concepts, versions, tags = [], [], []
+    taken: set[tuple[str, str]] = set()
+    for i in range(n):
+        ns = rng.choice(spaces)
+        name = rng.choice(WORDS[:4]) if rng.random() < 0.3 else f"c{i}"
+        name = name if (ns, name) not in taken else f"c{i}"
+        taken.add((ns, name))
+        concepts.append({"id": i + 1, "namespace_id": spaces.index(ns) + 1, "name": name})
+        count = rng.choice([1, 1, 2])
+        for v in range(count):
+            md = ConceptMetadata.model_construct(
+                class_word=rng.choice(WORDS),
+                description=" ".join(rng.sample(WORDS, 2)),
+                tags=tuple(rng.sample(["animal", "pet", "Shape"], rng.randint(0, 2))),
+            )
+            light = Manifest.model_construct(
+                namespace=ns,
+                name=name,
+                base_model=BaseModelRef.model_construct(hash=rng.choice(BASES)),
+                metadata=md,
+            )
+            vid = len(versions) + 1
+            versions.append(
+                {
+                    "id": vid,
+                    "concept_id": i + 1,
+                    "namespace": ns,
+                    "name": name,
+                    "version": f"1.{v}.0",
+                    "digest": f"sha256:{vid:064x}",
+                    "is_latest": v == count - 1,
+                    **search_fields(light),
+                }
+            )
+            tags += [{"version_id": vid, "tag": t} for t in {t.lower() for t in md.tags}]
+    with reg.sessions.begin() as session:
+        session.execute(insert(Namespace), namespaces)
+        session.execute(insert(ConceptRow), concepts)
+        session.execute(
+            insert(ManifestData), [{"digest": v["digest"], "data": b"{}"} for v in versions]
+        )
+        session.execute(insert(Version), versions)
+        session.execute(insert(VersionTag), tags)
+    return [
+        IndexEntry.model_construct(
+            namespace=v["namespace"],
+            name=v["name"],
+            class_word=v["class_word"],
+            description=v["description"],
+            tags=tuple(v["tags"].split("\n")) if v["tags"] else (),
+            base_model_hash=v["base_model_hash"],
+        )
+        for v in versions
+        if v["is_latest"] and v["namespace"] != "secret"
+    ]
+
+
+QUERIES: list[dict[str, Any]] = [
+    {},
+    {"query": "dog"},
+    {"query": "do"},
+    {"query": "dog dog"},
+    {"query": "dog cat"},
+    {"query": "hotdog red"},
+    {"query": "x"},
+    {"query": "c1"},
+    {"query": "zebra"},
+    {"query": "dog", "tags": ["pet"]},
+    {"query": "cat", "base_model_hash": BASES[1]},
+    {"tags": ["shape", "animal"]},
+    {"class_word": "DOG"},
+    {"query": "red", "class_word": "cat", "tags": ["animal"]},
+]
+
+
+@pytest.mark.parametrize("gather_max", [0, 3, 5000])
+def test_every_plan_gives_the_embedded_registrys_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gather_max: int
+) -> None:
+    """With the probe's bound at 0 every query walks; at 3 some parts drive and others walk; at
+    the default every part of this small registry drives. All three must page through exactly
+    ``match_score``'s order, for every page size."""
+    from registry_server import Settings
+    from registry_server.core import search as search_module
+    from registry_server.core.auth import ANONYMOUS
+    from registry_server.core.registry import open_registry
+
+    monkeypatch.setattr(search_module, "GATHER_MAX", gather_max)
+    reg = open_registry(Settings(data=tmp_path))
+    entries = _seed_mixed(reg, random.Random(7), 120)
+    with reg.sessions() as session:
+        for params in QUERIES:
+            scored = [
+                (
+                    match_score(
+                        e,
+                        params.get("query", ""),
+                        **{k: v for k, v in params.items() if k != "query"},
+                    ),
+                    e,
+                )
+                for e in entries
+            ]
+            expected = [
+                f"{e.namespace}/{e.name}"
+                for s, e in sorted(scored, key=lambda x: (-x[0], x[1].namespace, x[1].name))
+                if s
+            ]
+            for limit in (1, 7, 500):
+                got: list[str] = []
+                cursor = None
+                for _ in range(200):
+                    rows, cursor = search_module.search(
+                        session, ANONYMOUS, **params, limit=limit, cursor=cursor
+                    )
+                    got += [f"{r.namespace}/{r.name}" for r in rows]
+                    if cursor is None:
+                        break
+                assert got == expected, (params, limit)
+    reg.engine.dispose()
+
+
+def test_an_older_database_gains_the_search_indexes(tmp_path: Path) -> None:
+    """A database written before the text index existed is indexed when the server opens it."""
+    from sqlalchemy import create_engine
+
+    from registry_server import Settings
+    from registry_server.core import search as search_module
+    from registry_server.core.auth import ANONYMOUS
+    from registry_server.core.db import TEXT_INDEX, has_text_index
+    from registry_server.core.registry import open_registry
+
+    reg = open_registry(Settings(data=tmp_path))
+    entries = _seed_mixed(reg, random.Random(1), 40)
+    url = reg.engine.url
+    reg.engine.dispose()
+    old = create_engine(url)
+    with old.begin() as conn:
+        for trigger in ("insert", "delete", "update"):
+            conn.exec_driver_sql(f"DROP TRIGGER {TEXT_INDEX}_{trigger}")
+        conn.exec_driver_sql(f"DROP TABLE {TEXT_INDEX}")
+        conn.exec_driver_sql("DROP INDEX ix_versions_class")
+        conn.exec_driver_sql("CREATE INDEX ix_versions_class_word ON versions (class_word)")
+    old.dispose()
+
+    reg = open_registry(Settings(data=tmp_path))
+    assert has_text_index(reg.engine)
+    with reg.engine.connect() as conn:
+        names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master")}
+        hits = conn.exec_driver_sql(
+            f"SELECT count(*) FROM {TEXT_INDEX} WHERE {TEXT_INDEX} MATCH '\"dog\"'"
+        ).scalar()
+    assert {"ix_versions_class", TEXT_INDEX} <= names and "ix_versions_class_word" not in names
+    assert hits and hits > 0
+    with reg.sessions() as session:
+        rows, _ = search_module.search(session, ANONYMOUS, query="dog", limit=500)
+    assert len(rows) == sum(1 for e in entries if match_score(e, "dog"))
     reg.engine.dispose()

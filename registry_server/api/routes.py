@@ -15,11 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from conesreg.artifact import IndexEntry, Manifest, constants
 
 from ..core import publishing, queries
-from ..core.auth import Caller, authenticate, is_anonymous, require_push
+from ..core.auth import Caller, authenticate, require_push
 from ..core.blobstore import DigestMismatchError
 from ..core.checks import check_digest, check_names
 from ..core.errors import Invalid
 from ..core.registry import Registry
+from ..core.search import search as search_registry
 from ..core.uploads import commit_upload
 from ..web.deps import (
     BearerDep,
@@ -124,17 +125,12 @@ def list_versions(namespace: NamespaceP, name: NameP, ctx: CtxDep) -> JSONRespon
 async def get_manifest(
     namespace: NamespaceP, name: NameP, version: VersionP, request: Request, _: BearerDep
 ) -> Response:
-    # The hottest request: a public version seen before is answered from memory on the event
-    # loop; anything else (first sight, a token, a private namespace) asks the database.
+    # Public versions asked for without a token are answered before routing, by
+    # registry_server.api.fast_path; what arrives here needs the database's full answer (a
+    # token, a private namespace, an error to explain).
     reg = registry_of(request)
     authorization = request.headers.get("authorization")
-    hit = (
-        queries.cached_manifest(reg, namespace, name, version)
-        if is_anonymous(authorization)
-        else None
-    )
-    if hit is None:
-        hit = await run_in_threadpool(_load_manifest, reg, authorization, namespace, name, version)
+    hit = await run_in_threadpool(_load_manifest, reg, authorization, namespace, name, version)
     return _manifest_bytes_response(request, *hit)
 
 
@@ -231,7 +227,7 @@ def search(
         ),
     ] = None,
 ) -> JSONResponse:
-    rows, next_cursor = queries.search(
+    rows, next_cursor = search_registry(
         ctx.session,
         ctx.caller,
         query=q,

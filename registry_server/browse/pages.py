@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from ..core import queries
+from ..core import queries, search
 from ..core.errors import RegistryError
 from ..web.deps import CtxDep, NameP, NamespaceP
 from ..web.errors import http_error
@@ -51,13 +51,13 @@ def index(
     """The index: latest versions matching the search, best match first."""
     criteria = {"query": q, "tags": [tag] if tag else (), "base_model_hash": base or None}
     try:
-        rows, next_cursor = queries.search(
+        rows, next_cursor = search.search(
             ctx.session, ctx.caller, **criteria, limit=PAGE_SIZE, cursor=cursor
         )
     except RegistryError as exc:  # a cursor from an old link: start over (same filters), not fail
         if exc.code != "invalid_cursor":
             raise
-        rows, next_cursor = queries.search(ctx.session, ctx.caller, **criteria, limit=PAGE_SIZE)
+        rows, next_cursor = search.search(ctx.session, ctx.caller, **criteria, limit=PAGE_SIZE)
     manifests = queries.manifests_of(ctx.session, rows)
     cards = []
     for row in rows:

@@ -1,4 +1,5 @@
-"""Reading the registry: lookups, manifests, search, the browse page's filters, the index.
+"""Reading the registry: lookups, manifests, the browse page's filters, the index (search is
+:mod:`registry_server.core.search`).
 
 Every function answers as ``caller`` sees the registry: a private namespace's concepts exist only
 for its own tokens, and a lookup of anything else is refused exactly as one of a name never used
@@ -8,30 +9,22 @@ parsed forms are cached by digest, and a version number's digest once looked up.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, literal, or_, select, tuple_
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from conesreg.artifact import (
-    SCORE_BASE,
-    SCORE_EXACT,
-    SCORE_PARTIAL,
     IndexEntry,
     Manifest,
-    load_json,
     parse_manifest,
     sort_releases,
 )
-from conesreg.artifact.errors import ManifestError
 
 from .auth import Caller
 from .checks import canonical_version, check_digest, check_names
@@ -271,6 +264,36 @@ def find_version_ref(
     return ref
 
 
+_PUBLIC_MANIFEST_SQL = (
+    "SELECT v.digest, n.private, m.data FROM versions v"
+    " JOIN namespaces n ON n.name = v.namespace JOIN manifests m ON m.digest = v.digest"
+    " WHERE v.namespace = ? AND v.name = ? AND v.version = ?"
+)
+
+
+def read_public_manifest(
+    reg: Registry, namespace: str, name: str, version: str
+) -> tuple[str, bytes] | None:
+    """``(digest, bytes)`` of a public version's manifest read through the registry's plain
+    connection (no ORM, no worker thread: ~20 µs on SQLite), and remembered for
+    :func:`cached_manifest`. None means "ask :func:`find_version_ref`": no such connection,
+    invalid names, a private or missing version (whose precise error that function gives)."""
+    if reg.reader is None:
+        return None
+    try:
+        check_names(namespace, name)
+        wanted = canonical_version(version)
+    except Invalid:
+        return None
+    row = reg.reader.one(_PUBLIC_MANIFEST_SQL, (namespace, name, wanted))
+    if row is None or row[1]:
+        return None
+    digest, _, data = row
+    _MANIFEST_BYTES.put(digest, data)
+    reg.version_refs.put((namespace, name, version), VersionRef(digest=digest, private=False))
+    return digest, data
+
+
 def cached_manifest(
     reg: Registry, namespace: str, name: str, version: str
 ) -> tuple[str, bytes] | None:
@@ -302,93 +325,24 @@ def manifest_of(session: Session, row: Version) -> Manifest:
     return manifests_of(session, [row])[row.digest]
 
 
+# An entry's fields other than the yank state come from the immutable manifest: their JSON is
+# built once per digest (pydantic validation of an entry costs more than the search query).
+_ENTRY_JSON: LRU[tuple[str, str], dict[str, Any]] = LRU(8192)
+
+
 def entries_json(session: Session, rows: Sequence[Version], registry: str) -> list[dict[str, Any]]:
     """The versions' :class:`IndexEntry` JSON: exactly what ``LocalSource`` lists."""
-    manifests = manifests_of(session, rows)
-    return [
-        IndexEntry.of(
-            manifests[row.digest], registry=registry, yanked=row.yanked, reason=row.yank_reason
-        ).model_dump(mode="json")
-        for row in rows
-    ]
-
-
-# -- search ---------------------------------------------------------------------------------------
-def _encode_cursor(score: int, namespace: str, name: str) -> str:
-    raw = json.dumps([score, namespace, name], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        # A cursor is the client's text: parsed with the depth cap like every untrusted JSON.
-        score, namespace, name = load_json(raw, what="the cursor")
-        if isinstance(score, int) and isinstance(namespace, str) and isinstance(name, str):
-            return score, namespace, name
-    except (ValueError, TypeError, binascii.Error, ManifestError):
-        pass
-    raise Invalid("invalid_cursor", "the cursor is not one this server gave: start without it")
-
-
-def search(
-    session: Session,
-    caller: Caller,
-    *,
-    query: str = "",
-    tags: Sequence[str] = (),
-    base_model_hash: str | None = None,
-    class_word: str | None = None,
-    limit: int = 50,
-    cursor: str | None = None,
-) -> tuple[list[Version], str | None]:
-    """The latest non-yanked version of each matching concept, best match first.
-
-    Matching is ``LocalSource``'s: every query term must occur in the name, namespace, class
-    word, description or a tag (case-insensitive); a term equal to the name or the class word
-    scores 10, any other 2; filters are exact (tags and class word ignore case). Ties are in
-    (namespace, name) order, which with the score makes the keyset that cursors continue from.
-
-    Returns:
-        The rows of this page and the cursor of the next (None on the last page).
-    """
-    terms = query.lower().split()
-    score: ColumnElement[int] = literal(SCORE_BASE)
-    for term in terms:
-        hit = or_(Version.name == term, Version.class_word == term)
-        score = score + case((hit, SCORE_EXACT), else_=SCORE_PARTIAL)
-    # Keys first (from the covering index), whole rows for this page only.
-    stmt = select(Version.id, Version.namespace, Version.name, score.label("score")).where(
-        Version.is_latest.is_(True), visible(caller)
-    )
-    for term in terms:
-        stmt = stmt.where(Version.search_text.contains(term, autoescape=True))
-    for tag in {t.lower() for t in tags}:
-        stmt = stmt.where(
-            exists().where(VersionTag.version_id == Version.id, VersionTag.tag == tag)
-        )
-    if base_model_hash:
-        stmt = stmt.where(Version.base_model_hash == base_model_hash)
-    if class_word:
-        stmt = stmt.where(Version.class_word == class_word.lower())
-    if cursor:
-        s, ns, nm = _decode_cursor(cursor)
-        after = tuple_(Version.namespace, Version.name) > tuple_(literal(ns), literal(nm))
-        stmt = stmt.where(or_(score < s, and_(score == s, after)) if terms else after)
-    order = [Version.namespace, Version.name]
-    stmt = stmt.order_by(score.desc(), *order) if terms else stmt.order_by(*order)
-    keys = session.execute(stmt.limit(limit + 1)).all()
-    by_id = {
-        row.id: row
-        for row in session.scalars(
-            select(Version).where(Version.id.in_([k.id for k in keys[:limit]]))
-        )
-    }
-    page = [by_id[k.id] for k in keys[:limit]]
-    if len(keys) <= limit:
-        return page, None
-    last = keys[limit - 1]
-    return page, _encode_cursor(int(last.score), last.namespace, last.name)
+    cached = {r.digest: _ENTRY_JSON.get((r.digest, registry)) for r in rows}
+    manifests = manifests_of(session, [r for r in rows if cached[r.digest] is None])
+    out = []
+    for row in rows:
+        base = cached[row.digest]
+        if base is None:
+            base = IndexEntry.of(manifests[row.digest], registry=registry).model_dump(mode="json")
+            cached[row.digest] = base
+            _ENTRY_JSON.put((row.digest, registry), base)
+        out.append({**base, "yanked": row.yanked, "yank_reason": row.yank_reason})
+    return out
 
 
 # -- facets (the browse page's filters) -----------------------------------------------------------
