@@ -160,6 +160,7 @@ def _start(args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
             httpx.get(url + "/v1/search?limit=1", timeout=5)
             return proc, url
         time.sleep(0.2)
+    proc.kill()
     raise RuntimeError(f"{args} did not start")
 
 
@@ -351,6 +352,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--search-runs", type=int, default=100)
+    ap.add_argument("--search-only", action="store_true", help="skip the manifest GET phases")
     a = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("server_load.py needs wrk, the load generator: apt-get install wrk")
@@ -370,7 +372,8 @@ def main() -> None:
                 script = tmp / f"{key}.py"
                 script.write_text(source.replace("{route}", MANIFEST_ROUTE))
                 procs[key] = _start([str(script), str(size)])
-            _load(a, procs, size, tmp)
+            if not a.search_only:
+                _load(a, procs, size, tmp)
             _search(a, procs)
         finally:
             for proc, _ in procs.values():
