@@ -35,6 +35,7 @@ from ._base_hash import base_model_hash
 from ._find_inputs import check_captions
 from ._objective import denoising_target
 from ._storage import atomic_write
+from ._threads import cpu_threads
 from .artifact import constants as artifact_constants
 from .errors import ConesregError
 
@@ -405,6 +406,15 @@ def union_masks(masks: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarr
 
 
 def _search(
+    pipe: Any, subjects: Sequence[tuple[Any, str | Sequence[str]]], config: FindConfig, **kw: Any
+) -> dict[str, np.ndarray]:
+    """The search behind :func:`find_neurons`, :func:`refine_neurons` and
+    :func:`compose_neurons`, with the CPU thread count of ``conesreg._threads``."""
+    with cpu_threads(pipe.unet, batch=config.batch_size):
+        return _run_search(pipe, subjects, config, **kw)
+
+
+def _run_search(
     pipe: Any,
     subjects: Sequence[tuple[Any, str | Sequence[str]]],
     config: FindConfig,
@@ -414,8 +424,7 @@ def _search(
     on_step: Callable[[int, float, float], None] | None = None,
     checkpoint: Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """The search behind :func:`find_neurons`, :func:`refine_neurons` and
-    :func:`compose_neurons`.
+    """See :func:`_search`.
 
     ``subjects`` are ``(images or latents, prompt or one caption each)``. Global binding: one
     mask, switched off in the weights in place while searching. Token binding: one mask per

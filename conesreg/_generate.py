@@ -12,6 +12,7 @@ from typing import Any
 from . import constants
 from ._compose import active_concepts, pristine_hash
 from ._storage import atomic_write
+from ._threads import cpu_threads
 
 
 @dataclass(frozen=True)
@@ -53,17 +54,18 @@ def generate(
             on_step(step + 1, steps)
         return kwargs
 
-    out = pipe(
-        prompt,
-        negative_prompt=negative_prompt,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=height,
-        width=width,
-        num_images_per_prompt=num_images,
-        generator=generator,
-        callback_on_step_end=callback,
-    )
+    with cpu_threads(getattr(pipe, "unet", pipe), batch=num_images):
+        out = pipe(
+            prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=height,
+            width=width,
+            num_images_per_prompt=num_images,
+            generator=generator,
+            callback_on_step_end=callback,
+        )
     images = list(out.images)
     concepts = [{"ref": c.label, "digest": c.digest} for c in active_concepts(pipe)]
     metadata = {

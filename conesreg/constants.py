@@ -59,6 +59,21 @@ OFFLINE: bool = _env_bool("CONESREG_OFFLINE")
 #: Show tracebacks for every error (the CLI otherwise prints one line).
 DEBUG: bool = _env_bool("CONESREG_DEBUG")
 
+#: torch intra-op threads for CPU work (generating, finding); unset: conesreg's choice (see
+#: ``conesreg._threads``), or torch's own when ``OMP_NUM_THREADS`` is set.
+THREADS: int | None = (
+    int(_env_positive("CONESREG_THREADS", 1, unit="threads"))
+    if os.environ.get("CONESREG_THREADS", "").strip()
+    else None
+)
+#: Whether the standard OpenMP variable chose the thread count (torch reads it itself).
+OMP_THREADS_SET: bool = bool(os.environ.get("OMP_NUM_THREADS", "").strip())
+#: On the CPU, a UNet this small running a batch this small gets one thread: its ops are too
+#: short to split, and a second thread on a busy 2-core machine stalls every one of them
+#: (measured on the mini model: one image 0.53-0.56 s at 1 thread, 1.95-24.8 s at 2 under load).
+SMALL_UNET_PARAMS: int = 50_000_000
+SMALL_BATCH: int = 4
+
 #: The base model of ``generate``/``load_pipeline`` when none is given (a folder or Hub id).
 BASE_MODEL: str | None = os.environ.get("CONESREG_BASE_MODEL") or None
 
