@@ -57,16 +57,19 @@ class _Applied:
 
     holders: Counter[str] = field(default_factory=Counter)  # digest -> handles holding it
     concepts: dict[str, Concept] = field(default_factory=dict)  # digest -> concept
-    # param name -> (flat indices, original values), both on the parameter's device
-    saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # param name -> (flat indices, one tensor per concept, and the original values at them in
+    # that order, all on the parameter's device). Kept apart, not concatenated: on the CPU each
+    # part is gathered and scattered where it lies (a copy of 64 concepts' indices costs more
+    # than the writes).
+    saved: dict[str, tuple[tuple[torch.Tensor, ...], torch.Tensor]] = field(default_factory=dict)
     # param name -> the digests whose indices make up saved[name], in order
     saved_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # param name -> (digests, indices, original values, the parameter's fingerprint right after
     # they were written back): switching the same concepts off again while nothing else touched
     # the weights reads no originals (they are these) and concatenates nothing
-    kept: dict[str, tuple[tuple[str, ...], torch.Tensor, torch.Tensor, tuple[Any, ...]]] = field(
-        default_factory=dict
-    )
+    kept: dict[
+        str, tuple[tuple[str, ...], tuple[torch.Tensor, ...], torch.Tensor, tuple[Any, ...]]
+    ] = field(default_factory=dict)
     # sorted target names -> hash of the pristine weights, so swaps never re-hash
     base_hashes: dict[tuple[str, ...], str] = field(default_factory=dict)
     # param name -> (owning module, attribute): a dict lookup instead of a walk down the tree,
@@ -408,7 +411,10 @@ def _sync(unet: Any, state: _Applied) -> None:
     # Allocate everything first: an out-of-memory error then leaves the weights untouched.
     try:
         back = {
-            n: (idx.to(params[n].device), vals.to(params[n].device, params[n].dtype))
+            n: (
+                tuple(i.to(params[n].device) for i in idx),
+                vals.to(params[n].device, params[n].dtype),
+            )
             for n, (idx, vals) in state.saved.items()
         }
         parts: dict[str, list[torch.Tensor]] = {}
@@ -426,12 +432,11 @@ def _sync(unet: Any, state: _Applied) -> None:
                 plan[n] = kept[1:3]
                 reuse.add(n)
                 continue
-            # Concatenated, not de-duplicated: originals are all read before any zeroing, so a
-            # position held by two concepts is saved twice with the same value, and writing it
-            # back twice is still exact. Skipping the sort-based union makes a swap several
-            # times faster.
-            idx = p[0] if len(p) == 1 else torch.cat(p)
-            plan[n] = (idx, torch.empty(len(idx), dtype=params[n].dtype, device=idx.device))
+            # Not de-duplicated: originals are all read before any zeroing, so a position held
+            # by two concepts is saved twice with the same value, and writing it back twice is
+            # still exact. Skipping the sort-based union makes a swap several times faster.
+            total = sum(len(i) for i in p)
+            plan[n] = (tuple(p), torch.empty(total, dtype=params[n].dtype, device=p[0].device))
     except torch.OutOfMemoryError as e:
         raise DeviceMemoryError(
             f"out of memory while applying concepts ({e}); the pipeline was left as it was"
@@ -462,27 +467,37 @@ def _numpy_view(p: Any) -> Any:
     return p.detach().view(-1).numpy()
 
 
-def _gather(p: Any, idx: Any, out: Any) -> None:
-    """``out[:] = p.flat[idx]``."""
+def _gather(p: Any, parts: tuple[Any, ...], out: Any) -> None:
+    """``out[:] = p.flat[concatenated parts]``."""
     import torch
 
     flat = _numpy_view(p)
     if flat is None:
+        idx = parts[0] if len(parts) == 1 else torch.cat(parts)
         torch.index_select(p.view(-1), 0, idx, out=out)
-    else:
-        np.take(flat, idx.numpy(), out=out.numpy())
+        return
+    dest, at = out.numpy(), 0
+    for idx in parts:
+        np.take(flat, idx.numpy(), out=dest[at : at + len(idx)])
+        at += len(idx)
 
 
-def _scatter(p: Any, idx: Any, vals: Any | None) -> None:
-    """``p.flat[idx] = vals`` (0 when None), counted as an in-place change of ``p``."""
+def _scatter(p: Any, parts: tuple[Any, ...], vals: Any | None) -> None:
+    """``p.flat[concatenated parts] = vals`` (0 when None), counted as an in-place change."""
+    import torch
+
     flat = _numpy_view(p)
     if flat is None:
+        idx = parts[0] if len(parts) == 1 else torch.cat(parts)
         if vals is None:
             p.view(-1).index_fill_(0, idx, 0)
         else:
             p.view(-1).index_copy_(0, idx, vals)
         return
-    flat[idx.numpy()] = 0 if vals is None else vals.numpy()
+    source, at = (None if vals is None else vals.numpy()), 0
+    for idx in parts:
+        flat[idx.numpy()] = 0 if source is None else source[at : at + len(idx)]
+        at += len(idx)
     # numpy writes bypass torch's version counter, which the base-model hash cache and the kept
     # originals trust: an in-place op on an empty slice moves it as the write itself would have.
     p.detach().view(-1)[:0].zero_()
