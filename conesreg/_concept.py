@@ -228,12 +228,10 @@ def read_concept(manifest: Manifest, cache: Cache) -> Concept:
     """
     from .artifact._check import check_mask
 
+    seen = _read_before(manifest.digest, cache)
+    if seen is not None:
+        return seen
     stamp = _stamp(cache.blobs.path(manifest.mask.blob))
-    with _decoded_lock:
-        seen = _READ.get(manifest.digest)
-        if seen is not None and stamp is not None and seen[0] == stamp:
-            _READ.move_to_end(manifest.digest)
-            return seen[1]
     data = cache.blobs.read(manifest.mask.blob)
     try:
         # The blob's digest was just verified; if the cache holds what decoding it gave, those
@@ -248,6 +246,20 @@ def read_concept(manifest: Manifest, cache: Cache) -> Concept:
             while len(_READ) > _READ_LIMIT:
                 _READ.popitem(last=False)
     return concept
+
+
+def _read_before(digest: str, cache: Cache) -> Concept | None:
+    """The concept of manifest ``digest`` as this process read it, if its mask blob is the same
+    file since (a manifest read once was verified against its digest: it cannot change)."""
+    with _decoded_lock:
+        seen = _READ.get(digest)
+    # The stamp (size, mtime, inode) is of the file in the cache that read it: another cache's
+    # file has another inode.
+    if seen is None or _stamp(cache.blobs.path(seen[1].manifest.mask.blob)) != seen[0]:
+        return None
+    with _decoded_lock:
+        _READ.move_to_end(digest)
+    return seen[1]
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -290,7 +302,9 @@ def load_concepts(
         else:
             ref = s.parse(r)
             entry = by_key[f"{ref.registry}/{ref.namespace}/{ref.name}"]
-            out.append(read_concept(s.cache.manifest(entry.manifest), s.cache))
+            # Read before and unchanged: no need to parse and verify its manifest again.
+            seen = _read_before(entry.manifest, s.cache)
+            out.append(seen or read_concept(s.cache.manifest(entry.manifest), s.cache))
     return out
 
 

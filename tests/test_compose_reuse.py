@@ -139,6 +139,7 @@ def test_read_concept_is_reverified_when_the_blob_changes(isolated, pipe) -> Non
     cache = Cache.open()
     manifest = parse_manifest(cache.blobs.read(c.digest))
     assert read_concept(manifest, cache) is c  # unchanged file: the checked concept again
+    assert load_concepts([ref]) == [c]  # by reference too, without parsing the manifest again
     path = cache.blobs.path(manifest.mask.blob)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
@@ -146,6 +147,8 @@ def test_read_concept_is_reverified_when_the_blob_changes(isolated, pipe) -> Non
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError):
         read_concept(manifest, cache)
+    with pytest.raises(IntegrityError):
+        load_concepts([ref])
 
 
 def test_install_is_skipped_while_the_lockfile_is_unchanged(isolated, pipe, monkeypatch) -> None:  # type: ignore[no-untyped-def]
