@@ -41,7 +41,7 @@ import struct
 import threading
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,7 +197,7 @@ def base_model_hash(model: Any, *, targets: Sequence[str] | None = None) -> str:
         return _digest((name, tensors[name]) for name in chosen)
 
     module = _module_of(model)
-    params = _named_parameters(module)
+    params = _named_parameters(module, only=targets)
     chosen = tuple(_resolve_targets(params, targets, source=type(module).__name__))
     tensors = [params[name] for name in chosen]
     fingerprints = _fingerprints(tensors)
@@ -313,7 +313,7 @@ def remember(model: Any, digest: str, *, targets: Sequence[str]) -> None:
     weight file stamp): the caller vouches that the weights are the files'.
     """
     module = _module_of(model)
-    params = _named_parameters(module)
+    params = _named_parameters(module, only=targets)
     chosen = tuple(targets)
     tensors = [params[name] for name in chosen]
     fingerprints = _fingerprints(tensors)
@@ -344,9 +344,19 @@ def _module_of(model: Any) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _named_parameters(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # Every name, also the second name of a tied weight, which named_parameters() drops.
-    return dict(module.named_parameters(remove_duplicate=False))
+def _named_parameters(
+    module: torch.nn.Module, *, only: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Every parameter by name (also the second name of a tied weight, which
+    ``named_parameters()`` drops), or only those of ``only`` that exist: looked up one by one,
+    as walking an SD UNet's ~700 parameters costs milliseconds on every apply."""
+    if only is None or isinstance(only, str):
+        return dict(module.named_parameters(remove_duplicate=False))
+    found = {}
+    for name in only:
+        with suppress(AttributeError):
+            found[name] = module.get_parameter(name)
+    return found
 
 
 def _strip_unet_prefix(names: Mapping[str, Any]) -> dict[str, Any]:

@@ -147,7 +147,13 @@ class Cache:
 
     def record(self, entry: IndexEntry) -> None:
         """Remember which version of which concept a manifest digest is (for offline use)."""
-        atomic_write(self._ref_path(entry), entry.model_dump_json().encode())
+        path, data = self._ref_path(entry), entry.model_dump_json().encode()
+        # Installing what is installed writes nothing: reading costs far less than a durable
+        # write (temp file, fsync, rename), and install() records every concept it resolves.
+        with contextlib.suppress(OSError):
+            if path.read_bytes() == data:
+                return
+        atomic_write(path, data)
 
     def entries(self, registry: str | None = None) -> list[IndexEntry]:
         """Index entries of everything installed, optionally of one registry."""
