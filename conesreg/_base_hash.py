@@ -305,6 +305,17 @@ def weights_stamp(path: str | os.PathLike[str]) -> list[tuple[str, int, int, int
     return out
 
 
+def weights_targets(path: str | os.PathLike[str]) -> list[str]:
+    """:func:`default_targets` of the UNet weights at ``path``, from the files' headers alone
+    (no tensor is read; far cheaper than walking a loaded UNet's modules).
+
+    Raises:
+        StorageError: as :func:`base_model_hash` for a path.
+    """
+    with _open_path(Path(path)) as (names, _get, _shape):
+        return default_targets(names)
+
+
 def remember(model: Any, digest: str, *, targets: Sequence[str]) -> None:
     """Record ``digest`` as the hash of ``model``'s ``targets`` as they are now, as if
     :func:`base_model_hash` had just computed it (the same fingerprints keep it fresh).
@@ -315,6 +326,8 @@ def remember(model: Any, digest: str, *, targets: Sequence[str]) -> None:
     module = _module_of(model)
     params = _named_parameters(module, only=targets)
     chosen = tuple(targets)
+    if any(name not in params for name in chosen):
+        return  # not this model's weights after all: the hash is computed when asked for
     tensors = [params[name] for name in chosen]
     fingerprints = _fingerprints(tensors)
     if fingerprints is None:

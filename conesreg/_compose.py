@@ -672,22 +672,28 @@ def _known_hash(pipe: Any, folder: Path, torch_dtype: Any, s: Session) -> None:
     float16, whose values hash exactly as the files' (the hash rounds to float16)."""
     import torch
 
-    from ._base_hash import base_model_hash, default_targets, remember, weights_stamp
+    from ._base_hash import base_model_hash, remember, weights_stamp, weights_targets
     from .errors import ConesregError
 
     if not folder.is_dir() or torch_dtype not in (torch.float32, torch.float16):
         return
     unet = _unet_of(pipe)
-    targets = default_targets(n for n, _ in unet.named_parameters())
     try:
+        # The model was just loaded from these files: their names are its parameters'.
+        targets = weights_targets(folder)
         key = [weights_stamp(folder), targets]
     except (ConesregError, OSError):
         return
+    if not targets:
+        return
     known = s.cache.base_hash(key)
-    if known is None:
-        s.cache.save_base_hash(key, base_model_hash(unet, targets=targets))
-    else:
+    if known is not None:
         remember(unet, known, targets=targets)
+        return
+    try:
+        s.cache.save_base_hash(key, base_model_hash(unet, targets=targets))
+    except ConesregError:
+        return  # files and model disagree: the first apply hashes what is loaded
 
 
 def _bundled_base() -> str:

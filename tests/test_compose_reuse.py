@@ -349,6 +349,14 @@ def test_load_pipeline_remembers_the_hash_of_its_files(
     _base_hash.clear_cache()
     load_pipeline(folder, device="cpu")
     assert hashed
+    # The targets come from the files' headers: the same names the loaded UNet has.
+    names = (n for n, _ in pipe.unet.named_parameters())
+    assert _base_hash.weights_targets(folder) == _base_hash.default_targets(names)
+    # A hash for targets this model lacks is not remembered (it is computed when asked for).
+    _base_hash.clear_cache()
+    _base_hash.remember(pipe, "sha256:" + "0" * 64, targets=["no.such.attn2.to_k.weight"])
+    hashed.clear()
+    assert _base_hash.base_model_hash(pipe) != "sha256:" + "0" * 64 and hashed
 
 
 def test_device_indices_are_bounded(pipe, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
