@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _bench import add_threads_option, measured
 
 from conesreg import Concept
 from conesreg._compose import apply
@@ -124,7 +125,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=32, help="images per prompt")
     ap.add_argument("--steps", type=int, default=400, help="steps of the searches on 4 at once")
+    add_threads_option(ap)
     a = ap.parse_args()
+    with measured(a.threads):
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
     torch.set_flush_denormal(True)
     seeds = SEEDS
     subjects = list(SUBJECTS.values())

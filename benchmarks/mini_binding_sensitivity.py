@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _bench import add_threads_option, measured
 
 from conesreg._objective import denoising_target
 from conesreg.mini import model as mm
@@ -58,7 +59,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--model", type=Path, default=None, help="a candidate export")
+    add_threads_option(ap)
     a = ap.parse_args()
+    with measured(a.threads):
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
     torch.set_flush_denormal(True)
     pipe = mm.load_mini_pipeline(path=a.model)
     rng = np.random.default_rng(SEED)

@@ -19,6 +19,7 @@ from typing import Any
 # A sibling benchmark: Python puts this folder on the path when a benchmark runs.
 import mini_binding_probe as probe
 import torch
+from _bench import measured
 
 import conesreg.mini.subjects as subjects
 from conesreg.mini.classifier import load_classifier
@@ -51,6 +52,11 @@ def samplers(pipe: Any, clf: Any) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
+    with measured(1):
+        run()
+
+
+def run() -> None:
     torch.set_flush_denormal(True)
     pipe, clf = load_mini_pipeline(), load_classifier()
     if "--samplers" in sys.argv:

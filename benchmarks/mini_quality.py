@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _bench import add_threads_option, measured
 
 from conesreg.mini.classifier import load_classifier, predict
 from conesreg.mini.model import load_mini_pipeline
@@ -167,7 +168,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=96, help="prompts per table")
     ap.add_argument("--card", type=Path, default=None)
     ap.add_argument("--model", type=Path, default=None, help="a candidate export")
+    add_threads_option(ap)
     a = ap.parse_args()
+    with measured(a.threads):
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
     torch.set_flush_denormal(True)
     pipe = load_mini_pipeline(path=a.model)
     clf = load_classifier()

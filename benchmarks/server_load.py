@@ -177,7 +177,14 @@ def _wrk(
         "WRK_MODE": "fresh" if fresh else "random",
         "WRK_THREADS": str(WRK_THREADS),
     }
-    argv = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script)]
+    argv = [
+        "wrk",
+        f"-t{WRK_THREADS}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "-s",
+        str(script),
+    ]
     out = subprocess.run([*argv, url], env=env, capture_output=True, text=True, check=True)
     line = next(x for x in out.stdout.splitlines() if x.startswith("{"))
     return json.loads(line)  # type: ignore[no-any-return]
