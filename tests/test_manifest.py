@@ -118,3 +118,17 @@ def test_check_mask_is_the_one_rule(tmp_path: Path) -> None:
         check_mask(manifest.model_copy(update={"mask": other}), data)
     with pytest.raises(MaskError, match="more than the 8 accepted"):
         check_mask(manifest, data, max_target_numel=8)
+
+
+def test_the_same_bytes_parse_once_and_every_check_still_holds() -> None:
+    from conesreg.testing import make_manifest
+
+    data = make_manifest().canonical_json()
+    first = parse_manifest(data, expected_digest=make_manifest().digest)
+    assert parse_manifest(bytes(data)) is first  # remembered: not validated again
+    with pytest.raises(IntegrityError):  # the pin is checked on every call
+        parse_manifest(data, expected_digest="sha256:" + "0" * 64)
+    bad = data.replace(b'"namespace"', b'"namespaces"')
+    for _ in range(2):  # what fails is never remembered
+        with pytest.raises(ManifestError):
+            parse_manifest(bad)
