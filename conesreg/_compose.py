@@ -435,7 +435,7 @@ def _sync(unet: Any, state: _Applied) -> None:
             # Not de-duplicated: originals are all read before any zeroing, so a position held
             # by two concepts is saved twice with the same value, and writing it back twice is
             # still exact. Skipping the sort-based union makes a swap several times faster.
-            total = sum(len(i) for i in p)
+            total = sum(i.shape[0] for i in p)
             plan[n] = (tuple(p), torch.empty(total, dtype=params[n].dtype, device=p[0].device))
     except torch.OutOfMemoryError as e:
         raise DeviceMemoryError(
@@ -477,9 +477,10 @@ def _gather(p: Any, parts: tuple[Any, ...], out: Any) -> None:
         torch.index_select(p.view(-1), 0, idx, out=out)
         return
     dest, at = out.numpy(), 0
-    for idx in parts:
-        np.take(flat, idx.numpy(), out=dest[at : at + len(idx)])
-        at += len(idx)
+    for part in parts:
+        idx = part.numpy()
+        np.take(flat, idx, out=dest[at : at + idx.shape[0]])
+        at += idx.shape[0]
 
 
 def _scatter(p: Any, parts: tuple[Any, ...], vals: Any | None) -> None:
@@ -495,9 +496,10 @@ def _scatter(p: Any, parts: tuple[Any, ...], vals: Any | None) -> None:
             p.view(-1).index_copy_(0, idx, vals)
         return
     source, at = (None if vals is None else vals.numpy()), 0
-    for idx in parts:
-        flat[idx.numpy()] = 0 if source is None else source[at : at + len(idx)]
-        at += len(idx)
+    for part in parts:
+        idx = part.numpy()  # (torch's len() costs more than numpy's shape)
+        flat[idx] = 0 if source is None else source[at : at + idx.shape[0]]
+        at += idx.shape[0]
     # numpy writes bypass torch's version counter, which the base-model hash cache and the kept
     # originals trust: an in-place op on an empty slice moves it as the write itself would have.
     p.detach().view(-1)[:0].zero_()

@@ -346,14 +346,18 @@ def _installed(
 
 
 def forget() -> None:
-    """Drop what this process keeps of the concepts it read, decoded and installed, as a new
-    process would start (the cache on disk stays). For tests and benchmarks."""
+    """Drop what this process keeps of the concepts it read, decoded and installed, and the
+    manifests it parsed, as a new process would start (the cache on disk stays). For tests and
+    benchmarks."""
+    from .artifact._manifest import forget_parsed
+
     global _decoded_bytes
     with _decoded_lock:
         _DECODED.clear()
         _decoded_bytes = 0
         _READ.clear()
         _INSTALLED.clear()
+    forget_parsed()
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,10 @@ def test_the_same_bytes_parse_once_and_every_check_still_holds() -> None:
     data = make_manifest().canonical_json()
     first = parse_manifest(data, expected_digest=make_manifest().digest)
     assert parse_manifest(bytes(data)) is first  # remembered: not validated again
+    from conesreg.artifact._manifest import forget_parsed
+
+    forget_parsed()  # as a new process
+    assert parse_manifest(data) is not first and parse_manifest(data) == first
     with pytest.raises(IntegrityError):  # the pin is checked on every call
         parse_manifest(data, expected_digest="sha256:" + "0" * 64)
     bad = data.replace(b'"namespace"', b'"namespaces"')

@@ -448,6 +448,13 @@ _PARSED_MAX_BYTES = 64 * 1024
 _parsed_lock = threading.Lock()
 
 
+def forget_parsed() -> None:
+    """Drop the manifests :func:`parse_manifest` remembers, as a new process starts (tests and
+    benchmarks)."""
+    with _parsed_lock:
+        _PARSED.clear()
+
+
 def parse_manifest(data: bytes | str | dict, *, expected_digest: str | None = None) -> Manifest:
     """Validate a manifest; with ``expected_digest``, also check that it is the one pinned.
 
