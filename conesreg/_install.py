@@ -6,6 +6,7 @@ Install is resolve (``_resolver``), lock (``_lockfile``) and fetch (``_fetch``),
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ from ._resolver import Resolution, resolve
 from ._session import Session
 from .artifact._manifest import IndexEntry
 from .artifact._names import ConceptRef
-from .errors import InvalidReferenceError, LockfileError, StaleLockfileError
+from .artifact._versions import parse_spec
+from .errors import ConesregWarning, InvalidReferenceError, LockfileError, StaleLockfileError
 from .sources import Source
 
 
@@ -65,6 +67,7 @@ def install(
             )
         requested = [ConceptRef(c.namespace, c.name, c.spec, c.registry) for c in old.concepts]
 
+    yanked: list[str] = []
     if frozen:
         wanted = [_frozen_entry(old, ref, path) for ref in requested]
         new = old
@@ -73,6 +76,11 @@ def install(
         for ref in requested:
             prior = None if (old is None or upgrade) else old.get(_key(ref))
             res = resolve(ref, s.releases(ref), locked=prior)
+            if res.entry.yanked:
+                # An exact pin, or a lock kept as uv and cargo keep it: installed, never silently
+                # (said once it is installed, not before an error).
+                reason = f": {res.entry.yank_reason}" if res.entry.yank_reason else ""
+                yanked.append(f"{ref.id}@{res.entry.version} is yanked{reason}")
             wanted.append(_lock_entry(s, res))
         kept = [c for c in (old.concepts if old else ()) if c.key not in {w.key for w in wanted}]
         new = (old or Lockfile()).with_concepts(kept + wanted)
@@ -83,6 +91,8 @@ def install(
     for entry in wanted:
         manifest = fetch(entry, session=s, progress=progress)
         s.cache.record(IndexEntry.of(manifest, registry=entry.registry))
+    for message in yanked:
+        warnings.warn(message, ConesregWarning, stacklevel=2)
     if new != old:
         write_lockfile(path, new)
     return wanted
@@ -110,6 +120,14 @@ def _frozen_entry(old: Lockfile | None, ref: ConceptRef, path: Path) -> LockedCo
         raise LockfileError(
             f"{ref.id} is not in {path.name}, and --frozen installs only what it lists",
             hint="run `conesreg install` without --frozen to add it",
+        )
+    # A reference asks for a version: one the lock does not hold is refused, never ignored.
+    if ref.spec and not parse_spec(ref.spec).matches(entry.version, entry.manifest):
+        asked = f"{ref.id}@{ref.spec}"
+        raise LockfileError(
+            f"{asked} asks for a version {path.name} does not hold: it locks "
+            f"{ref.id}@{entry.version} ({entry.spec}), and --frozen installs only what it lists",
+            hint=f"run `conesreg install {asked}` without --frozen to change the lock",
         )
     return entry
 

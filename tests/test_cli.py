@@ -123,6 +123,22 @@ def test_yanked_only_and_stale_lock(pushed: Path, capsys: pytest.CaptureFixture[
     assert_user_error(*run(capsys, "install", "acme/dog@1.1.0", "--locked")[::2], "stale")
 
 
+def test_yanked_pins_warn_and_frozen_refuses_what_the_lock_lacks(
+    pushed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "yank", "acme/dog@1.1.0", "--reason", "bleeds into cats")[0] == 0
+    code, out, err = run(capsys, "install", "acme/dog@1.1.0")
+    assert code == 0 and "installed local/acme/dog@1.1.0" in out
+    assert err.strip() == "warning: acme/dog@1.1.0 is yanked: bleeds into cats"
+    code, _, err = run(capsys, "install", "--locked")  # the lock kept on a yanked version
+    assert code == 0 and "is yanked: bleeds into cats" in err
+    lock = (pushed / "project" / "conesreg.lock").read_bytes()
+    assert_user_error(
+        *run(capsys, "install", "--frozen", "acme/dog@^2")[::2], "acme/dog@^2", "--frozen"
+    )
+    assert (pushed / "project" / "conesreg.lock").read_bytes() == lock
+
+
 def test_verify_reports_corruption(pushed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "install", "acme/dog")
     from conesreg._cache import Cache

@@ -15,6 +15,7 @@ from conesreg._lockfile import lockfile_path, read_lockfile
 from conesreg._session import Session
 from conesreg.errors import (
     ConceptNotFoundError,
+    ConesregWarning,
     IntegrityError,
     LockfileError,
     OfflineError,
@@ -81,6 +82,30 @@ def test_frozen_installs_exactly_the_lock(published: dict[str, str], isolated: P
         install(["acme/cat"], frozen=True)
 
 
+def test_frozen_refuses_a_reference_the_lock_does_not_hold(published: dict[str, str]) -> None:
+    install(["acme/dog@^1"])
+    before = lockfile_path().read_bytes()
+    assert install(["acme/dog@^1.2"], frozen=True)[0].version == "1.2.3"  # held: fine
+    assert install(["acme/dog"], frozen=True)[0].version == "1.2.3"  # no version asked
+    with pytest.raises(LockfileError, match=r"acme/dog@\^2 asks for a version .*dog@1\.2\.3"):
+        install(["acme/dog@^2"], frozen=True)
+    assert lockfile_path().read_bytes() == before
+
+
+def test_pinning_or_keeping_a_yanked_version_warns_with_the_reason(
+    published: dict[str, str],
+) -> None:
+    LocalSource().set_yanked("acme", "dog", "1.0.0", yanked=True, reason="leaks the cat")
+    with pytest.warns(ConesregWarning, match="acme/dog@1.0.0 is yanked: leaks the cat"):
+        install(["acme/dog@1.0.0"])  # an exact version pins, yanked or not
+    # A lock kept on a version yanked since: --locked reinstalls it, and says so.
+    LocalSource().set_yanked("acme", "dog", "1.2.3", yanked=True)
+    install(["acme/dog@^1.2"], upgrade=True)  # 1.2.0, the newest not yanked
+    LocalSource().set_yanked("acme", "dog", "1.2.0", yanked=True, reason="broken")
+    with pytest.warns(ConesregWarning, match="acme/dog@1.2.0 is yanked: broken"):
+        install(["acme/dog@^1.2"], locked=True)
+
+
 def test_hand_edited_lockfile_refused(published: dict[str, str]) -> None:
     install(["acme/dog@1"])
     path = lockfile_path()
@@ -100,7 +125,8 @@ def test_errors(published: dict[str, str]) -> None:
     LocalSource().set_yanked("acme", "dog", "2.0.0", yanked=True)
     with pytest.raises(YankedVersionError):
         install(["acme/dog@2"])
-    assert install(["acme/dog@2.0.0"])[0].version == "2.0.0"  # exact pins still work
+    with pytest.warns(ConesregWarning, match="yanked"):
+        assert install(["acme/dog@2.0.0"])[0].version == "2.0.0"  # exact pins still work
     assert install(["acme/dog@" + published["1.0.0"]])[0].version == "1.0.0"
 
 
