@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,10 +22,11 @@ from . import constants
 from ._cache import Cache
 from ._fetch import fetch
 from ._install import install
-from ._lockfile import LockedConcept
+from ._lockfile import LockedConcept, read_lockfile
 from ._session import Session
 from .artifact._manifest import IndexEntry, Manifest
-from .errors import BaseModelMismatchError, MaskError
+from .artifact._versions import parse_spec
+from .errors import BaseModelMismatchError, ConesregWarning, MaskError
 
 if TYPE_CHECKING:
     from .artifact._mask import IndexSet
@@ -308,6 +310,33 @@ def load_concepts(
     return out
 
 
+def _install_quietly(
+    names: list[str], path: Path, project_dir: Path | None, locked: bool, frozen: bool, s: Session
+) -> list[LockedConcept]:
+    """Install for using concepts (apply, generate): what the lockfile holds is used as it is
+    when every reference allows it, so that using ``acme/dog@^1`` never rewrites a lock made
+    with ``@^1.2``; when the lockfile must change (a concept not in it, a version it does not
+    allow), it is written and a warning says so."""
+    before = read_lockfile(path)
+    held = before is not None and all(
+        (entry := before.get(f"{ref.registry}/{ref.namespace}/{ref.name}")) is not None
+        and parse_spec(ref.spec).matches(entry.version, entry.manifest)
+        for ref in (s.parse(n) for n in names)
+    )
+    if held and not locked:
+        frozen = True
+    done = install(names, project_dir=project_dir, locked=locked, frozen=frozen, session=s)
+    after = read_lockfile(path)
+    if not frozen and after is not None and after != before:
+        changed = ", ".join(
+            f"{c.namespace}/{c.name}@{c.version} ({c.spec})"
+            for c in after.concepts
+            if before is None or before.get(c.key) != c
+        )
+        warnings.warn(f"{path.name} updated: {changed}", ConesregWarning, stacklevel=4)
+    return done
+
+
 #: What install() answered in this process, by everything that could change its answer: the
 #: references and flags, the config, the cache, and the lockfile's (size, mtime, inode). Applying
 #: the same references again while the lockfile is unchanged skips resolution (uv's "the lock is
@@ -335,7 +364,7 @@ def _installed(
     # A pruned cache since: install again, which fetches what is missing.
     if hit is not None and all(s.cache.blobs.has(c.manifest) for c in hit):
         return hit
-    done = install(names, project_dir=project_dir, locked=locked, frozen=frozen, session=s)
+    done = _install_quietly(names, path, project_dir, locked, frozen, s)
     # Stamped after install, which may have just written the lockfile.
     key = (*key[:-1], _stamp(path))
     with _decoded_lock:

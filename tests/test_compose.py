@@ -379,3 +379,34 @@ def test_sdxl_unet_naming(tmp_path: Path) -> None:
     )
     handle.restore()
     assert all(torch.equal(unet.state_dict()[k], v) for k, v in ref.items())
+
+
+def test_generate_keeps_a_compatible_lock_and_says_when_it_writes(
+    isolated, tiny_pipeline_dir: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """Using a concept never rewrites the lock silently: a compatible reference takes the locked
+    version as it is; one the lock does not allow updates it, with a warning."""
+    from conesreg import install, push
+    from conesreg.cli import main
+
+    base = make_tiny_pipeline(seed=0)
+    for i, version in enumerate(["1.2.0", "1.3.0"]):
+        push(make_tiny_draft(isolated / f"d{i}", base, seed=1 + i, fraction=0.3), version=version)
+    install(["acme/dog@~1.2"])  # locks 1.2.0 as ~1.2
+    lock = isolated / "project" / "conesreg.lock"
+    before = lock.read_bytes()
+
+    def generate(ref: str) -> tuple[int, str]:
+        argv = ["generate", "a photo of a dog", "-c", ref, "--base", str(tiny_pipeline_dir)]
+        argv += ["--steps", "1", "--height", "32", "--width", "32", "--device", "cpu"]
+        code = main([*argv, "-o", str(isolated / "img.png")])
+        return code, capsys.readouterr()[1]
+
+    code, err = generate("acme/dog@^1")  # ^1 allows the locked 1.2.0
+    assert code == 0 and "conesreg.lock" not in err, err
+    assert lock.read_bytes() == before
+    meta = read_png_metadata(isolated / "img.png")
+    assert [c["ref"] for c in json.loads(meta["concepts"])] == ["acme/dog@1.2.0"]
+    code, err = generate("acme/dog@1.3")  # the lock does not allow it: updated, and said
+    assert code == 0 and "warning: conesreg.lock updated: acme/dog@1.3.0 (1.3)" in err, err
+    assert lock.read_bytes() != before
