@@ -784,6 +784,7 @@ def write_draft(
     parents: Sequence[str] = (),
     stimulation: tuple[np.ndarray, Sequence[str]] | None = None,
     parts: Sequence[tuple[str, str]] = (),
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``concept.json``, ``mask.safetensors`` and previews with and without the mask,
     and with ``stimulation`` (the subject images and their captions or class prompt),
@@ -831,6 +832,8 @@ def write_draft(
             "prompt_template": config.class_prompt,
             "method": {"name": "cones", "hyperparameters": asdict(config)},
             **({"parents": list(parents)} if parents else {}),
+            # Description, tags, license (tuples as JSON lists).
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in (metadata or {}).items()},
         },
         **({"binding": _draft_binding(config, parts)} if config.binding == "token" else {}),
     }

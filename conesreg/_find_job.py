@@ -9,7 +9,7 @@ searches with a checkpoint in the output folder (resumable) and writes the draft
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from ._find_inputs import (
 from ._find_presets import preset_for
 from ._session import Session
 from .artifact import Manifest, parse_ref
+from .artifact._build import with_metadata
+from .artifact._manifest import Binding, ConceptMetadata
 from .errors import ConesregError
 
 #: The search state, kept in the output folder at the end of every round until the draft is
@@ -68,6 +70,8 @@ class FindPlan:
     # What find_config was given: run_find makes the config again with the base model's
     # preset once the model is loaded (``config`` above is checked without one).
     settings: dict[str, Any] = field(default_factory=dict)
+    #: Description, tags and license to write into the draft (``find --description`` ...).
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def config_for(self, preset: str | None) -> FindConfig:
         """The search's settings with ``preset``'s defaults filled in."""
@@ -157,6 +161,7 @@ def plan_find(
     sparsity: float | None = None,
     tau: float | None = None,
     session: Session | None = None,
+    metadata: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> FindPlan:
     """Read and check everything a search needs except the model.
@@ -228,11 +233,15 @@ def plan_find(
         **options,
     }
     config = find_config(**settings)
+    if metadata:
+        # Checked now, not after the search: a bad tag must not cost the run.
+        with_metadata(ConceptMetadata(class_word=config.class_word), Binding(), metadata)
     return FindPlan(
         name=r.name,
         namespace=r.namespace,
         config=config,
         settings=settings,
+        metadata=dict(metadata or {}),
         subject=None if concepts else SubjectFiles(files, captions),
         parents=[
             (c, SubjectFiles(f, caps))
@@ -327,6 +336,7 @@ def run_find(
         base_id=str(base or s.config.base_model() or MODEL_ID),
         parents=[c.pinned for c in concepts],
         stimulation=stimulation,
+        metadata=plan.metadata,
     )
     checkpoint.unlink(missing_ok=True)
     return mask

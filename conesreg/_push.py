@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ._session import Session
 from .artifact._build import build_manifest
@@ -22,6 +24,7 @@ def push(
     version: str,
     ref: str | None = None,
     stimulation: bool = False,
+    metadata: Mapping[str, Any] | None = None,
     session: Session | None = None,
 ) -> tuple[Manifest, bool]:
     """Publish the draft at ``draft_dir`` as ``version``.
@@ -33,6 +36,8 @@ def push(
             default registry).
         stimulation: publish the subject's images as VAE latents too (``conesreg compose``
             refines concepts jointly on them); they are the author's photos, so only on request.
+        metadata: values that replace the draft's: ``description``, ``tags``, ``license``,
+            ``class_word`` (the draft on disk is left as it is).
         session: config and sources to use.
 
     Returns:
@@ -59,6 +64,7 @@ def push(
         namespace=target.namespace if target else None,
         name=target.name if target else None,
         stimulation=stimulation,
+        metadata=metadata,
     )
     # A re-push of the same draft must be a no-op even though the draft has no timestamp: reuse
     # the published version's creation time so that identical content gives the same digest.
@@ -76,6 +82,7 @@ def push(
             name=manifest.name,
             created=existing.metadata.created,
             stimulation=stimulation,
+            metadata=metadata,
         )
     return manifest, source.push(manifest, files)
 

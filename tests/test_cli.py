@@ -139,6 +139,33 @@ def test_yanked_pins_warn_and_frozen_refuses_what_the_lock_lacks(
     assert (pushed / "project" / "conesreg.lock").read_bytes() == lock
 
 
+def test_push_sets_description_tags_license_and_class_word(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    draft = make_draft(isolated / "d")
+    before = (draft / "concept.json").read_bytes()
+    args = ["push", str(draft), "--version", "1.0.0", "--description", "a corgi, mostly"]
+    args += ["--tag", "pet", "--tag", "Short Legs", "--license", "CC-BY-4.0"]
+    code, _, err = run(capsys, *args, "--class-word", "corgi")
+    assert code == 0, err
+    code, out, _ = run(capsys, "info", "acme/dog", "--json")
+    meta = json.loads(out)["manifest"]["metadata"]
+    assert (meta["description"], meta["tags"], meta["license"], meta["class_word"]) == (
+        "a corgi, mostly",
+        ["pet", "Short Legs"],
+        "CC-BY-4.0",
+        "corgi",
+    )
+    assert (draft / "concept.json").read_bytes() == before  # the draft is left as it was
+    code, out, _ = run(capsys, "search", "--tag", "short legs", "--json")
+    assert code == 0 and [r["name"] for r in json.loads(out)] == ["dog"]
+    # Bad values are refused in one line, before anything is published.
+    assert_user_error(
+        *run(capsys, "push", str(draft), "--version", "1.0.1", "--tag", "a\nb")[::2], "tags"
+    )
+    assert run(capsys, "versions", "acme/dog", "--json")[1].count('"1.0.1"') == 0
+
+
 def test_verify_reports_corruption(pushed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "install", "acme/dog")
     from conesreg._cache import Cache

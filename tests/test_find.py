@@ -224,11 +224,23 @@ def test_cli_find_then_push(
 
     folder = _save_images(isolated / "subject", subject)
     out = isolated / "draft"
-    code = main(_find_args(folder, out, tiny_pipeline_dir))
+    meta = ["--description", "our dog", "--tag", "pet", "--tag", "animal", "--license", "MIT"]
+    code = main([*_find_args(folder, out, tiny_pipeline_dir), *meta])
     assert code == 0, capsys.readouterr().err
     assert not (out / ".find-checkpoint.pt").exists()
     assert main(["push", str(out), "--version", "1.0.0"]) == 0
+    capsys.readouterr()
     assert main(["info", "acme/dog", "--json"]) == 0
+    published = json.loads(capsys.readouterr().out)["manifest"]["metadata"]
+    assert (published["description"], published["tags"], published["license"]) == (
+        "our dog",
+        ["pet", "animal"],
+        "MIT",
+    )
+    # A bad value is refused before the search, and nothing is written.
+    bad = [*_find_args(folder, isolated / "never", tiny_pipeline_dir), "--tag", "a\tb\nc"]
+    assert main(bad) == 1 and "tags" in capsys.readouterr().err
+    assert not (isolated / "never").exists()
     code = main(_find_args(isolated / "nothing", out, tiny_pipeline_dir))
     err = capsys.readouterr().err
     assert code == 1 and "does not exist" in err

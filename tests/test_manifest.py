@@ -136,3 +136,20 @@ def test_the_same_bytes_parse_once_and_every_check_still_holds() -> None:
     for _ in range(2):  # what fails is never remembered
         with pytest.raises(ManifestError):
             parse_manifest(bad)
+
+
+def test_metadata_overrides_are_validated_and_keep_a_token_bound_word(tmp_path: Path) -> None:
+    from conesreg.artifact._build import build_manifest
+
+    draft = make_draft(tmp_path / "d")
+    m, _ = build_manifest(draft, version="1.0.0", metadata={"tags": ("x", "y"), "license": "MIT"})
+    assert (m.metadata.tags, m.metadata.license) == (("x", "y"), "MIT")
+    assert m.metadata.description == "a good dog"  # what was not given stays the draft's
+    with pytest.raises(ManifestError, match="tags"):
+        build_manifest(draft, version="1.0.0", metadata={"tags": ("two\nlines",)})
+    concept = json.loads((draft / "concept.json").read_text())
+    concept["binding"] = {"mode": "token", "word": "dog", "anchor": "a photo of a dog"}
+    (draft / "concept.json").write_text(json.dumps(concept))
+    assert build_manifest(draft, version="1.0.0", metadata={"class_word": "dog"})[0]
+    with pytest.raises(ManifestError, match="token-bound.*'dog'.*'cat'"):
+        build_manifest(draft, version="1.0.0", metadata={"class_word": "cat"})

@@ -8,15 +8,57 @@ build the same manifest by the same code.
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from . import constants
 from ._digests import sha256_file
-from ._manifest import BlobRef, Manifest, MaskDescriptor, parse_draft, parse_manifest, utcnow
+from ._manifest import (
+    Binding,
+    BlobRef,
+    ConceptMetadata,
+    Manifest,
+    MaskDescriptor,
+    _validate,
+    parse_draft,
+    parse_manifest,
+    utcnow,
+)
 from ._names import check_name
 from ._versions import parse_version
 from .errors import ManifestError
+
+#: The metadata ``find`` and ``push`` let users set (``--description``, ``--tag``, ``--license``,
+#: ``--class-word``).
+METADATA_OVERRIDES = ("description", "tags", "license", "class_word")
+
+
+def with_metadata(
+    metadata: ConceptMetadata, binding: Binding, overrides: Mapping[str, Any]
+) -> ConceptMetadata:
+    """``metadata`` with ``overrides`` (keys of :data:`METADATA_OVERRIDES`) set, validated.
+
+    Raises:
+        ManifestError: an override fails the schema, or would give a token-bound concept another
+            class word than the word it acts at.
+
+    Example:
+        >>> with_metadata(draft.metadata, draft.binding, {"tags": ("shape",)})  # doctest: +SKIP
+    """
+    unknown = sorted(set(overrides) - set(METADATA_OVERRIDES))
+    if unknown:
+        raise ValueError(f"not a metadata override: {', '.join(unknown)}")
+    word = overrides.get("class_word")
+    if word is not None and binding.word is not None and word != binding.word:
+        raise ManifestError(
+            f"this concept is token-bound: it acts at the word {binding.word!r}, so its class "
+            f"word cannot become {word!r}",
+            hint=f"find it again with --class-word {word}, or leave --class-word out",
+        )
+    merged = {**metadata.model_dump(), **overrides}
+    return _validate(ConceptMetadata, merged, what="the metadata")  # type: ignore[no-any-return]
 
 
 def build_manifest(
@@ -27,6 +69,7 @@ def build_manifest(
     name: str | None = None,
     created: datetime | None = None,
     stimulation: bool = False,
+    metadata: Mapping[str, Any] | None = None,
 ) -> tuple[Manifest, dict[str, Path]]:
     """Validate a draft directory and build the manifest it would publish.
 
@@ -45,6 +88,7 @@ def build_manifest(
         stimulation: Publish the draft's ``stimulation.safetensors`` too (the subject's
             images as VAE latents, so that others can compose the concept); off by default,
             since they are the author's photos.
+        metadata: Values that replace the draft's (see :func:`with_metadata`).
 
     Returns:
         The manifest and a map from each blob digest to its file.
@@ -126,7 +170,8 @@ def build_manifest(
         stimulation_digest = add(path, constants.MEDIA_TYPE_STIMULATION)
 
     counts = {k: v for k, v in info.counts.items() if v}
-    metadata = draft.metadata.model_copy(
+    given = with_metadata(draft.metadata, draft.binding, metadata) if metadata else draft.metadata
+    metadata_out = given.model_copy(
         update={
             "stimulation": stimulation_digest,
             "previews": tuple(previews),
@@ -145,7 +190,7 @@ def build_manifest(
             selected=sum(counts.values()),
             counts=counts,
         ).model_dump(),
-        "metadata": metadata.model_dump(),
+        "metadata": metadata_out.model_dump(),
         "blobs": [b.model_dump() for b in blobs],
         "binding": draft.binding.model_dump(),
     }

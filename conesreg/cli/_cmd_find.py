@@ -12,7 +12,7 @@ import click
 
 from .._find_inputs import DEFAULT_PROMPT
 from ..errors import ConesregError
-from ._output import open_session, progress_bar, stdout
+from ._output import metadata_options, metadata_overrides, open_session, progress_bar, stdout
 
 #: ``-o DRAFT`` of ``find`` and ``compose``.
 _draft_output = click.option(
@@ -100,6 +100,7 @@ _draft_output = click.option(
 @click.option("--gradient-checkpointing", is_flag=True, help="Less memory, more compute.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted search in OUTPUT.")
+@metadata_options
 def find(
     images: tuple[Path, ...],
     class_word: str | None,
@@ -126,6 +127,9 @@ def find(
     gradient_checkpointing: bool,
     device: str,
     resume: bool,
+    description: str | None,
+    tags: tuple[str, ...],
+    license_: str | None,
 ) -> None:
     """Find the concept neurons of a subject from IMAGES (files or folders).
 
@@ -165,6 +169,7 @@ def find(
         context_words=context_words,
         autocast=autocast,
         gradient_checkpointing=gradient_checkpointing,
+        metadata=metadata_overrides(description, tags, license_),
     )
     from .._compose import quiet_libraries
 

@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from ..errors import ConesregError
-from ._output import brief, emit_json, json_option, open_session, stdout
+from ._output import (
+    brief,
+    emit_json,
+    json_option,
+    metadata_options,
+    metadata_overrides,
+    open_session,
+    stdout,
+)
 
 
 @click.command()
@@ -21,8 +29,24 @@ from ._output import brief, emit_json, json_option, open_session, stdout
     help="Also publish the subject's images as VAE latents, so that others can refine this "
     "concept jointly with theirs (they are your photos, encoded: off by default).",
 )
+@metadata_options
+@click.option(
+    "--class-word",
+    default=None,
+    help="Replaces the draft's (global concepts; token-bound keep theirs).",
+)
 @json_option
-def push(draft_dir: Path, version: str, ref: str | None, stimulation: bool, as_json: bool) -> None:
+def push(
+    draft_dir: Path,
+    version: str,
+    ref: str | None,
+    stimulation: bool,
+    description: str | None,
+    tags: tuple[str, ...],
+    license_: str | None,
+    class_word: str | None,
+    as_json: bool,
+) -> None:
     """Publish a draft directory (written by `conesreg find`) as a new version."""
     from .._push import push as do_push
 
@@ -34,7 +58,12 @@ def push(draft_dir: Path, version: str, ref: str | None, stimulation: bool, as_j
 
     with Console(stderr=True).status(f"publishing {draft_dir} as {version}"):
         manifest, created = do_push(
-            draft_dir, version=version, ref=ref, stimulation=stimulation, session=open_session()
+            draft_dir,
+            version=version,
+            ref=ref,
+            stimulation=stimulation,
+            metadata=metadata_overrides(description, tags, license_, class_word=class_word),
+            session=open_session(),
         )
     if as_json:
         emit_json({"created": created, "digest": manifest.digest, **brief(manifest)})

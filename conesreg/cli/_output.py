@@ -22,6 +22,26 @@ if TYPE_CHECKING:
     from .._session import Session
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
+
+
+def metadata_options(f: Any) -> Any:
+    """``--description``, ``--tag`` (repeatable) and ``--license``: what users read and search,
+    set by ``find`` (into the draft) and ``push`` (over the draft's)."""
+    f = click.option("--license", "license_", default=None, help="e.g. CC-BY-4.0.")(f)
+    f = click.option(
+        "--tag", "tags", multiple=True, help="A tag (repeatable); replaces the draft's tags."
+    )(f)
+    return click.option("--description", default=None, help="One or more sentences.")(f)
+
+
+def metadata_overrides(
+    description: str | None, tags: tuple[str, ...], license_: str | None, **more: Any
+) -> dict[str, Any]:
+    """The metadata options given, as overrides (those not given are left out)."""
+    given = {"description": description, "tags": tags or None, "license": license_, **more}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 project_option = click.option(
     "--project",
     "project_dir",
