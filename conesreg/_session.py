@@ -7,6 +7,7 @@ answer comes from the cache, and what it lacks is an :class:`OfflineError` that 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from ._config import Config, load_config
 from .artifact._manifest import BlobRef, IndexEntry, Manifest
 from .artifact._names import ConceptRef, parse_ref
 from .artifact._versions import parse_spec, select_version, sort_releases
-from .errors import OfflineError
+from .errors import ConceptNotFoundError, ConesregError, OfflineError
 from .sources import BlobOrigin, Source, open_source, rank_matches
 
 
@@ -86,7 +87,14 @@ class Session:
             if not cached:
                 raise OfflineError(f"{ref.id} is not in the cache and offline mode is on")
             return cached
-        return source.versions(ref.namespace, ref.name)
+        try:
+            return source.versions(ref.namespace, ref.name)
+        except ConceptNotFoundError as e:
+            near = _near_names(source, ref)
+            if not near:
+                raise
+            hint = f"did you mean {' or '.join(near)}?" + (f" {e.hint}" if e.hint else "")
+            raise ConceptNotFoundError(e.message, hint=hint) from None
 
     def ignored_tags(self, ref: ConceptRef) -> list[tuple[str, str, str]]:
         """Tags of ``ref`` that name no installable version, as ``(tag, revision, why)``.
@@ -242,3 +250,21 @@ class _Reporting:
         if self._progress is not None:
             self._progress.advance(self._task, len(data))
         return self._out.write(data)
+
+
+def _near_names(source: Source, ref: ConceptRef) -> list[str]:
+    """Names of ``source`` close to ``ref``'s (a typo's "did you mean"), from its own search:
+    the concepts of the namespace asked for and those matching the name. Best effort: a search
+    that fails suggests nothing."""
+    by_name: dict[str, set[str]] = {}
+    for query in (ref.namespace, ref.name):
+        try:
+            for e in source.search(query, limit=500):
+                by_name.setdefault(e.name, set()).add(e.id)
+        except (ConesregError, OSError):
+            continue
+    # Names are compared (a shared namespace would make every id look close), ids are shown:
+    # the same namespace first.
+    close = difflib.get_close_matches(ref.name, sorted(by_name), n=3, cutoff=0.6)
+    ids = [i for n in close for i in sorted(by_name[n])]
+    return sorted(ids, key=lambda i: not i.startswith(ref.namespace + "/"))[:3]

@@ -166,6 +166,17 @@ def test_push_sets_description_tags_license_and_class_word(
     assert run(capsys, "versions", "acme/dog", "--json")[1].count('"1.0.1"') == 0
 
 
+def test_a_mistyped_name_gets_the_closest_names(
+    pushed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_user_error(*run(capsys, "info", "acme/dgo")[::2], "did you mean acme/dog?")
+    assert_user_error(*run(capsys, "install", "acme/dogs@^1")[::2], "did you mean acme/dog?")
+    assert_user_error(*run(capsys, "versions", "zoo/dog")[::2], "did you mean acme/dog?")
+    code, err = run(capsys, "info", "acme/zebra")[::2]
+    assert_user_error(code, err, "no concept acme/zebra")
+    assert "did you mean" not in err  # nothing close: no guess
+
+
 def test_verify_reports_corruption(pushed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "install", "acme/dog")
     from conesreg._cache import Cache

@@ -74,6 +74,8 @@ def test_cli_round_trip_through_the_server(
     assert code == 0 and [e["name"] for e in json.loads(out)] == ["dog"]
     code, out, _ = run(["info", "team/acme/dog", "--json"], capsys)
     assert code == 0 and json.loads(out)["entry"]["version"] == "1.0.0"
+    code, _, err = run(["info", "team/acme/dgo"], capsys)  # a typo: the server's names suggest
+    assert code == 1 and "did you mean acme/dog?" in err
     assert run(["yank", "team/acme/dog@1.0.0", "--reason", "bad"], capsys)[0] == 0
     code, out, _ = run(["versions", "team/acme/dog", "--json"], capsys)
     assert json.loads(out)[0]["yanked"] is True
