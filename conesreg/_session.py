@@ -252,6 +252,44 @@ class _Reporting:
         return self._out.write(data)
 
 
+def why_no_match(
+    session: Session,
+    query: str = "",
+    *,
+    registry: str | None = None,
+    tags: Sequence[str] = (),
+    base_model_hash: str | None = None,
+    class_word: str | None = None,
+) -> str:
+    """Why a search found nothing, naming what emptied it: the words, or the first filter that
+    leaves no concept on its own with them (one search per filter, only after an empty one).
+
+    Example:
+        >>> why_no_match(s, "checker", tags=["animal"])  # doctest: +SKIP
+        "3 concepts match 'checker', none with tag 'animal'"
+    """
+    filters = [({"tags": [t]}, f"tag {t!r}") for t in tags]
+    if class_word:
+        filters.append(({"class_word": class_word}, f"class word {class_word!r}"))
+    if base_model_hash:
+        filters.append(({"base_model_hash": base_model_hash}, f"base model {base_model_hash}"))
+
+    def matching(n: int) -> str:
+        one = n == 1
+        verb = (f"matches {query!r}" if one else f"match {query!r}") if query else None
+        verb = verb or ("is in this registry" if one else "are in this registry")
+        return f"{n or 'no'} concept{'' if one else 's'} {verb}"
+
+    found = len(session.search(query, registry=registry, limit=1000))
+    if not found or not filters:
+        return matching(0)
+    for kwargs, label in filters:
+        if not session.search(query, registry=registry, limit=1, **kwargs):
+            return f"{matching(found)}, none with {label}"
+    together = ", ".join(label for _, label in filters)
+    return f"{matching(0)} with all of {together} (each alone leaves some)"
+
+
 def _near_names(source: Source, ref: ConceptRef) -> list[str]:
     """Names of ``source`` close to ``ref``'s (a typo's "did you mean"), from its own search:
     the concepts of the namespace asked for and those matching the name. Best effort: a search

@@ -177,6 +177,22 @@ def test_a_mistyped_name_gets_the_closest_names(
     assert "did you mean" not in err  # nothing close: no guess
 
 
+def test_an_empty_search_says_which_filter_emptied_it(
+    pushed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def said(*args: str) -> str:
+        code, out, _ = run(capsys, "search", *args)
+        assert code == 0
+        return out.strip()
+
+    assert said("--tag", "shape") == "1 concept is in this registry, none with tag 'shape'"
+    assert said("good", "--tag", "shape") == "1 concept matches 'good', none with tag 'shape'"
+    assert said("dog", "--tag", "animal", "--class-word", "cat") == (
+        "1 concept matches 'dog', none with class word 'cat'"
+    )
+    assert said("zebra", "--tag", "animal") == "no concepts match 'zebra'"
+
+
 def test_verify_reports_corruption(pushed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "install", "acme/dog")
     from conesreg._cache import Cache

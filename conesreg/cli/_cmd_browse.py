@@ -47,7 +47,10 @@ def search(
         emit_json([h.model_dump(mode="json") for h in hits])
         return
     if not hits:
-        stdout().print(f"no concepts match {query!r}")
+        from .._session import why_no_match
+
+        filters = {"tags": tags, "base_model_hash": base_model, "class_word": class_word}
+        stdout().print(why_no_match(open_session(), query, registry=registry, **filters))
         return
     table = make_table("concept", "latest", "class", "tags", "description")
     for h in hits:
