@@ -146,8 +146,9 @@ def test_push_sets_description_tags_license_and_class_word(
     before = (draft / "concept.json").read_bytes()
     args = ["push", str(draft), "--version", "1.0.0", "--description", "a corgi, mostly"]
     args += ["--tag", "pet", "--tag", "Short Legs", "--license", "CC-BY-4.0"]
-    code, _, err = run(capsys, *args, "--class-word", "corgi")
+    code, out, err = run(capsys, *args, "--class-word", "corgi")
     assert code == 0, err
+    assert out.startswith("acme/dog@1.0.0 published in registry 'local' (")  # where it went
     code, out, _ = run(capsys, "info", "acme/dog", "--json")
     meta = json.loads(out)["manifest"]["metadata"]
     assert (meta["description"], meta["tags"], meta["license"], meta["class_word"]) == (

@@ -58,7 +58,8 @@ def test_cli_round_trip_through_the_server(
     assert code == 0 and token not in out and "***" in out
 
     args = ["push", str(draft), "--version", "1.0.0", "--name", "team/acme/dog"]
-    assert run(args, capsys)[0] == 0
+    code, out, _ = run(args, capsys)
+    assert code == 0 and f"acme/dog@1.0.0 published in registry 'team' ({url})" in out
     assert run(args, capsys)[0] == 0  # identical content: a no-op
     other = make_draft(isolated / "other", name="dog", namespace="acme", seed=5)
     code, _, err = run(

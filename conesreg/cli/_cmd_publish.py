@@ -56,6 +56,7 @@ def push(
         )
     from rich.console import Console
 
+    session = open_session()
     with Console(stderr=True).status(f"publishing {draft_dir} as {version}"):
         manifest, created = do_push(
             draft_dir,
@@ -63,13 +64,25 @@ def push(
             ref=ref,
             stimulation=stimulation,
             metadata=metadata_overrides(description, tags, license_, class_word=class_word),
-            session=open_session(),
+            session=session,
         )
+    source = session.source(session.parse(ref).registry if ref else None)
     if as_json:
-        emit_json({"created": created, "digest": manifest.digest, **brief(manifest)})
+        emit_json(
+            {
+                "created": created,
+                "digest": manifest.digest,
+                "registry": source.name,
+                "location": source.location(),
+                **brief(manifest),
+            }
+        )
         return
     what = "published" if created else "already published (identical content, nothing to do)"
-    stdout().print(f"{manifest.id}@{manifest.version} {what}\n  digest {manifest.digest}")
+    where = f"registry {source.name!r} ({source.location()})"
+    stdout().print(
+        f"{manifest.id}@{manifest.version} {what} in {where}\n  digest {manifest.digest}"
+    )
 
 
 def _yank(ref: str, yanked: bool, reason: str | None) -> None:
