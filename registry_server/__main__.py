@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from conesreg.artifact.errors import ConesregError
 
 from .app import serve
 from .core.settings import Settings
@@ -17,11 +20,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8750)
     args = parser.parse_args(argv)
-    serve(
-        Settings.from_env(data=args.data, database_url=args.database_url),
-        host=args.host,
-        port=args.port,
-    )
+    try:
+        serve(
+            Settings.from_env(data=args.data, database_url=args.database_url),
+            host=args.host,
+            port=args.port,
+        )
+    except ConesregError as e:
+        sys.exit(f"error: {e.one_line()}")
 
 
 if __name__ == "__main__":

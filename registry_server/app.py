@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,6 +11,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
+
+from conesreg.artifact.errors import ConesregError
 
 from .api import routes as api_routes
 from .api.fast_path import manifest_fast_path
@@ -130,18 +134,58 @@ def uvicorn_options() -> dict[str, Any]:
     }
 
 
-def serve(settings: Settings | None = None, *, host: str = "127.0.0.1", port: int = 8750) -> None:
+def serve(
+    settings: Settings | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8750,
+    sock: socket.socket | None = None,
+) -> None:
     """Run the server until interrupted (uvicorn, one process).
 
     Args:
         settings: as for :func:`create_app`.
         host: the interface to listen on.
         port: the TCP port.
+        sock: a socket already listening there (:func:`listening_socket`); default: one is
+            opened now.
+
+    Raises:
+        ConesregError: the address cannot be listened on (e.g. the port is in use).
 
     Example:
         >>> serve(Settings(data=Path("/srv/conesreg")), port=8750)  # doctest: +SKIP
     """
     import uvicorn
 
+    sock = sock or listening_socket(host, port)  # first: a busy port is one line, not a trace
     config = uvicorn.Config(create_app(settings), host=host, port=port, **uvicorn_options())
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound and listening (handed to uvicorn, so nothing else can take
+    the port in between).
+
+    Raises:
+        ConesregError: the address cannot be used (in use, not this machine's, not allowed).
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise ConesregError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    try:
+        # As uvicorn does: a restarted server may reuse the port at once (TIME_WAIT).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConesregError(
+                f"port {port} on {host} is in use (another server?)",
+                hint="stop it, or pass --port with a free port",
+            ) from None
+        raise ConesregError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock

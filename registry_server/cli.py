@@ -23,6 +23,7 @@ from rich.table import Table
 
 from conesreg.artifact.errors import ConesregError
 
+from .app import listening_socket
 from .app import serve as run_server
 from .core.admin import (
     AdminError,
@@ -89,8 +90,9 @@ def serve(
     if ctx.invoked_subcommand is not None:
         return
     settings = _server_settings(None, None)
+    sock = listening_socket(host, port)  # a busy port fails here, in one line
     click.echo(f"serving {settings.data} on http://{host}:{port}", err=True)
-    run_server(settings, host=host, port=port)
+    run_server(settings, host=host, port=port, sock=sock)
 
 
 @serve.group(name="token")

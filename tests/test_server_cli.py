@@ -171,3 +171,31 @@ def test_help_lists_serve_without_importing_the_server() -> None:
     assert done.returncode == 0, done.stderr
     [line] = [x for x in done.stdout.splitlines() if x.split()[:1] == ["serve"]]
     assert "Run the registry server" in line
+
+
+def test_serve_on_a_busy_port_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = str(busy.getsockname()[1])
+    try:
+        code = main(["serve", "--data", str(tmp_path / "d"), "--port", port])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1, err
+        assert f"port {port} on 127.0.0.1 is in use" in err and "--port" in err
+        assert "serving" not in err  # nothing claimed before the failure
+        # The server module's own entry point says the same, with exit status 1.
+        argv = [sys.executable, "-m", "registry_server", "--data", str(tmp_path / "d")]
+        out = subprocess.run(
+            [*argv, "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 1 and "is in use" in out.stderr and "Traceback" not in out.stderr
+    finally:
+        busy.close()
