@@ -8,6 +8,7 @@ world's attribute classifier.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ def run_demo(
     subject: str = "purple-checker-star",
     seed: int = 0,
     device: str = "auto",
+    steps: int | None = None,
+    per_prompt: int = DEMO_IMAGES,
     on_stage: Callable[[str], None] | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
 ) -> DemoResult:
@@ -54,6 +57,9 @@ def run_demo(
         subject: a bundled subject (``conesreg.mini.subjects.SUBJECTS``).
         seed: seeds the renders, the finder and the sampling.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        steps: the finder's steps (default: the subject's preset); fewer is a quick check of
+            the loop, not of the figures.
+        per_prompt: images drawn per prompt set (a row of the report).
         on_stage: called with a short description as each stage starts.
         on_step: the finder's progress, as for :func:`conesreg.find_neurons`.
 
@@ -108,6 +114,8 @@ def run_demo(
     stage("loading the bundled mini model")
     pipe = load_pipeline(None, device=device)
     config = s.find_config(seed=seed)
+    if steps is not None:
+        config = dataclasses.replace(config, steps=steps, rounds=min(config.rounds, steps))
     stage(f"finding its concept neurons ({config.steps} steps)")
     t = time.perf_counter()
     mask = find_neurons(pipe, images, config, captions=captions, on_step=on_step)
@@ -122,11 +130,11 @@ def run_demo(
     stage(f"installing {ref}")
     install([ref], project_dir=out_dir)
 
-    stage(f"drawing {DEMO_IMAGES} images per prompt set, with and without it")
+    stage(f"drawing {per_prompt} images per prompt set, with and without it")
     clf = load_classifier()
-    backgrounds = [BACKGROUNDS[i % len(BACKGROUNDS)] for i in range(DEMO_IMAGES)]
+    backgrounds = [BACKGROUNDS[i % len(BACKGROUNDS)] for i in range(per_prompt)]
     prompts = {
-        "plain": [config.class_prompt] * DEMO_IMAGES,
+        "plain": [config.class_prompt] * per_prompt,
         "context": [f"{config.class_prompt} on a {bg} background" for bg in backgrounds],
     }
     drawn: dict[str, np.ndarray] = {}
@@ -163,7 +171,8 @@ def run_demo(
     _save_grid(grid, rows)
     figures["total seconds"] = time.perf_counter() - t_start
     report = out_dir / "report.md"
-    atomic_write(report, _report(s.description, ref, config.class_prompt, figures).encode())
+    text = _report(s.description, ref, config.class_prompt, figures, per_prompt)
+    atomic_write(report, text.encode())
     atomic_write(out_dir / "figures.json", json.dumps(figures, indent=2).encode())
     return DemoResult(ref=ref, out_dir=out_dir, grid=grid, report=report, figures=figures)
 
@@ -206,12 +215,12 @@ def _save_grid(path: Path, rows: list[tuple[str, np.ndarray]]) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _report(description: str, ref: str, prompt: str, f: dict[str, float]) -> str:
+def _report(description: str, ref: str, prompt: str, f: dict[str, float], n: int) -> str:
     return (
         f"# conesreg demo: a {description}\n\n"
         f"Concept `{ref}`: {f['sparsity']:.1%} of the cross-attention K/V scalars switched off, "
         f"found in {f['find seconds']:.0f} s; the whole demo took {f['total seconds']:.0f} s.\n\n"
-        f"Judged by the mini world's attribute classifier, {DEMO_IMAGES} images per row:\n\n"
+        f"Judged by the mini world's attribute classifier, {n} images per row:\n\n"
         "| prompt | subject drawn, without | with the concept |\n"
         "| --- | --- | --- |\n"
         f'| "{prompt}" | {f["plain/without"]:.2f} | {f["plain/with"]:.2f} |\n'

@@ -9,27 +9,21 @@ import pytest
 
 from conesreg import _demo
 from conesreg.cli import main
-from conesreg.mini import subjects
 
-
-@pytest.fixture
-def quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The loop, not the figures: few steps and images keep this test to seconds.
-    monkeypatch.setitem(subjects.FIND_SETTINGS, "steps", 10)
-    monkeypatch.setitem(subjects.FIND_SETTINGS, "rounds", 2)
-    monkeypatch.setitem(subjects.FIND_SETTINGS, "batch_size", 2)
-    monkeypatch.setattr(_demo, "DEMO_IMAGES", 8)
+#: The loop, not the figures: the demo's own options for few steps and images keep this test
+#: to seconds on a loaded machine (the full demo is the README's main job).
+QUICK = ["--steps", "10", "--images", "8", "--device", "cpu"]
 
 
 def test_demo_publishes_installs_and_reports(
-    isolated: Path, quick: None, capsys: pytest.CaptureFixture[str]
+    isolated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from PIL import Image
 
     from conesreg._session import Session
 
     out = isolated / "demo"
-    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert main(["demo", "-o", str(out), *QUICK]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "demo/purple-checker-star@1.0.0" in printed and "subject drawn" in printed
     assert len(list((out / "subject").glob("*.png"))) == 6
@@ -39,7 +33,8 @@ def test_demo_publishes_installs_and_reports(
     assert all("star" in r["text"] for r in rows)
     with Image.open(out / "demo.png") as grid:
         assert grid.width > 8 * 64 and grid.height > 5 * 64
-    assert "conesreg demo: a checkered purple star" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "conesreg demo: a checkered purple star" in report and "8 images per row" in report
     figures = json.loads((out / "figures.json").read_text())
     assert {"plain/with", "plain/without", "context/with", "sparsity"} <= set(figures)
     lock = (out / "conesreg.lock").read_text()
@@ -49,7 +44,7 @@ def test_demo_publishes_installs_and_reports(
     s, ref = Session(), parse_ref("demo/purple-checker-star")
     assert [e.version for e in s.releases(ref)] == ["1.0.0"]
     # Deterministic on CPU: a rerun finds the same neurons, and the push is a no-op.
-    assert main(["demo", "-o", str(out), "--device", "cpu"]) == 0
+    assert main(["demo", "-o", str(out), *QUICK]) == 0
     assert [e.version for e in s.releases(ref)] == ["1.0.0"]
 
 

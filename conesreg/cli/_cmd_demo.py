@@ -27,7 +27,22 @@ from ._output import progress_bar, stdout
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def demo(subject: str, output: Path, seed: int, device: str) -> None:
+@click.option(
+    "--steps",
+    type=click.IntRange(1),
+    default=None,
+    help="Finder steps [default: the subject's preset]; fewer checks the loop, not the figures.",
+)
+@click.option(
+    "--images",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="Images per prompt set in the report.",
+)
+def demo(
+    subject: str, output: Path, seed: int, device: str, steps: int | None, images: int
+) -> None:
     """Find, push, install and use a concept on the bundled mini model, offline.
 
     Renders a bundled subject, finds its concept neurons, publishes them to the embedded
@@ -54,12 +69,19 @@ def demo(subject: str, output: Path, seed: int, device: str) -> None:
                 task,
                 visible=True,
                 completed=step,
-                total=FIND_SETTINGS["steps"],
+                total=steps or FIND_SETTINGS["steps"],
                 description=f"finding  loss {loss:.4f}  off {sparsity_now:.2%}",
             )
 
         result = run_demo(
-            output, subject=subject, seed=seed, device=device, on_stage=on_stage, on_step=on_step
+            output,
+            subject=subject,
+            seed=seed,
+            device=device,
+            steps=steps,
+            per_prompt=images,
+            on_stage=on_stage,
+            on_step=on_step,
         )
         progress.update(task, visible=False)
     out.print(result.report.read_text())
