@@ -74,6 +74,10 @@ OMP_THREADS_SET: bool = bool(os.environ.get("OMP_NUM_THREADS", "").strip())
 SMALL_UNET_PARAMS: int = 50_000_000
 SMALL_BATCH: int = 4
 
+#: Seconds between the plain progress lines long commands print when standard error is not a
+#: terminal (a pipe, a CI log).
+PROGRESS_SECONDS: float = _env_positive("CONESREG_PROGRESS_SECONDS", 5.0)
+
 #: The base model of ``generate``/``load_pipeline`` when none is given (a folder or Hub id).
 BASE_MODEL: str | None = os.environ.get("CONESREG_BASE_MODEL") or None
 

@@ -220,3 +220,23 @@ def test_console_script_exit_codes(pushed: Path) -> None:
     assert ok.returncode == 0 and "acme/dog@1.1.0" in ok.stdout
     bad = subprocess.run(["conesreg", "install", "acme/nope"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+
+
+def test_progress_in_a_pipe_is_a_plain_line_when_it_moves(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from conesreg import constants
+    from conesreg.cli._output import progress_bar
+
+    monkeypatch.setattr(constants, "PROGRESS_SECONDS", 0.01)
+    with progress_bar() as progress:  # standard error is captured: not a terminal
+        task = progress.add_task("fetching mask", total=2048)
+        progress.update(task, completed=1024)
+        time.sleep(0.2)
+        progress.update(task, completed=2048)  # finished: no more lines
+        time.sleep(0.05)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("fetching mask: 1.0 KiB/2.0 KiB, ")
+    assert len(lines) == 1  # unchanged state is not printed again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -218,15 +219,24 @@ def _find_args(folder: Path, out: Path, base: Path) -> list[str]:
 
 
 def test_cli_find_then_push(
-    isolated: Path, tiny_pipeline_dir: Path, subject: np.ndarray, capsys: pytest.CaptureFixture[str]
+    isolated: Path,
+    tiny_pipeline_dir: Path,
+    subject: np.ndarray,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from conesreg import constants
     from conesreg.cli import main
 
     folder = _save_images(isolated / "subject", subject)
     out = isolated / "draft"
     meta = ["--description", "our dog", "--tag", "pet", "--tag", "animal", "--license", "MIT"]
+    # Standard error is not a terminal here: progress comes as plain lines (often, for the test).
+    monkeypatch.setattr(constants, "PROGRESS_SECONDS", 0.001)
     code = main([*_find_args(folder, out, tiny_pipeline_dir), *meta])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert re.search(r"^finding\s+loss \d\.\d+\s+off [\d.]+%: \d/8 steps, \d+ s$", err, re.M), err
     assert not (out / ".find-checkpoint.pt").exists()
     assert main(["push", str(out), "--version", "1.0.0"]) == 0
     capsys.readouterr()

@@ -8,6 +8,7 @@ session and the model libraries load inside the functions that use them).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,7 +92,38 @@ def progress_bar(*, steps: bool = False) -> Iterator[Any]:
         transient=True,
         disable=not console.is_terminal,
     ) as progress:
-        yield progress
+        if console.is_terminal:
+            yield progress
+            return
+        # In a pipe or a log, a plain line every few seconds instead (as pip and uv do): a
+        # ten-minute search must not look like a hang.
+        stop = threading.Event()
+        ticker = threading.Thread(target=_plain_progress, args=(progress, steps, stop), daemon=True)
+        ticker.start()
+        try:
+            yield progress
+        finally:
+            stop.set()
+            ticker.join()
+
+
+def _plain_progress(progress: Any, steps: bool, stop: threading.Event) -> None:
+    """Print each running task's state as one line on standard error, every
+    ``constants.PROGRESS_SECONDS``, when it changed."""
+    last: dict[Any, tuple[str, float]] = {}
+    while not stop.wait(constants.PROGRESS_SECONDS):
+        for task in progress.tasks:
+            state = (task.description, task.completed)
+            if not task.visible or task.finished or last.get(task.id) == state:
+                continue
+            last[task.id] = state
+            if steps:
+                of = f"/{task.total:.0f}" if task.total else ""
+                done = f"{task.completed:.0f}{of} steps"
+            else:
+                of = f"/{human(int(task.total))}" if task.total else ""
+                done = f"{human(int(task.completed))}{of}"
+            click.echo(f"{task.description.strip()}: {done}, {task.elapsed or 0:.0f} s", err=True)
 
 
 def open_session(offline: bool = False) -> Session:
