@@ -36,6 +36,12 @@ def test_loads_with_plain_diffusers_offline(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pipe = StableDiffusionPipeline.from_pretrained(str(mini_model_path()), local_files_only=True)
     assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 64
+    # The card's call, run: every part in one dtype (the text encoder's config says float32;
+    # the files stay float16).
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a photo of a star", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
 
 
 @pytest.fixture(scope="module")

@@ -320,6 +320,14 @@ def stage_export(workdir: Path, out: Path, argv: list[str]) -> None:
     pipe.to(torch.float16)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
+    # Weights stay float16 on disk, but a plain `StableDiffusionPipeline.from_pretrained(out)`
+    # must load every part in one dtype: diffusers loads the UNet and VAE as float32 whatever
+    # the files hold, transformers the text encoder in the dtype its config names.
+    config = out / "text_encoder" / "config.json"
+    data = json.loads(config.read_text())
+    data["dtype"] = "float32"
+    data.pop("torch_dtype", None)
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     _log(workdir, "export", path=str(out))
     write_card(workdir, out / "README.md", argv)
 
