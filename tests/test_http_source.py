@@ -51,8 +51,15 @@ def test_cli_round_trip_through_the_server(
         ["push", str(draft), "--version", "1.0.0", "--name", "team/acme/dog"], capsys
     )
     assert code == 1 and "conesreg login team" in err and token not in err
+    # Tokens the server does not know are refused, and nothing is saved.
+    for bad, said in (("crs_bogus", "does not know this token"), ("bogus", "not a conesreg token")):
+        monkeypatch.setattr("sys.stdin", io.StringIO(bad + "\n"))
+        code, _, err = run(["login", "team", "--token-stdin"], capsys)
+        assert code == 1 and said in err and err.count("\n") == 1, err
+        assert bad not in constants.CONFIG_FILE.read_text()
     monkeypatch.setattr("sys.stdin", io.StringIO(token + "\n"))
-    assert run(["login", "team", "--token-stdin"], capsys)[0] == 0
+    code, out, _ = run(["login", "team", "--token-stdin"], capsys)
+    assert code == 0 and "logged in to team as namespace acme (push)" in out
     assert stat.S_IMODE(os.stat(constants.CONFIG_FILE).st_mode) == 0o600
     code, out, _ = run(["config", "list"], capsys)
     assert code == 0 and token not in out and "***" in out

@@ -156,3 +156,16 @@ def test_push_token_may_check_for_unpublished_uploads(server: Server) -> None:
     assert c.head(f"/v1/blobs/{digest}", headers=server.headers).status_code == 200
     assert c.head(f"/v1/blobs/{digest}").status_code == 404  # anonymous: not published
     assert c.get(f"/v1/blobs/{digest}", headers=server.headers).status_code == 404  # no bytes
+
+
+def test_whoami_names_the_token_s_namespace_and_scope(server: Server) -> None:
+    c = server.client
+    assert c.get("/v1/whoami").json() == {"anonymous": True, "namespace": None, "scope": None}
+    assert c.get("/v1/whoami", headers=server.headers).json() == {
+        "anonymous": False,
+        "namespace": "acme",
+        "scope": "push",
+    }
+    assert c.get("/v1/whoami", headers=auth("crs_bogus")).status_code == 401
+    # Not a conesreg token (e.g. a Hub token a client sends on its own): anonymous, as for reads.
+    assert c.get("/v1/whoami", headers=auth("hf_abc")).json()["anonymous"] is True

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
 
 from .. import constants
-from ..errors import ConesregError
+from ..errors import AuthenticationError, ConesregError
 from ._output import emit_json, json_option
 
 
@@ -119,8 +120,43 @@ def login(registry: str, token_stdin: bool) -> None:
     cfg = load_config()
     set_token(cfg, registry, "placeholder")  # an unknown registry fails before the prompt
     if token_stdin:
-        token = click.get_text_stream("stdin").readline()
+        token = sys.stdin.readline()
     else:
         token = click.prompt(f"token for {registry}", hide_input=True)
+    token = token.strip()
+    who = _check_token(cfg, registry, token)  # a token the server does not know is not saved
     save_config(set_token(cfg, registry, token))
-    click.echo(f"logged in to {registry}")
+    if who is None:
+        click.echo(f"logged in to {registry} (its server is too old to check the token)")
+    else:
+        click.echo(f"logged in to {registry} as namespace {who['namespace']} ({who['scope']})")
+
+
+def _check_token(cfg: Any, registry: str, token: str) -> dict[str, Any] | None:
+    """What the registry says the token is (None: its server cannot say).
+
+    Raises:
+        AuthenticationError: the server does not know the token.
+        ConesregError: it is no conesreg token at all.
+    """
+    from ..sources._http import HttpSource
+
+    _, entry = cfg.registry(registry)
+    source = HttpSource(str(entry.url), name=registry, token=token)
+    try:
+        who = source.whoami()
+    except AuthenticationError:
+        raise AuthenticationError(
+            f"registry {registry!r} does not know this token (unknown, expired or revoked); "
+            "nothing was saved",
+            hint="create one on the server with `conesreg serve token create --namespace NS`",
+        ) from None
+    finally:
+        source.close()
+    if who is not None and who["anonymous"]:
+        raise ConesregError(
+            f"that is not a conesreg token (they start with crs_), so registry {registry!r} "
+            "reads it as anonymous",
+            hint="create one on the server with `conesreg serve token create --namespace NS`",
+        )
+    return who

@@ -88,6 +88,26 @@ class HttpSource:
     def location(self) -> str:
         return self.url
 
+    def whoami(self) -> dict[str, Any] | None:
+        """The namespace and scope of this source's token (``anonymous`` true without one), or
+        None from a server too old to say.
+
+        Raises:
+            AuthenticationError: the server does not know the token (unknown, expired, revoked).
+            SourceError: the server cannot be reached or answers nonsense.
+        """
+        what = "who the token belongs to"
+        r = self._request("GET", "/v1/whoami", limit=64 * 1024, what=what)
+        if r.status_code == 404:
+            return None
+        self._check(r)
+        body = self._json(r, what=what)
+        if not isinstance(body.get("anonymous"), bool):
+            raise SourceError(
+                f"registry {self.name!r} sent {what} without 'anonymous'", hint=_BROKEN
+            )
+        return body
+
     # -- reading ---------------------------------------------------------------------------------
     def versions(self, namespace: str, name: str) -> list[IndexEntry]:
         what = f"the version listing of {namespace}/{name}"

@@ -73,6 +73,14 @@ class BlobUploaded(BaseModel):
     created: bool
 
 
+class WhoAmI(BaseModel):
+    """Whom the request's token belongs to."""
+
+    anonymous: bool = Field(description="true without a conesreg token")
+    namespace: str | None = Field(description="the namespace the token acts on")
+    scope: str | None = Field(description="read, push or admin")
+
+
 class YankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -252,6 +260,19 @@ def index(request: Request, ctx: CtxDep) -> Response:
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return JSONResponse(queries.index_listing(ctx.session, ctx.caller), headers=headers)
+
+
+@router.get(
+    "/whoami",
+    response_model=WhoAmI,
+    responses=responses(401),
+    summary="The namespace and scope of the request's token (what `conesreg login` checks)",
+)
+def whoami(caller: CallerDep) -> JSONResponse:
+    anonymous = caller.token_id is None
+    return JSONResponse(
+        {"anonymous": anonymous, "namespace": caller.namespace, "scope": caller.scope}
+    )
 
 
 # -- writing --------------------------------------------------------------------------------------
