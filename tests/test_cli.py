@@ -240,3 +240,50 @@ def test_progress_in_a_pipe_is_a_plain_line_when_it_moves(
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("fetching mask: 1.0 KiB/2.0 KiB, ")
     assert len(lines) == 1  # unchanged state is not printed again
+
+
+def test_preview_writes_readable_files_and_draws_inline_where_it_can(
+    isolated: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    draft = make_draft(isolated / "d", previews=2)
+    shots = sorted((draft / "previews").iterdir())  # named as `conesreg find` names them
+    shots = [
+        p.rename(p.with_name(n))
+        for p, n in zip(shots, ["with-mask-0.png", "without-mask-0.png"], strict=True)
+    ]
+    concept = json.loads((draft / "concept.json").read_text())
+    concept["preview_files"] = [f"previews/{p.name}" for p in shots]
+    (draft / "concept.json").write_text(json.dumps(concept))
+    assert run(capsys, "push", str(draft), "--version", "1.0.0")[0] == 0
+    out = isolated / "shown"
+    code, printed, err = run(capsys, "preview", "acme/dog", "-o", str(out))
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["with-concept-0.png", "without-concept-0.png"]
+    assert (out / "with-concept-0.png").read_bytes() == shots[0].read_bytes()
+    assert printed.split() == [str(out / "with-concept-0.png"), str(out / "without-concept-0.png")]
+    # No previews: one line.
+    bare = make_draft(isolated / "e", name="cat", previews=0)
+    assert run(capsys, "push", str(bare), "--version", "1.0.0")[0] == 0
+    assert_user_error(*run(capsys, "preview", "acme/cat", "-o", str(out))[::2], "no previews")
+
+    from conesreg.cli._output import show_inline
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for env, start in (
+        ({"TERM_PROGRAM": "iTerm.app"}, "\033]1337;File=inline=1;"),
+        ({"TERM_PROGRAM": "", "TERM": "xterm-kitty"}, "\033_Ga=T,f=100,"),
+    ):
+        tty = Tty()
+        monkeypatch.setattr("sys.stdout", tty)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert show_inline(out / "with-concept-0.png")
+        assert tty.getvalue().startswith(start)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("KITTY_WINDOW_ID", raising=False)
+    assert not show_inline(out / "with-concept-0.png")  # a plain terminal: the path only

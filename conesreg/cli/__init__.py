@@ -34,6 +34,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("._cmd_browse", "search"),
     "info": ("._cmd_browse", "info"),
     "versions": ("._cmd_browse", "versions"),
+    "preview": ("._cmd_browse", "preview"),
     "cache": ("._cmd_cache", "cache"),
     "config": ("._cmd_config", "config"),
     "login": ("._cmd_config", "login"),

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
 
 from ..errors import ConesregError
-from ._output import emit_json, human, json_option, make_table, open_session, stdout
+from ._output import (
+    emit_json,
+    human,
+    json_option,
+    make_table,
+    open_session,
+    show_inline,
+    stdout,
+)
 
 
 @click.command()
@@ -171,3 +180,26 @@ def versions(ref: str, everything: bool, as_json: bool) -> None:
         for tag, commit, why in ignored:
             table.add_row(tag, commit[:19] + "...", "-", "-", "-", f"ignored: {why}")
     stdout().print(table)
+
+
+@click.command()
+@click.argument("ref")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to write the images to [default: ./previews/NAMESPACE-NAME-VERSION].",
+)
+def preview(ref: str, output: Path | None) -> None:
+    """Write a version's preview images (with and without the concept) where you can open them,
+    and show them inline in terminals that can (kitty, iTerm2, WezTerm)."""
+    from .._previews import save_previews
+
+    s = open_session()
+    entry = s.select(ref)
+    out_dir = output or Path("previews") / f"{entry.namespace}-{entry.name}-{entry.version}"
+    files = save_previews(entry, out_dir, session=s)
+    for path in files:
+        stdout().print(str(path))
+        show_inline(path)
