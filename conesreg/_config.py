@@ -13,7 +13,6 @@ Example file::
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -109,8 +108,7 @@ def save_config(config: Config, path: Path | None = None) -> None:
 
     path = path or constants.CONFIG_FILE
     data = config.model_dump(mode="json", exclude_none=True)
-    atomic_write(path, tomli_w.dumps(data).encode())
-    os.chmod(path, 0o600)
+    atomic_write(path, tomli_w.dumps(data).encode(), mode=0o600)  # never readable by others
 
 
 def set_value(config: Config, key: str, value: str) -> Config:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import tempfile
@@ -110,8 +111,18 @@ def _temp_in(target: Path, *, tag: str = "") -> Iterator[tuple[BinaryIO, Path]]:
         raise
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+@functools.cache
+def _umask() -> int:
+    # Read once: os.umask can only be read by setting it, which is not thread-safe to repeat.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, with
+    ``mode`` (default: what the umask leaves of 0666, as ``open`` would), set before the file
+    appears.
 
     Raises:
         StorageError: the folder is not writable or the disk is full; ``path`` is unchanged.
@@ -119,6 +130,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     with _temp_in(path) as (f, tmp), _writing(path):
         f.write(data)
         f.flush()
+        # mkstemp makes 0600; a file written for the user follows the umask, as `open` would.
+        os.fchmod(f.fileno(), 0o666 & ~_umask() if mode is None else mode)
         os.fsync(f.fileno())
     try:
         with _writing(path):

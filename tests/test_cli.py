@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -287,3 +288,33 @@ def test_preview_writes_readable_files_and_draws_inline_where_it_can(
     monkeypatch.setenv("TERM", "xterm-256color")
     monkeypatch.delenv("KITTY_WINDOW_ID", raising=False)
     assert not show_inline(out / "with-concept-0.png")  # a plain terminal: the path only
+
+
+def test_small_outputs_say_what_they_are(
+    pushed: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cache dir is the folder config list shows; tables in a pipe do not wrap; files follow
+    the umask (the config file, which may hold tokens, excepted)."""
+    from conesreg import constants
+
+    code, out, _ = run(capsys, "cache", "dir")
+    assert code == 0 and out.strip() == str(constants.CACHE_DIR)
+    code, out, _ = run(capsys, "config", "list", "--json")
+    assert json.loads(out)["cache_dir"] == str(constants.CACHE_DIR)
+    # A long description in a table, in a pipe: one line per row, not folded at 80 columns.
+    long_draft = make_draft(pushed / "long", name="cat", description="word " * 40)
+    assert run(capsys, "push", str(long_draft), "--version", "1.0.0")[0] == 0
+    code, out, _ = run(capsys, "search", "word")
+    rows = [line for line in out.splitlines() if "acme/cat" in line]
+    assert code == 0 and len(rows) == 1 and rows[0].rstrip().endswith("word")
+    lock = pushed / "project" / "conesreg.lock"
+    assert run(capsys, "install", "acme/dog")[0] == 0
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o666 & ~_umask()
+    assert run(capsys, "config", "set", "default_namespace", "acme")[0] == 0
+    assert stat.S_IMODE(constants.CONFIG_FILE.stat().st_mode) == 0o600
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

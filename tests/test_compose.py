@@ -309,8 +309,9 @@ def test_cli_generate_and_overlap(isolated, tiny_pipeline_dir: Path, capsys) -> 
             "cpu",
         ]
     )
-    _, err = capsys.readouterr()
+    printed, err = capsys.readouterr()
     assert code == 0, err
+    assert "(64x64, a grid of 3 32x32 images, seed 7" in printed  # the file's size, not one image's
     meta = read_png_metadata(out)
     assert [c["ref"] for c in json.loads(meta["concepts"])] == ["acme/dog@1.0.0", "acme/cat@1.0.0"]
     assert meta["seed"] == "7" and meta["num_images"] == "3"

@@ -40,7 +40,8 @@ def cache_prune(everything: bool) -> None:
 
 @cache.command(name="dir")
 def cache_dir() -> None:
-    """Print the cache directory."""
-    from .._cache import Cache
+    """Print the cache directory (as `conesreg config list` shows it; each cache format lives
+    in a subfolder of it, v1 today)."""
+    from .. import constants
 
-    click.echo(Cache.open().root)
+    click.echo(constants.CACHE_DIR)

@@ -99,6 +99,14 @@ def generate(
             negative_prompt=negative_prompt,
             on_step=lambda done, total: progress.update(task, completed=done),
         )
-    save_png(result, output)
+    path = save_png(result, output)
     names = ", ".join(c["ref"] for c in json.loads(result.metadata["concepts"])) or "no concepts"
-    stdout().print(f"wrote {output} ({result.metadata['size']}, seed {seed}, {names})")
+    n = len(result.images)
+    if n > 1:  # the file is a grid: say its size, and what it tiles
+        from PIL import Image
+
+        with Image.open(path) as sheet:
+            size = f"{sheet.width}x{sheet.height}, a grid of {n} {result.metadata['size']} images"
+    else:
+        size = result.metadata["size"]
+    stdout().print(f"wrote {output} ({size}, seed {seed}, {names})")

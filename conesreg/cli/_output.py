@@ -56,7 +56,12 @@ def stdout() -> Any:
     """A Rich console on standard output (colors and tables only on a terminal)."""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        # In a pipe or a file nothing wraps: Rich would fold tables at 80 columns, splitting
+        # dates and cutting names that scripts and greps read whole.
+        console = Console(highlight=False, soft_wrap=True, width=1 << 16)
+    return console
 
 
 def emit_json(data: Any) -> None:
