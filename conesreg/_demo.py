@@ -193,23 +193,27 @@ def _push_free_version(push: Any, draft: Path) -> Any:
 
 
 def _save_grid(path: Path, rows: list[tuple[str, np.ndarray]]) -> None:
+    """Rows of images, each under its label: the images enlarged (64 px is small on a screen),
+    the labels drawn at that size in a real font, not scaled with them."""
     import io
 
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
-    cell, label_h, pad = 64, 14, 2
+    scale = 2
+    cell, label_h, pad = 64 * scale, 26, 6
     width = GRID_COLUMNS * (cell + pad) + pad
     height = len(rows) * (cell + label_h + pad) + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=18)
     y = pad
     for label, images in rows:
-        draw.text((pad, y), label, fill=(0, 0, 0))
+        draw.text((pad, y + 2), label, fill=(0, 0, 0), font=font)
         y += label_h
         for j, im in enumerate(images[:GRID_COLUMNS]):
-            canvas.paste(Image.fromarray(im), (pad + j * (cell + pad), y))
+            big = Image.fromarray(im).resize((cell, cell), Image.NEAREST)
+            canvas.paste(big, (pad + j * (cell + pad), y))
         y += cell + pad
-    canvas = canvas.resize((width * 2, height * 2), Image.NEAREST)  # 64 px cells are small
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     atomic_write(path, buf.getvalue())

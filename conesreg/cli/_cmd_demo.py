@@ -47,7 +47,7 @@ def demo(
 
     Renders a bundled subject, finds its concept neurons, publishes them to the embedded
     registry as demo/SUBJECT@1.0.0, installs that, and draws the class prompt with and without
-    it: a side-by-side grid (demo.png) and a report (report.md) land in OUTPUT.
+    it: a grid of labelled rows (demo.png) and a report (report.md) land in OUTPUT.
     """
     from ..mini.subjects import FIND_SETTINGS, get_subject
 
