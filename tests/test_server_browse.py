@@ -150,7 +150,8 @@ def test_concept_page(server: Server) -> None:
     assert r.status_code == 200
     html = r.text
     assert "acme/corgi <span" in html and "1.0.0" in html  # the latest non-yanked version
-    assert "conesreg install server/acme/corgi@1.0.0" in html
+    # The range a user would type, under the alias the page's own config command adds.
+    assert "conesreg install server/acme/corgi@^1.0" in html
     assert "conesreg config registry add server http://testserver" in html
     assert 'data-version="1.1.0"' in html and 'title="wrong legs">yanked' in html
     assert "short legs &lt;b&gt;and&lt;/b&gt; a big heart" in html  # escaped, never markup
@@ -166,7 +167,24 @@ def test_concept_page(server: Server) -> None:
 def test_concept_page_of_a_yanked_version(server: Server) -> None:
     html = server.client.get("/concepts/acme/corgi", params={"version": "1.1.0"}).text
     assert 'id="yanked"' in html and "This version is yanked: wrong legs" in html
-    assert "conesreg install server/acme/corgi@1.1.0" in html
+    assert "conesreg install server/acme/corgi@1.1.0" in html  # a range would skip it
+
+
+def test_previews_pair_without_and_with_the_concept() -> None:
+    from registry_server.browse.pages import _preview_pairs
+
+    files = [
+        ("u1", "previews/with-mask-1.png"),
+        ("u2", "previews/without-mask-0.png"),
+        ("u3", "previews/with-mask-0.png"),
+        ("u4", "previews/sample.png"),
+        ("u5", "previews/without-mask-1.png"),
+    ]
+    assert _preview_pairs(files) == [
+        [("u2", "without the concept (seed 0)"), ("u3", "with the concept (seed 0)")],
+        [("u5", "without the concept (seed 1)"), ("u1", "with the concept (seed 1)")],
+        [("u4", "sample.png")],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -273,13 +291,13 @@ def test_browser_searches_opens_a_concept_and_takes_a_screenshot(live: str, tmp_
             page.wait_for_url("**/concepts/acme/orange-heart")
             expect(page.locator("#title")).to_contain_text("acme/orange-heart")
             expect(page.locator("#install")).to_contain_text(
-                "conesreg install server/acme/orange-heart@1.1.0"
+                "conesreg install server/acme/orange-heart@^1.1"
             )
             expect(page.locator("#versions tr.version")).to_have_count(2)
             page.click("#copy")
             expect(page.locator("#copy")).to_have_text("Copied")
             copied = page.evaluate("navigator.clipboard.readText()")
-            assert copied.splitlines()[-1] == "conesreg install server/acme/orange-heart@1.1.0"
+            assert copied.splitlines()[-1] == "conesreg install server/acme/orange-heart@^1.1"
             preview = page.locator(".previews img").first
             expect(preview).to_be_visible()
             assert preview.evaluate("img => img.complete && img.naturalWidth") == 64

@@ -8,10 +8,12 @@ token, exactly as the API does, so private namespaces never show in a browser.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import semantic_version
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
@@ -110,11 +112,13 @@ def concept(
     except RegistryError as exc:
         return _error_page(request, exc)
     m = queries.manifest_of(ctx.session, row)
-    previews = [
-        _file_url(namespace, name, row.version, b.path)
-        for b in m.blobs
-        if b.digest in m.metadata.previews
-    ]
+    previews = _preview_pairs(
+        [
+            (_file_url(namespace, name, row.version, b.path), b.path)
+            for b in m.blobs
+            if b.digest in m.metadata.previews
+        ]
+    )
     alias = ctx.reg.settings.registry_name
     base_url = str(request.base_url).rstrip("/")
     return _page(
@@ -129,9 +133,46 @@ def concept(
         sparsity=m.mask.selected / m.mask.total if m.mask.total else 0.0,
         install=[
             f"conesreg config registry add {alias} {base_url}",
-            f"conesreg install {alias}/{namespace}/{name}@{row.version}",
+            f"conesreg install {alias}/{namespace}/{name}@{_spec_to_type(row)}",
         ],
     )
+
+
+def _spec_to_type(row: Any) -> str:
+    """The spec a user would write for this version: compatible updates of it (``^1.2``),
+    or the exact version where a range would not select it (yanked, a pre-release)."""
+    v = semantic_version.Version(row.version)
+    if row.yanked or v.prerelease:
+        return row.version
+    return f"^{v.major}.{v.minor}"
+
+
+#: A preview's file name as ``conesreg find`` writes it: with or without the concept, and the
+#: sampling seed.
+_PREVIEW_NAME = re.compile(r"(with|without)-mask-(\d+)\.\w+")
+
+
+def _preview_pairs(files: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Previews as rows of ``(url, caption)``: each seed's image without the concept beside
+    the one with it (the point of a concept); other files one to a row, named by file."""
+    pairs: dict[int, dict[str, str]] = {}
+    others: list[list[tuple[str, str]]] = []
+    for url, path in files:
+        file_name = path.rsplit("/", 1)[-1]
+        m = _PREVIEW_NAME.fullmatch(file_name)
+        if m is None:
+            others.append([(url, file_name)])
+        else:
+            pairs.setdefault(int(m.group(2)), {})[m.group(1)] = url
+    rows = [
+        [
+            (pair[kind], f"{kind} the concept (seed {seed})")
+            for kind in ("without", "with")
+            if kind in pair
+        ]
+        for seed, pair in sorted(pairs.items())
+    ]
+    return rows + others
 
 
 def _file_url(namespace: str, name: str, version: str, path: str) -> str:
