@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from conesreg.artifact.errors import ConesregError
 
@@ -58,7 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         reg.engine.dispose()
 
-    app = FastAPI(
+    # FastAPI's /docs loads Swagger UI from a CDN: blank offline or behind a firewall. These
+    # serve it from the package; under a path no namespace can have (names cannot start with _),
+    # so it never shadows a Hub-style /{namespace}/... route.
+    app = FastAPIOffline(
+        static_url="/_static/docs",
         title="conesreg registry",
         version="1",
         summary="Concept neurons of diffusion models: publish, list, search, download.",

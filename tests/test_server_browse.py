@@ -324,3 +324,13 @@ def test_filters_follow_publishing_and_yanking(tmp_path: Path) -> None:
         assert r.status_code == 200
         html = s.client.get("/").text
         assert _shown(html) == [] and '"bird"' not in html  # no latest version left to show
+
+
+def test_api_docs_load_without_a_cdn(server: Server) -> None:
+    """/docs works offline and behind a firewall: Swagger UI comes from the package."""
+    for page in ("/docs", "/redoc"):
+        html = server.client.get(page).text
+        assert "cdn.jsdelivr.net" not in html and "/_static/docs/" in html, page
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        r = server.client.get(f"/_static/docs/{asset}")
+        assert r.status_code == 200 and len(r.content) > 10_000, asset
