@@ -290,3 +290,18 @@ def test_private_repo_needs_a_token(
     # Hub tokens are huggingface_hub's business, not conesreg's config file.
     code, _, err = run(["login", "hf", "--token-stdin"], capsys)
     assert code == 1 and "huggingface_hub's own login" in err and "hf auth login" in err
+
+
+def test_a_push_without_a_token_names_the_registry_in_one_line(
+    hf: tuple[str, str], isolated: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    url, _ = hf
+    assert run(["config", "registry", "add", "teamhub", url, "--kind", "hub"], capsys)[0] == 0
+    monkeypatch.delenv("HF_TOKEN")
+    draft = make_draft(isolated / "d", name="dog")
+    code, _, err = run(
+        ["push", str(draft), "--version", "1.0.0", "--name", "teamhub/acme/dog"], capsys
+    )
+    assert code == 1 and err.count("\n") == 1, err
+    assert "registry 'teamhub'" in err and "teamhub/acme/dog" in err and "hf auth login" in err
+    assert "hf://" not in err and "{" not in err  # not the Hub alias, no raw error object

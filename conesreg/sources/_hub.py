@@ -121,7 +121,7 @@ class HubSource:
         if not entries:
             reasons = "; ".join(f"{t}: {why}" for t, _, why in ignored) or "no tags"
             raise ConceptNotFoundError(
-                f"hf://{repo} has no conesreg version on {self.endpoint} ({reasons})",
+                f"{self._ref(repo)} has no conesreg version on {self.endpoint} ({reasons})",
                 hint="conesreg concepts carry v<semver> tags on commits with a manifest.json; "
                 "see `conesreg versions --all hf://NAMESPACE/NAME`",
             )
@@ -202,7 +202,7 @@ class HubSource:
 
         repo = f"{manifest.namespace}/{manifest.name}"
         tag = TAG_PREFIX + manifest.version
-        self._call(f"creating hf://{repo}", self._api.create_repo, repo, exist_ok=True)
+        self._call(f"creating {self._ref(repo)}", self._api.create_repo, repo, exist_ok=True)
         refs = self._refs(repo)
         existing = next((t for t in refs.tags if t.name == tag), None)
         if existing is not None:
@@ -254,7 +254,7 @@ class HubSource:
 
         repo = f"{namespace}/{name}"
         if version not in {e.version for e in self.versions(namespace, name)}:
-            raise VersionNotFoundError(f"hf://{repo}@{version} is not published")
+            raise VersionNotFoundError(f"{self._ref(repo)}@{version} is not published")
         refs = self._refs(repo)
         head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
         state = self._yanked(repo, head)
@@ -277,10 +277,10 @@ class HubSource:
         from huggingface_hub.errors import RepositoryNotFoundError
 
         try:
-            return self._call(f"listing hf://{repo}", self._api.list_repo_refs, repo)
+            return self._call(f"listing {self._ref(repo)}", self._api.list_repo_refs, repo)
         except RepositoryNotFoundError:
             raise ConceptNotFoundError(
-                f"no repo hf://{repo} on {self.endpoint} (or it is private)",
+                f"no repo {self._ref(repo)} on {self.endpoint} (or it is private)",
                 hint="check the name; for a private repo log in with `hf auth login` or set "
                 "HF_TOKEN",
             ) from None
@@ -290,7 +290,7 @@ class HubSource:
         for e in self.versions(ns, name):
             if e.version == version and e.revision:
                 return e.revision
-        raise VersionNotFoundError(f"hf://{repo} has no tag {TAG_PREFIX}{version}")
+        raise VersionNotFoundError(f"{self._ref(repo)} has no tag {TAG_PREFIX}{version}")
 
     def _manifest_at(self, repo: str, commit: str) -> Manifest:
         from ..errors import ManifestError
@@ -305,7 +305,8 @@ class HubSource:
         if sha256_bytes(self._download_bytes(repo, MANIFEST_FILE, commit)) == manifest.digest:
             return False
         raise ImmutableVersionError(
-            f"hf://{repo}@{manifest.version} is already published (tag {tag}) with other content"
+            f"{self._ref(repo)}@{manifest.version} is already published (tag {tag}) with "
+            "other content"
         )
 
     def _yanked(self, repo: str, main: str | None) -> dict[str, str | None]:
@@ -334,7 +335,7 @@ class HubSource:
 
         try:
             return self._call(
-                f"downloading {filename} of hf://{repo}",
+                f"downloading {filename} of {self._ref(repo)}",
                 hf_hub_download,
                 repo_id=repo,
                 filename=filename,
@@ -344,12 +345,12 @@ class HubSource:
             )
         except RepositoryNotFoundError:
             raise ConceptNotFoundError(
-                f"no repo hf://{repo} on {self.endpoint} (or it is private)",
+                f"no repo {self._ref(repo)} on {self.endpoint} (or it is private)",
                 hint="check the name; for a private repo log in with `hf auth login`",
             ) from None
         except RevisionNotFoundError:
             raise VersionNotFoundError(
-                f"hf://{repo} has no revision {revision}", hint="list versions with --all"
+                f"{self._ref(repo)} has no revision {revision}", hint="list versions with --all"
             ) from None
         except EntryNotFoundError as e:
             if filename == MANIFEST_FILE:
@@ -358,7 +359,7 @@ class HubSource:
                 raise ManifestError(f"no {MANIFEST_FILE} at {revision[:12]}") from None
             if filename == YANKED_FILE:
                 raise
-            raise SourceError(f"hf://{repo}@{revision[:12]} lacks {filename}: {e}") from None
+            raise SourceError(f"{self._ref(repo)}@{revision[:12]} lacks {filename}: {e}") from None
 
     def _download_bytes(self, repo: str, filename: str, revision: str) -> bytes:
         """A small file's bytes (the manifest, the yank list): huggingface_hub downloads it
@@ -368,11 +369,16 @@ class HubSource:
             data = f.read(artifact_constants.MAX_MANIFEST_BYTES + 1)
         if len(data) > artifact_constants.MAX_MANIFEST_BYTES:
             raise SourceError(
-                f"hf://{repo}@{revision[:12]} has a {filename} of more than "
+                f"{self._ref(repo)}@{revision[:12]} has a {filename} of more than "
                 f"{artifact_constants.MAX_MANIFEST_BYTES:,} bytes, which no conesreg version has",
                 hint="the repo (or the endpoint) is broken or hostile; do not install from it",
             )
         return data
+
+    def _ref(self, repo: str) -> str:
+        """``repo`` as a user names it: ``hf://NS/NAME`` on the Hub alias, else ``ALIAS/NS/NAME``
+        (another hub-kind registry is never called hf://)."""
+        return f"hf://{repo}" if self.name == "hf" else f"{self.name}/{repo}"
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, retried on connection errors and transient statuses as
@@ -401,10 +407,15 @@ class HubSource:
                 status = e.response.status_code if e.response is not None else 0
                 message = " ".join(str(e).split())[:300]
                 if status in (401, 403):
+                    # One line: the Hub's own words if it gave a short reason, never its raw
+                    # error object.
+                    said = (getattr(e, "server_message", None) or "").strip().splitlines()
+                    reason = f" ({said[0][:120]})" if said and "{" not in said[0] else ""
                     raise AuthenticationError(
-                        f"the Hub at {self.endpoint} refused {what}: {message}",
+                        f"registry {self.name!r} at {self.endpoint} refused {what}: not logged "
+                        f"in, or the token may not do this{reason}",
                         hint="log in with `hf auth login` (or set HF_TOKEN) with a token that "
-                        "may do this",
+                        "may write there",
                     ) from None
                 if status < 500 and not _retry.is_transient(status):
                     raise SourceError(f"the Hub refused {what}: {message}") from None
