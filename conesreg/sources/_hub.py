@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -202,7 +203,12 @@ class HubSource:
 
         repo = f"{manifest.namespace}/{manifest.name}"
         tag = TAG_PREFIX + manifest.version
-        self._call(f"creating {self._ref(repo)}", self._api.create_repo, repo, exist_ok=True)
+        from huggingface_hub.errors import HfUriError
+
+        # HfUriError: the repo exists, and huggingface_hub cannot parse the URL it then builds
+        # for an endpoint other than huggingface.co. Nothing to create; the commit says the rest.
+        with contextlib.suppress(HfUriError):
+            self._call(f"creating {self._ref(repo)}", self._api.create_repo, repo, exist_ok=True)
         refs = self._refs(repo)
         existing = next((t for t in refs.tags if t.name == tag), None)
         if existing is not None:
