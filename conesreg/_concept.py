@@ -310,7 +310,7 @@ def load_concepts(
     return out
 
 
-def _install_quietly(
+def _install_for_use(
     names: list[str], path: Path, project_dir: Path | None, locked: bool, frozen: bool, s: Session
 ) -> list[LockedConcept]:
     """Install for using concepts (apply, generate): what the lockfile holds is used as it is
@@ -364,7 +364,7 @@ def _installed(
     # A pruned cache since: install again, which fetches what is missing.
     if hit is not None and all(s.cache.blobs.has(c.manifest) for c in hit):
         return hit
-    done = _install_quietly(names, path, project_dir, locked, frozen, s)
+    done = _install_for_use(names, path, project_dir, locked, frozen, s)
     # Stamped after install, which may have just written the lockfile.
     key = (*key[:-1], _stamp(path))
     with _decoded_lock:
