@@ -19,7 +19,13 @@ from ._session import Session
 from .artifact._manifest import IndexEntry
 from .artifact._names import ConceptRef
 from .artifact._versions import parse_spec
-from .errors import ConesregWarning, InvalidReferenceError, LockfileError, StaleLockfileError
+from .errors import (
+    ConesregWarning,
+    InvalidReferenceError,
+    LockfileError,
+    StaleLockfileError,
+    VersionNotFoundError,
+)
 from .sources import Source
 
 
@@ -75,7 +81,10 @@ def install(
         wanted = []
         for ref in requested:
             prior = None if (old is None or upgrade) else old.get(_key(ref))
-            res = resolve(ref, s.releases(ref), locked=prior)
+            try:
+                res = resolve(ref, s.releases(ref), locked=prior)
+            except VersionNotFoundError as e:
+                raise s.offline_note(ref, e) from None
             if res.entry.yanked:
                 # An exact pin, or a lock kept as uv and cargo keep it: installed, never silently
                 # (said once it is installed, not before an error).

@@ -18,7 +18,7 @@ from ._config import Config, load_config
 from .artifact._manifest import BlobRef, IndexEntry, Manifest
 from .artifact._names import ConceptRef, parse_ref
 from .artifact._versions import parse_spec, select_version, sort_releases
-from .errors import ConceptNotFoundError, ConesregError, OfflineError
+from .errors import ConceptNotFoundError, ConesregError, OfflineError, VersionNotFoundError
 from .sources import BlobOrigin, Source, open_source, rank_matches
 
 
@@ -96,6 +96,23 @@ class Session:
             hint = f"did you mean {' or '.join(near)}?" + (f" {e.hint}" if e.hint else "")
             raise ConceptNotFoundError(e.message, hint=hint) from None
 
+    def offline_note(self, ref: ConceptRef, error: VersionNotFoundError) -> VersionNotFoundError:
+        """``error`` saying, when offline, that only cached versions were known (a version
+        "not found" offline may well be published); online, ``error`` itself."""
+        source = self.source(ref.registry)
+        if not self.is_offline(source):
+            return error
+        known = [
+            e.version
+            for e in sort_releases(self.cache.entries(source.name))
+            if (e.namespace, e.name) == (ref.namespace, ref.name)
+        ]
+        return VersionNotFoundError(
+            f"{error.message}; offline, only the cached versions are known "
+            f"({', '.join(known) or 'none'})",
+            hint="go online (drop --offline, unset CONESREG_OFFLINE) to see every version",
+        )
+
     def ignored_tags(self, ref: ConceptRef) -> list[tuple[str, str, str]]:
         """Tags of ``ref`` that name no installable version, as ``(tag, revision, why)``.
 
@@ -135,7 +152,11 @@ class Session:
             '1.4.0'
         """
         ref = self.parse(text)
-        return select_version(parse_spec(ref.spec), self.releases(ref), concept=ref.id)
+        releases = self.releases(ref)
+        try:
+            return select_version(parse_spec(ref.spec), releases, concept=ref.id)
+        except VersionNotFoundError as e:
+            raise self.offline_note(ref, e) from None
 
     def search(
         self,

@@ -300,6 +300,9 @@ def test_offline_mode(published: dict[str, str], isolated: Path) -> None:
     install(["acme/dog@1"], session=_session_with(src))
     again = install(["acme/dog@1"], session=_session_with(src, offline=True))
     assert again[0].version == "1.2.3"
+    # A version that may well be published, asked for offline: say only the cache was seen.
+    with pytest.raises(VersionNotFoundError, match=r"offline, only the cached versions .*1\.2\.3"):
+        install(["acme/dog@2.0.0"], session=_session_with(src, offline=True))
     # A locked concept whose blobs went missing: offline mode names what is missing.
     Cache.open().blobs.remove(again[0].blobs[0].digest)
     with pytest.raises(OfflineError, match="missing from the cache"):
