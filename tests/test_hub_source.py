@@ -129,6 +129,9 @@ def test_push_versions_install_by_range_search_and_yank(
     assert hit["digest"] == listed[1]["digest"]
     code, out, _ = run(["search", "cat", "--source", "hf", "--json"], capsys)
     assert json.loads(out) == []
+    # A word of the description alone (the Hub's own search matches repo ids only).
+    code, out, _ = run(["search", "good", "--source", "hf", "--json"], capsys)
+    assert code == 0 and [h["name"] for h in json.loads(out)] == ["dog"]
 
     assert run(["yank", "hf://acme/dog@1.1.0", "--reason", "wrong ears"], capsys)[0] == 0
     code, out, _ = run(["versions", "hf://acme/dog", "--json"], capsys)

@@ -154,26 +154,31 @@ class HubSource:
     ) -> list[IndexEntry]:
         """Repos tagged ``conesreg`` (and every tag asked for) whose card describes a version
         that matches, best match first. Each hit is the version its ``main`` card describes (the
-        last pushed), read from the card's ``conesreg`` block: one request for the whole search.
+        last pushed), read from the card's ``conesreg`` block, and matched as the other sources
+        match (name, namespace, class word, description, tags): at most two requests.
         """
         from ._local import rank_matches
 
         words = query.split()
-        # The Hub's own search matches repo ids only; a single word narrows the listing there,
-        # and every word is then matched against the card's fields as the other sources do.
-        models = self._call(
-            "searching",
-            lambda: list(
+
+        def listing(search: str | None) -> list[Any]:
+            return list(
                 self._api.list_models(
                     filter=["conesreg", *[t.lower() for t in tags]],
-                    search=words[0] if len(words) == 1 else None,
+                    search=search,
                     cardData=True,
                     limit=max(limit * 4, 100),
                 )
-            ),
-        )
+            )
+
+        # The Hub's own search matches repo ids only: a word found in a description alone would
+        # be missed by it. So the tagged repos are listed plainly too, and every word is matched
+        # against the cards' fields here; the id search adds matches beyond that listing.
+        models = {m.id: m for m in self._call("searching", listing, None)}
+        if len(words) == 1:
+            models.update((m.id, m) for m in self._call("searching", listing, words[0]))
         entries: list[IndexEntry] = []
-        for model in models:
+        for model in models.values():
             block = (model.card_data or {}).get("conesreg") if model.card_data else None
             namespace, _, name = model.id.partition("/")
             if not isinstance(block, dict) or not name:
