@@ -145,9 +145,11 @@ def _cpu_seconds(pid: int) -> float:
 def _start(args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, *args[:1], str(port), *args[1:]]
+    # A module takes --port; the baseline scripts take the port as their first argument.
     if args[0] == "-m":
         argv = [sys.executable, *args, "--port", str(port)]
+    else:
+        argv = [sys.executable, args[0], str(port), *args[1:]]
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -14,6 +14,14 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
 
+@pytest.fixture
+def pipe() -> StableDiffusionPipeline:
+    """A fresh tiny pipeline (seed 0) of the test's own, free to change."""
+    from conesreg.testing import make_tiny_pipeline
+
+    return make_tiny_pipeline(seed=0)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline() -> StableDiffusionPipeline:
     """A tiny random Stable Diffusion pipeline (float32, CPU), built once per test session.

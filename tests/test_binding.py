@@ -20,11 +20,6 @@ from conesreg.errors import ConesregError, ConesregWarning, MaskError, Unsupport
 from conesreg.testing import make_manifest, make_tiny_draft, make_tiny_pipeline
 
 
-@pytest.fixture
-def pipe():  # type: ignore[no-untyped-def]
-    return make_tiny_pipeline(seed=0)
-
-
 def draw(pipe, prompts, seed: int = 0) -> np.ndarray:  # type: ignore[no-untyped-def]
     out = pipe(
         list(prompts),

@@ -26,11 +26,6 @@ from conesreg.errors import (
 from conesreg.testing import make_tiny_draft, make_tiny_pipeline
 
 
-@pytest.fixture
-def pipe():  # type: ignore[no-untyped-def]
-    return make_tiny_pipeline(seed=0)
-
-
 def snapshot(pipe) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
     return {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
 

@@ -24,12 +24,7 @@ from conesreg._concept import (
 from conesreg._session import Session
 from conesreg.artifact._manifest import parse_manifest
 from conesreg.errors import ConesregWarning, IntegrityError
-from conesreg.testing import make_tiny_draft, make_tiny_pipeline
-
-
-@pytest.fixture
-def pipe():  # type: ignore[no-untyped-def]
-    return make_tiny_pipeline(seed=0)
+from conesreg.testing import make_tiny_draft
 
 
 def forget_process_memory() -> None:
