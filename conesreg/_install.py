@@ -82,7 +82,14 @@ def install(
         for ref in requested:
             prior = None if (old is None or upgrade) else old.get(_key(ref))
             try:
-                res = resolve(ref, s.releases(ref), locked=prior)
+                releases = s.releases(ref)
+                res = resolve(
+                    ref,
+                    releases,
+                    locked=prior,
+                    why_gone=_why_gone(s, ref, prior),
+                    offline=s.is_offline(s.source(ref.registry)),
+                )
             except VersionNotFoundError as e:
                 raise s.offline_note(ref, e) from None
             if res.entry.yanked:
@@ -105,6 +112,18 @@ def install(
     if new != old:
         write_lockfile(path, new)
     return wanted
+
+
+def _why_gone(s: Session, ref: ConceptRef, prior: LockedConcept | None) -> str:
+    """What the source said of the locked version's tag, if it skipped it (a moved Hub tag)."""
+    if prior is None:
+        return ""
+    tags = {f"v{prior.version}", prior.version}
+    return "; ".join(
+        f"tag {tag} now points to {commit}, and {why}"
+        for tag, commit, why in s.ignored_tags(ref)
+        if tag in tags
+    )
 
 
 def _dedupe(refs: list[ConceptRef]) -> list[ConceptRef]:

@@ -178,6 +178,37 @@ def test_a_moved_tag_is_reported_and_frozen_keeps_the_pinned_commit(
     assert code == 0, err
 
 
+def test_a_tag_moved_onto_another_version_is_reported_not_downgraded(
+    hf: tuple[str, str], isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, token = hf
+    _push(
+        make_draft(isolated / "d1", name="elk", class_word="elk"), "hf://acme/elk", "1.0.0", capsys
+    )
+    _push(
+        make_draft(isolated / "d2", name="elk", class_word="elk"), "hf://acme/elk", "1.1.0", capsys
+    )
+    assert run(["install", "hf://acme/elk@^1"], capsys)[0] == 0
+    locked = _lock(isolated / "project")["acme/elk"]
+    assert locked["version"] == "1.1.0"
+
+    # Someone moves v1.1.0 onto 1.0.0's commit: the listing now skips the tag (its manifest says
+    # 1.0.0), and re-resolving ^1 would quietly lock 1.0.0.
+    api = _api(url, token)
+    old = next(t.target_commit for t in api.list_repo_refs("acme/elk").tags if t.name == "v1.0.0")
+    api.delete_tag("acme/elk", tag="v1.1.0")
+    api.create_tag("acme/elk", tag="v1.1.0", revision=old)
+
+    code, _, err = run(["install"], capsys)
+    assert code == 1, err
+    assert "acme/elk@1.1.0 is locked at revision" in err and "no longer lists" in err
+    assert f"tag v1.1.0 now points to {old}" in err and "acme/elk@1.0.0" in err
+    assert "Traceback" not in err
+    assert _lock(isolated / "project")["acme/elk"] == locked  # not downgraded
+    code, _, err = run(["install", "--frozen"], capsys)  # the pinned commit still installs
+    assert code == 0, err
+
+
 def test_corrupted_file_is_refused(
     hf: tuple[str, str], isolated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -106,6 +106,23 @@ def test_pinning_or_keeping_a_yanked_version_warns_with_the_reason(
         install(["acme/dog@^1.2"], locked=True)
 
 
+def test_a_locked_version_no_longer_listed_is_reported_not_replaced(
+    published: dict[str, str],
+) -> None:
+    from conesreg._resolver import resolve
+
+    [locked] = install(["acme/dog@^1"])
+    s = Session()
+    ref = s.parse("acme/dog@^1")
+    others = [e for e in s.releases(ref) if e.version != locked.version]
+    with pytest.raises(IntegrityError, match=r"dog@1\.2\.3 is locked but .* no longer lists"):
+        resolve(ref, others, locked=locked)
+    # Offline, the releases are only the cached ones: absence proves nothing.
+    with pytest.raises(OfflineError, match="not in the cache"):
+        resolve(ref, others, locked=locked, offline=True)
+    assert resolve(ref, others, locked=None).entry.version == "1.2.0"  # --upgrade re-resolves
+
+
 def test_hand_edited_lockfile_refused(published: dict[str, str]) -> None:
     install(["acme/dog@1"])
     path = lockfile_path()
