@@ -145,6 +145,42 @@ def test_push_versions_install_by_range_search_and_yank(
     assert run(["unyank", "hf://acme/dog@1.1.0"], capsys)[0] == 0
 
 
+def test_a_concept_published_natively_is_found_and_installed_through_the_hub_api(
+    hf: tuple[str, str],
+    isolated: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    url, token = hf
+    assert run(["config", "registry", "add", "team", url], capsys)[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(token + "\n"))
+    assert run(["login", "team", "--token-stdin"], capsys)[0] == 0
+    draft = make_draft(
+        isolated / "newt",
+        name="newt",
+        class_word="newt",
+        tags=("amphibian",),
+        description="a checkered purple newt",
+    )
+    _push(draft, "team/acme/newt", "1.0.0", capsys)  # through /v1, not as a Hub repo
+
+    # The same server as a Hub: its listing carries the concept, so search matches what the
+    # local search matches (a word of the description, a tag) ...
+    for args in (["checkered"], ["newt", "--tag", "amphibian"], ["", "--tag", "amphibian"]):
+        code, out, err = run(["search", *args, "--source", "hf", "--json"], capsys)
+        assert code == 0, err
+        hits = [(h["namespace"], h["name"], h["version"]) for h in json.loads(out)]
+        assert hits == [("acme", "newt", "1.0.0")], args
+    code, out, _ = run(["search", "newt", "--tag", "food", "--source", "hf", "--json"], capsys)
+    assert code == 0 and json.loads(out) == []
+    # ... and the hit installs through the Hub client, verified like any other.
+    code, _, err = run(["install", "hf://acme/newt@^1"], capsys)
+    assert code == 0, err
+    assert _lock(isolated / "project")["acme/newt"]["version"] == "1.0.0"
+
+
 def test_a_moved_tag_is_reported_and_frozen_keeps_the_pinned_commit(
     hf: tuple[str, str], isolated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -62,6 +62,15 @@ CLIENT = textwrap.dedent(
         except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as e:
             errors[key] = type(e).__name__
     out["errors"] = errors
+    # Concepts are listed as repos at their latest version, with the card a Hub push writes.
+    def listed(**kw):
+        return [
+            [m.id, m.sha, m.card_data["conesreg"]["version"], m.card_data["tags"]]
+            for m in HfApi(endpoint=endpoint, **kw).list_models(filter="conesreg", cardData=True)
+        ]
+    out["listed"] = listed()
+    out["listed_owner"] = [m[0] for m in listed(token=token)]
+    out["listed_tag"] = [m.id for m in api.list_models(filter=["conesreg", "nope"])]
     # After the anonymous attempt: the client falls back to its cache when the server says 404.
     out["private"] = snapshot_download(repo_id="secret/plan", endpoint=endpoint, token=token)
     print(json.dumps(out))
@@ -130,6 +139,10 @@ def test_huggingface_hub_client_downloads_concepts(
         "entry": "RemoteEntryNotFoundError",
         "private": "RepositoryNotFoundError",
     }
+    tags = ["conesreg", "concept-neurons", "animal"]
+    assert out["listed"] == [["acme/dog", out["sha"], "1.1.0", tags]]  # not the private one
+    assert out["listed_owner"] == ["acme/dog", "secret/plan"]
+    assert out["listed_tag"] == []
 
 
 def test_resolve_headers(live: tuple[Process, dict, dict]) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from . import constants, errors
     from ._build import build_manifest
+    from ._card import CARD_TAGS, hub_card_data
     from ._check import check_mask
     from ._digests import sha256_bytes, sha256_file
     from ._json import load_json
@@ -109,6 +110,8 @@ _LAZY: dict[str, str | None] = {
     "parse_manifest": "_manifest",
     "utcnow": "_manifest",
     "build_manifest": "_build",
+    "CARD_TAGS": "_card",
+    "hub_card_data": "_card",
     # the mask codec (numpy)
     "IndexSet": "_mask",
     "MaskInfo": "_mask",
@@ -131,6 +134,7 @@ _LAZY: dict[str, str | None] = {
 }
 
 __all__ = [
+    "CARD_TAGS",
     "DIGEST_RE",
     "NAME_MAX",
     "NAME_RE",
@@ -163,6 +167,7 @@ __all__ = [
     "decode_mask_sets",
     "encode_mask",
     "errors",
+    "hub_card_data",
     "load_json",
     "load_mask",
     "match_score",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from ..artifact import constants as artifact_constants
+from ..artifact._card import hub_card_data
 from ..artifact._digests import sha256_bytes
 from ..artifact._json import load_json
 from ..artifact._manifest import IndexEntry, Manifest, parse_manifest
@@ -493,17 +494,7 @@ def model_card(manifest: Manifest, *, endpoint: str) -> str:
     from huggingface_hub import ModelCardData
 
     m, md = manifest, manifest.metadata
-    entry = IndexEntry.of(m, registry="hf").model_dump(
-        mode="json", exclude={"registry", "namespace", "name", "yanked", "yank_reason", "revision"}
-    )
-    data = ModelCardData(
-        base_model=m.base_model.id,
-        tags=["conesreg", "concept-neurons", *[t for t in md.tags if t != "conesreg"]],
-        license=md.license or "other",
-        library_name="conesreg",
-        class_word=md.class_word,
-        conesreg=entry,
-    )
+    data = ModelCardData(**hub_card_data(m))
     previews = "\n".join(
         f"![preview {i + 1}]({b.path})"
         for i, b in enumerate(b for b in m.blobs if b.digest in md.previews)

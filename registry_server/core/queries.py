@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -126,6 +126,38 @@ def find_version(
             name=name,
         )
     return row
+
+
+def latest_versions(
+    session: Session,
+    caller: Caller,
+    *,
+    tags: Iterable[str] = (),
+    id_contains: str | None = None,
+    namespace: str | None = None,
+    limit: int | None = None,
+) -> list[Version]:
+    """The latest version of each concept ``caller`` may see, in id order: those with every
+    tag of ``tags`` (ignoring case), whose ``namespace/name`` contains ``id_contains`` (ignoring
+    case) and whose namespace is ``namespace``; at most ``limit``."""
+    query = (
+        select(Version)
+        .where(Version.is_latest.is_(True), visible(caller))
+        .order_by(Version.namespace, Version.name)
+    )
+    for tag in {t.lower() for t in tags}:
+        query = query.where(
+            exists().where(VersionTag.version_id == Version.id, VersionTag.tag == tag)
+        )
+    if id_contains:
+        # Names are lowercase (the name rules), so lowering the text ignores case.
+        full_id = Version.namespace + "/" + Version.name
+        query = query.where(full_id.contains(id_contains.lower(), autoescape=True))
+    if namespace:
+        query = query.where(Version.namespace == namespace)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
 
 
 def find_manifest(session: Session, caller: Caller, digest: str) -> Version:

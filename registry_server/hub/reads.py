@@ -15,7 +15,8 @@ Two kinds of model repo are served under the same routes:
 Each file is presented as an LFS file whose sha256 is its digest, so the ETag the Hub client keys
 its cache on is the content hash. Served:
 
-- ``GET /api/models``: Hub repos (head of ``main``), filtered by card tags, search and author;
+- ``GET /api/models``: Hub repos (head of ``main``) and concepts (latest version, with the card a
+  push to a Hub would write), filtered by card tags, search and author;
 - ``GET /api/models/{ns}/{name}[/revision/{rev}]``: model info with ``sha`` and ``siblings``;
 - ``GET /api/models/{ns}/{name}/refs``: branches and tags with their commits;
 - ``GET /api/models/{ns}/{name}/commits/{rev}``: a revision's commits, newest first;
@@ -42,7 +43,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conesreg.artifact import Manifest
+from conesreg.artifact import CARD_TAGS, Manifest, hub_card_data
 
 from ..core import queries
 from ..core.auth import Caller
@@ -160,16 +161,23 @@ def native_snapshot(
     """A concept's version as a repo revision (404/400 as :func:`resolve_revision`)."""
     row = resolve_revision(session, caller, namespace, name, revision)
     private = session.scalar(select(Namespace.private).where(Namespace.name == row.namespace))
-    manifest = queries.manifest_of(session, row)
+    return _version_snapshot(row, queries.manifest_of(session, row), private=bool(private))
+
+
+def _version_snapshot(row: Version, manifest: Manifest, *, private: bool) -> Snapshot:
+    # The card a push to a Hub would write, so a Hub-kind source lists, searches and reads a
+    # concept published here natively exactly as one pushed to a Hub.
+    card = hub_card_data(manifest)
     return Snapshot(
         repo_id=f"{row.namespace}/{row.name}",
         sha=commit_id(row.digest),
-        private=bool(private),
+        private=private,
         created_at=row.created_at,
         last_modified=row.created_at,
         files=repo_files(row, manifest),
-        tags=["conesreg", *manifest.metadata.tags],
+        tags=list(card["tags"]),
         library_name="conesreg",
+        card=card,
     )
 
 
@@ -311,7 +319,7 @@ def model_info_at(
 @router.get(
     "/api/models",
     responses={200: {"description": "Hub model infos"}, **responses(401, 422)},
-    summary="Hub: list Hub repos (head of main) by card tags, search and author",
+    summary="Hub: list Hub repos and concepts by card tags, search and author",
 )
 def list_models(
     ctx: CtxDep,
@@ -329,9 +337,15 @@ def list_models(
     found = hr.list_repos(
         ctx.session, ctx.caller, tags=tags or [], search=search, author=author, limit=limit
     )
+    snaps = {repo.repo_id: commit_snapshot(repo, head) for repo, head in found}
+    snaps.update(
+        (snap.repo_id, snap)
+        for snap in _native_listing(ctx, tags=tags or [], search=search, author=author, limit=limit)
+        if snap.repo_id not in snaps  # a Hub repo of the same name is what its routes answer
+    )
     infos = []
-    for repo, head in found:
-        info = model_info_json(commit_snapshot(repo, head))
+    for repo_id in sorted(snaps)[:limit]:
+        info = model_info_json(snaps[repo_id])
         # As on the Hub, a listing carries the card and the files only when asked.
         if not (card_data or full):
             info.pop("cardData", None)
@@ -339,6 +353,21 @@ def list_models(
             info.pop("siblings")
         infos.append(_expanded(info, expand) if expand else info)
     return JSONResponse(infos)
+
+
+def _native_listing(
+    ctx: Ctx, *, tags: list[str], search: str | None, author: str | None, limit: int | None
+) -> list[Snapshot]:
+    """The concepts published through /v1 as listed repos: each at its latest version."""
+    own = [t for t in tags if t not in CARD_TAGS]  # every concept's card carries CARD_TAGS
+    rows = queries.latest_versions(
+        ctx.session, ctx.caller, tags=own, id_contains=search, namespace=author, limit=limit
+    )
+    manifests = queries.manifests_of(ctx.session, rows)
+    private = set(
+        ctx.session.scalars(select(Namespace.name).where(Namespace.private.is_(True))).all()
+    )
+    return [_version_snapshot(r, manifests[r.digest], private=r.namespace in private) for r in rows]
 
 
 def _ref(kind: str, name: str, oid: str) -> dict[str, str]:
