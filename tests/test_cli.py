@@ -269,7 +269,8 @@ def test_preview_writes_readable_files_and_draws_inline_where_it_can(
     assert run(capsys, "push", str(bare), "--version", "1.0.0")[0] == 0
     assert_user_error(*run(capsys, "preview", "acme/cat", "-o", str(out))[::2], "no previews")
 
-    from conesreg.cli._output import show_inline
+    from conesreg.cli import _images
+    from conesreg.cli._images import show_inline
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -287,7 +288,107 @@ def test_preview_writes_readable_files_and_draws_inline_where_it_can(
         assert tty.getvalue().startswith(start)
     monkeypatch.setenv("TERM", "xterm-256color")
     monkeypatch.delenv("KITTY_WINDOW_ID", raising=False)
+    monkeypatch.setattr(_images, "_terminal_draws_sixel", lambda: True)  # it answered DA1 with 4
+    tty = Tty()
+    monkeypatch.setattr("sys.stdout", tty)
+    assert not show_inline(out / "with-concept-0.png")  # these test previews are no real PNGs
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(isolated / "red.png")
+    assert show_inline(isolated / "red.png")
+    assert tty.getvalue().startswith("\033Pq") and tty.getvalue().endswith("\033\\\n")
+    monkeypatch.setattr(_images, "_terminal_draws_sixel", lambda: False)
     assert not show_inline(out / "with-concept-0.png")  # a plain terminal: the path only
+
+
+def _decode_sixel(text: str) -> tuple[list[list[tuple[int, int, int] | None]], int, int]:
+    """A minimal sixel decoder (raster attributes, RGB registers, repeats, $ and -)."""
+    import re
+
+    body = text.removeprefix("\033Pq").removesuffix("\033\\")
+    head = re.match(r'"1;1;(\d+);(\d+)', body)
+    assert head, body[:40]
+    width, height = int(head.group(1)), int(head.group(2))
+    grid: list[list[tuple[int, int, int] | None]] = [[None] * width for _ in range(height)]
+    registers: dict[int, tuple[int, int, int]] = {}
+    color, x, top = 0, 0, 0
+    tokens = re.findall(
+        r"#(\d+)(?:;2;(\d+);(\d+);(\d+))?|!(\d+)(.)|([?-~])|(\$)|(-)", body[head.end() :]
+    )
+    for reg, r, g, b, count, repeated, char, cr, nl in tokens:
+        if reg:
+            if r:
+                registers[int(reg)] = (int(r), int(g), int(b))
+            else:
+                color = int(reg)
+        elif cr:
+            x = 0
+        elif nl:
+            x, top = 0, top + 6
+        else:
+            n, c = (int(count), repeated) if count else (1, char)
+            bits = ord(c) - 63
+            for dy in range(6):
+                if bits >> dy & 1:
+                    grid[top + dy][x : x + n] = [registers[color]] * n
+            x += n
+    return grid, width, height
+
+
+def test_sixel_draws_every_pixel_in_its_palette_color() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from conesreg.cli._images import sixel
+
+    rng = np.random.default_rng(0)
+    # 13 rows: the last band is partial; flat runs exercise the repeat code.
+    rgb = rng.integers(0, 256, (13, 21, 3), dtype=np.uint8)
+    rgb[:, 5:15] = (255, 0, 0)
+    image = Image.fromarray(rgb)
+    grid, width, height = _decode_sixel(sixel(image, colors=16))
+    assert (width, height) == (21, 13)
+    quantized = image.quantize(colors=16)
+    palette = quantized.getpalette() or []
+    pixels = np.asarray(quantized)
+    for y in range(height):
+        for x in range(width):
+            r, g, b = palette[3 * pixels[y, x] : 3 * pixels[y, x] + 3]
+            assert grid[y][x] == tuple(round(v * 100 / 255) for v in (r, g, b)), (x, y)
+    assert grid[0][10] == (100, 0, 0)
+
+
+def test_a_sixel_terminal_is_found_by_asking_it() -> None:
+    import os
+    import threading
+
+    from conesreg.cli._images import device_attributes
+
+    def terminal(master: int, reply: bytes | None) -> None:
+        asked = b""
+        while not asked.endswith(b"\033[c"):
+            asked += os.read(master, 64)
+        if reply is not None:
+            os.write(master, reply)
+
+    for reply, expected in (
+        (b"\033[?63;1;2;4;6;9;15;22c", {63, 1, 2, 4, 6, 9, 15, 22}),  # xterm -ti vt340
+        (b"\033[?62;22c", {62, 22}),  # no sixel
+        (None, set()),  # no answer: given up after the timeout
+    ):
+        master, slave = os.openpty()
+        thread = threading.Thread(target=terminal, args=(master, reply), daemon=True)
+        thread.start()
+        try:
+            assert device_attributes(slave, timeout=0.5) == expected
+        finally:
+            thread.join(timeout=2)
+            os.close(master)
+            os.close(slave)
+    master, slave = os.pipe()
+    assert device_attributes(slave) == set()  # not a terminal
+    os.close(master)
+    os.close(slave)
 
 
 def test_small_outputs_say_what_they_are(

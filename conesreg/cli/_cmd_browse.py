@@ -9,13 +9,13 @@ from typing import Any
 import click
 
 from ..errors import ConesregError
+from ._images import show_inline
 from ._output import (
     emit_json,
     human,
     json_option,
     make_table,
     open_session,
-    show_inline,
     stdout,
 )
 
@@ -193,7 +193,7 @@ def versions(ref: str, everything: bool, as_json: bool) -> None:
 )
 def preview(ref: str, output: Path | None) -> None:
     """Write a version's preview images (with and without the concept) where you can open them,
-    and show them inline in terminals that can (kitty, iTerm2, WezTerm)."""
+    and show them inline in terminals that can (kitty, iTerm2, WezTerm, sixel)."""
     from .._previews import save_previews
 
     s = open_session()

@@ -148,33 +148,6 @@ def make_table(*columns: str) -> Any:
     return table
 
 
-def show_inline(image: Path) -> bool:
-    """Draw a PNG in the terminal if it speaks an inline-image protocol: iTerm2's (iTerm2,
-    WezTerm) or kitty's graphics protocol. Only on a terminal; returns whether it drew."""
-    import base64
-    import os
-    import sys
-
-    if not sys.stdout.isatty():
-        return False
-    data = base64.standard_b64encode(image.read_bytes()).decode()
-    term, program = os.environ.get("TERM", ""), os.environ.get("TERM_PROGRAM", "")
-    if program in ("iTerm.app", "WezTerm"):
-        sys.stdout.write(f"\033]1337;File=inline=1;size={len(data) * 3 // 4}:{data}\a\n")
-    elif "kitty" in term or os.environ.get("KITTY_WINDOW_ID"):
-        # PNG (f=100), sent in chunks of at most 4096 base64 bytes, as the protocol asks.
-        chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)]
-        for i, chunk in enumerate(chunks):
-            head = "a=T,f=100," if i == 0 else ""
-            more = int(i < len(chunks) - 1)
-            sys.stdout.write(f"\033_G{head}m={more};{chunk}\033\\")
-        sys.stdout.write("\n")
-    else:
-        return False
-    sys.stdout.flush()
-    return True
-
-
 def human(n: int) -> str:
     """``n`` bytes for people: B, KiB, MiB or GiB."""
     size = float(n)
