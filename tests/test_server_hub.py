@@ -182,3 +182,13 @@ def test_resolve_headers(live: tuple[Process, dict, dict]) -> None:
             assert client.get("/acme/dog/resolve/v1.1.0/manifest.json").status_code == 200
         finally:
             assert client.delete(yank, headers=auth(tokens["acme"])).status_code == 200
+
+
+def test_listing_takes_any_limit(live: tuple[Process, dict, dict]) -> None:
+    proc, _, _ = live
+    # A limit beyond any database integer (found by the fuzz campaign) is no server error.
+    huge = 10**40
+    r = httpx.get(f"{proc.url}/api/models", params={"limit": huge, "filter": "conesreg"})
+    assert r.status_code == 200 and [m["id"] for m in r.json()] == ["acme/dog"]
+    r = httpx.get(f"{proc.url}/api/models", params={"limit": 1, "search": "nothing-named-so"})
+    assert r.status_code == 200 and r.json() == []

@@ -59,6 +59,9 @@ from .errors import HubReadRoute
 router = APIRouter(route_class=HubReadRoute)
 
 MANIFEST_FILE = "manifest.json"
+#: The most concepts one ``list_models`` answer lists (each is a parsed manifest in memory; the
+#: Hub pages its listing, this server does not).
+LISTING_MAX = 10_000
 FileP = Annotated[str, Path(description="a file of the repo", examples=["manifest.json"])]
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -360,8 +363,9 @@ def _native_listing(
 ) -> list[Snapshot]:
     """The concepts published through /v1 as listed repos: each at its latest version."""
     own = [t for t in tags if t not in CARD_TAGS]  # every concept's card carries CARD_TAGS
+    cap = min(limit or LISTING_MAX, LISTING_MAX)
     rows = queries.latest_versions(
-        ctx.session, ctx.caller, tags=own, id_contains=search, namespace=author, limit=limit
+        ctx.session, ctx.caller, tags=own, id_contains=search, namespace=author, limit=cap
     )
     manifests = queries.manifests_of(ctx.session, rows)
     private = set(
