@@ -42,7 +42,12 @@ _server_data_option = click.option(
     help="Server data folder [default: CONESREG_SERVER_DATA or the user data dir].",
 )
 _server_db_option = click.option(
-    "--database-url", default=None, help="SQLAlchemy URL [default: SQLite in the data folder]."
+    "--database",
+    "--database-url",
+    "database_url",
+    default=None,
+    help="SQLAlchemy URL, e.g. postgresql+psycopg://USER@HOST/DB [default: "
+    "CONESREG_SERVER_DATABASE, else SQLite in the data folder].",
 )
 # The same flag and output as every conesreg command's --json.
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON to stdout.")
@@ -200,3 +205,51 @@ def serve_gc(older_than: float | None, data: Path | None, database_url: str | No
         f"removed {report.orphan_blobs} orphan blob(s), {report.stray_files} stray file(s), "
         f"{report.stale_uploads} abandoned upload(s)"
     )
+
+
+@serve.group(name="db")
+def serve_db() -> None:
+    """The database's schema: its migrations."""
+
+
+@serve_db.command(name="status")
+@_server_data_option
+@_server_db_option
+def serve_db_status(data: Path | None, database_url: str | None) -> None:
+    """Print the database's schema revision and this server's; exit 1 if they differ."""
+    from .core.db import make_engine
+    from .core.schema import status
+
+    settings = _server_settings(data, database_url)
+    engine = make_engine(settings.effective_database_url, check_schema=False)
+    try:
+        found = status(engine)
+    finally:
+        engine.dispose()
+    current = found.current or ("none (empty)" if found.empty else "none (from before migrations)")
+    state = "current" if found.is_current else "behind: run `conesreg serve db upgrade`"
+    click.echo(f"database schema {current}, server schema {found.head}: {state}")
+    if not found.is_current:
+        raise click.exceptions.Exit(1)
+
+
+@serve_db.command(name="upgrade")
+@_server_data_option
+@_server_db_option
+def serve_db_upgrade(data: Path | None, database_url: str | None) -> None:
+    """Migrate the database to this server's schema (back it up first)."""
+    from .core.db import make_engine
+    from .core.schema import upgrade
+
+    settings = _server_settings(data, database_url)
+    if settings.database_url is None:
+        settings.data.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url, check_schema=False)
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        click.echo(f"the database is at schema {after} already")
+    else:
+        click.echo(f"upgraded the database from {before or 'before migrations'} to {after}")

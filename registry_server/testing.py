@@ -43,9 +43,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SEARCH_QUERIES",
+    "Postgres",
     "Process",
     "Server",
     "free_port",
+    "postgres_bin",
+    "running_postgres",
     "running_server",
     "seed_search",
     "start_process",
@@ -192,6 +195,115 @@ def stop_process(p: Process) -> None:
         except subprocess.TimeoutExpired:
             p.proc.kill()
             p.proc.wait()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs (``initdb``, ``pg_ctl``), or None if absent:
+    on the PATH, else the newest of Debian's ``/usr/lib/postgresql/*/bin``."""
+    import shutil
+
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3])
+    )
+    return versions[-1].parent if versions else None
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL server on loopback (user ``conesreg``, trust authentication)."""
+
+    folder: Path
+    port: int
+    bin: Path
+    #: The command prefix that runs its programs (``runuser -u postgres --`` when root, which
+    #: PostgreSQL refuses to run as).
+    run_as: list[str]
+
+    def url(self, database: str = "postgres") -> str:
+        """The SQLAlchemy URL of ``database`` on this server."""
+        return f"postgresql+psycopg://conesreg@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str | None = None) -> str:
+        """A new, empty database (default: a fresh name); returns its URL.
+
+        Its default collation is ICU's en-US, as on a typical production server: what is sorted
+        must not depend on it (names sort by byte order, see ``registry_server.core.db``).
+        """
+        import psycopg
+
+        name = name or f"reg_{os.urandom(6).hex()}"
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=conesreg dbname=postgres", autocommit=True
+        ) as conn:
+            conn.execute(
+                f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8' "
+                "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+            )
+        return self.url(name)
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self.run_as, str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        self._ctl("-l", str(self.folder / "postgres.log"), "-o", options, "-w", "start")
+
+    def stop(self, *, mode: str = "fast") -> None:
+        """Stop the server (``fast``: roll back and disconnect every session; ``immediate``: as
+        a crash)."""
+        self._ctl("-m", mode, "-w", "stop")
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server in a temp folder for the block (``initdb``, ``pg_ctl``).
+
+    Raises:
+        FileNotFoundError: PostgreSQL is not installed (Debian: ``apt-get install postgresql``).
+
+    Example:
+        >>> with running_postgres() as pg:  # doctest: +SKIP
+        ...     settings = Settings(data=tmp_path, database_url=pg.create_database())
+    """
+    import shutil
+    import tempfile
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        raise FileNotFoundError("PostgreSQL is not installed (apt-get install postgresql)")
+    # Its own temp folder: pytest's are private to their owner, and the server runs as postgres.
+    folder = Path(tempfile.mkdtemp(prefix="conesreg-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    pg = Postgres(folder=folder, port=free_port(), bin=bin_dir, run_as=run_as)
+    try:
+        initdb = [str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "conesreg"]
+        subprocess.run(
+            [*run_as, *initdb, "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        pg.start()
+        yield pg
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            pg.stop(mode="immediate")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- search at scale ---------------------------------------------------------------------------

@@ -5,6 +5,8 @@ The tiny pipeline is built in code (:mod:`conesreg.testing`), so no test needs a
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,8 @@ import pytest
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
+
+    from registry_server.testing import Postgres
 
 
 @pytest.fixture
@@ -70,3 +74,31 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     project.mkdir()
     monkeypatch.chdir(project)
     return tmp_path
+
+
+# -- the server's databases ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server for the session (Debian's postgresql package; .ci/run installs it).
+
+    Skipped where it is not installed, unless CONESREG_REQUIRE_POSTGRES=1 (CI), where that is a
+    failure.
+    """
+    from registry_server.testing import postgres_bin, running_postgres
+
+    if postgres_bin() is None:
+        if os.environ.get("CONESREG_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with running_postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> str | None:
+    """The server's database URL, for tests that must hold on both: None (SQLite in the data
+    folder, the default) or a new, empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    pg: Postgres = request.getfixturevalue("postgres")
+    return pg.create_database()

@@ -19,8 +19,8 @@ from registry_server.testing import Server, running_server
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    with running_server(tmp_path, max_blob_bytes=4096) as s:
+def server(tmp_path: Path, database: str | None) -> Iterator[Server]:
+    with running_server(tmp_path, max_blob_bytes=4096, database_url=database) as s:
         yield s
 
 

@@ -166,8 +166,11 @@ def _seed_mixed(reg: Registry, rng: random.Random, n: int) -> list[IndexEntry]:
     taken: set[tuple[str, str]] = set()
     for i in range(n):
         ns = rng.choice(spaces)
-        name = rng.choice(WORDS[:4]) if rng.random() < 0.3 else f"c{i}"
-        name = name if (ns, name) not in taken else f"c{i}"
+        # Separators beside digits: byte order and a language's collation differ there (ICU
+        # puts "_" before "1"), and the order must be byte order on every database.
+        fresh = f"c{rng.choice(['', '_', '-', '.'])}{i}"
+        name = rng.choice(WORDS[:4]) if rng.random() < 0.3 else fresh
+        name = name if (ns, name) not in taken else fresh
         taken.add((ns, name))
         concepts.append({"id": i + 1, "namespace_id": spaces.index(ns) + 1, "name": name})
         count = rng.choice([1, 1, 2])
@@ -239,7 +242,7 @@ QUERIES: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("gather_max", [0, 3, 5000])
 def test_every_plan_gives_the_embedded_registrys_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gather_max: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gather_max: int, database: str | None
 ) -> None:
     """With the probe's bound at 0 every query walks; at 3 some parts drive and others walk; at
     the default every part of this small registry drives. All three must page through exactly
@@ -250,7 +253,7 @@ def test_every_plan_gives_the_embedded_registrys_order(
     from registry_server.core.registry import open_registry
 
     monkeypatch.setattr(search_module, "GATHER_MAX", gather_max)
-    reg = open_registry(Settings(data=tmp_path))
+    reg = open_registry(Settings(data=tmp_path, database_url=database))
     entries = _seed_mixed(reg, random.Random(7), 120)
     with reg.sessions() as session:
         for params in QUERIES:
@@ -284,15 +287,20 @@ def test_every_plan_gives_the_embedded_registrys_order(
     reg.engine.dispose()
 
 
-def test_an_older_database_gains_the_search_indexes(tmp_path: Path) -> None:
-    """A database written before the text index existed is indexed when the server opens it."""
+def test_a_database_from_before_migrations_is_refused_then_upgraded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database an earlier server made (no migrations, no text index, an old index) is not
+    served until ``conesreg serve db upgrade``, which adopts it and adds what it lacks."""
     from sqlalchemy import create_engine
 
+    from conesreg.cli import main
     from registry_server import Settings
     from registry_server.core import search as search_module
     from registry_server.core.auth import ANONYMOUS
     from registry_server.core.db import TEXT_INDEX, has_text_index
     from registry_server.core.registry import open_registry
+    from registry_server.core.schema import SchemaError, head_revision
 
     reg = open_registry(Settings(data=tmp_path))
     entries = _seed_mixed(reg, random.Random(1), 40)
@@ -300,6 +308,7 @@ def test_an_older_database_gains_the_search_indexes(tmp_path: Path) -> None:
     reg.engine.dispose()
     old = create_engine(url)
     with old.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE alembic_version")
         for trigger in ("insert", "delete", "update"):
             conn.exec_driver_sql(f"DROP TRIGGER {TEXT_INDEX}_{trigger}")
         conn.exec_driver_sql(f"DROP TABLE {TEXT_INDEX}")
@@ -307,6 +316,16 @@ def test_an_older_database_gains_the_search_indexes(tmp_path: Path) -> None:
         conn.exec_driver_sql("CREATE INDEX ix_versions_class_word ON versions (class_word)")
     old.dispose()
 
+    with pytest.raises(SchemaError, match="behind this server's"):
+        open_registry(Settings(data=tmp_path))
+    capsys.readouterr()
+    assert main(["serve", "db", "status", "--data", str(tmp_path)]) == 1
+    assert "behind" in capsys.readouterr().out
+    assert main(["serve", "db", "upgrade", "--data", str(tmp_path)]) == 0
+    assert f"upgraded the database from before migrations to {head_revision()}" in (
+        capsys.readouterr().out
+    )
+    assert main(["serve", "db", "status", "--data", str(tmp_path)]) == 0
     reg = open_registry(Settings(data=tmp_path))
     assert has_text_index(reg.engine)
     with reg.engine.connect() as conn:

@@ -179,7 +179,10 @@ def run(cli: click.Group, argv: list[str] | None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("default", category=ConesregWarning)
     try:
-        cli.main(args=argv, prog_name="conesreg", standalone_mode=False)
+        # Without standalone mode click returns a command's `ctx.exit(code)` instead of raising.
+        code = cli.main(args=argv, prog_name="conesreg", standalone_mode=False)
+        if isinstance(code, int):
+            return code
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:

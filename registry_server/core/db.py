@@ -10,9 +10,9 @@ link it).
 Repos written through the Hugging Face Hub-compatible API (:mod:`registry_server.hub.repos`) live in
 ``hub_repos``, ``hub_commits`` (immutable) and ``hub_refs`` (branches and tags, which move).
 
-Tables are created on start (``create_all``, which also adds a table a newer version introduced to
-an older database; on SQLite also the indexes and the text index a newer version added); there are
-no migrations yet, the schema is v1.
+The schema is made and changed by Alembic migrations (:mod:`registry_server.core.schema`): an
+empty database gets the newest schema when a server first opens it, an older one is upgraded by
+``conesreg serve db upgrade``. The same models run on SQLite (the default) and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from conesreg.artifact import utcnow
@@ -74,11 +74,18 @@ class Base(DeclarativeBase):
     pass
 
 
+def _ordered(length: int) -> String:
+    """Text that queries sort by: byte order on every database. SQLite compares bytes, and
+    PostgreSQL's default collation (en_US.UTF-8, say) would sort ``a-b`` after ``ab``: the
+    same query would page differently. "C" is PostgreSQL's byte order."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 class Namespace(Base):
     __tablename__ = "namespaces"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(_ordered(64), unique=True)
     private: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -91,7 +98,7 @@ class ConceptRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id"))
-    name: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(_ordered(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     namespace: Mapped[Namespace] = relationship()
@@ -106,8 +113,19 @@ class Version(Base):
         UniqueConstraint("concept_id", "version"),
         # Search walks the latest version of each concept in (namespace, name) order, matching
         # words in this index alone (it covers every column the text query reads): scanning it
-        # is several times faster than scanning the table's wide rows.
-        Index("ix_versions_search", "is_latest", "namespace", "name", "class_word", "search_text"),
+        # is several times faster than scanning the table's wide rows. SQLite only: PostgreSQL's
+        # B-trees refuse entries over ~2.7 kB, and it has the trigram index below instead.
+        Index(
+            "ix_versions_search", "is_latest", "namespace", "name", "class_word", "search_text"
+        ).ddl_if(dialect="sqlite"),
+        # PostgreSQL's text index: trigrams of the search text, which LIKE '%word%' uses (the
+        # pg_trgm extension; SQLite's counterpart is the FTS5 table, TEXT_INDEX).
+        Index(
+            "ix_versions_trgm",
+            "search_text",
+            postgresql_using="gin",
+            postgresql_ops={"search_text": "gin_trgm_ops"},
+        ).ddl_if(dialect="postgresql"),
         Index("ix_versions_ref", "namespace", "name"),
         # The filters search walks in page order (see registry_server.core.search), and the
         # rows named like a term.
@@ -118,8 +136,8 @@ class Version(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     concept_id: Mapped[int] = mapped_column(ForeignKey("concepts.id"))
-    namespace: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(String(64))
+    namespace: Mapped[str] = mapped_column(_ordered(64))
+    name: Mapped[str] = mapped_column(_ordered(64))
     version: Mapped[str] = mapped_column(String(128))
     digest: Mapped[str] = mapped_column(ForeignKey("manifests.digest"), index=True)
     yanked: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -128,7 +146,7 @@ class Version(Base):
     #: The highest non-yanked version of its concept (what search and Hub ``main`` show).
     is_latest: Mapped[bool] = mapped_column(Boolean, default=False)
     # Search fields, lowercased where matching ignores case.
-    class_word: Mapped[str] = mapped_column(String(256))
+    class_word: Mapped[str] = mapped_column(_ordered(256))
     tags: Mapped[str] = mapped_column(Text, default="")  # lowercased, one per line
     base_model_hash: Mapped[str] = mapped_column(String(71))
     description: Mapped[str] = mapped_column(Text, default="")
@@ -150,7 +168,7 @@ class VersionTag(Base):
     __table_args__ = (Index("ix_version_tags_tag", "tag", "version_id"),)
 
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
-    tag: Mapped[str] = mapped_column(String(256), primary_key=True)
+    tag: Mapped[str] = mapped_column(_ordered(256), primary_key=True)
 
 
 class Blob(Base):
@@ -213,7 +231,7 @@ class HubRepo(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id"))
-    name: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(_ordered(64))
     private: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -286,27 +304,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 #: SQLite's FTS5 trigram index of ``versions.search_text`` (an external-content table: it holds
 #: the index only), kept in step by triggers, so that every write path, bulk inserts included,
-#: updates it in the same transaction.
+#: updates it in the same transaction. Made by the baseline migration.
 TEXT_INDEX = "versions_fts"
 
-_TEXT_INDEX_DDL = (
-    f"CREATE VIRTUAL TABLE {TEXT_INDEX} USING fts5(search_text, content='versions', "
-    "content_rowid='id', tokenize='trigram')",
-    f"CREATE TRIGGER {TEXT_INDEX}_insert AFTER INSERT ON versions BEGIN "
-    f"INSERT INTO {TEXT_INDEX}(rowid, search_text) VALUES (new.id, new.search_text); END",
-    f"CREATE TRIGGER {TEXT_INDEX}_delete AFTER DELETE ON versions BEGIN "
-    f"INSERT INTO {TEXT_INDEX}({TEXT_INDEX}, rowid, search_text) "
-    "VALUES ('delete', old.id, old.search_text); END",
-    f"CREATE TRIGGER {TEXT_INDEX}_update AFTER UPDATE OF search_text ON versions BEGIN "
-    f"INSERT INTO {TEXT_INDEX}({TEXT_INDEX}, rowid, search_text) "
-    "VALUES ('delete', old.id, old.search_text); "
-    f"INSERT INTO {TEXT_INDEX}(rowid, search_text) VALUES (new.id, new.search_text); END",
-    # Index what was published before the index existed.
-    f"INSERT INTO {TEXT_INDEX}({TEXT_INDEX}) VALUES ('rebuild')",
-)
-
-# Engines whose database has the text index (SQLite built with FTS5; other databases search
-# without it, correctly and more slowly).
+# Engines whose database has the text index (SQLite built with FTS5; PostgreSQL searches through
+# its trigram index, other databases by scanning, correctly and more slowly).
 _HAS_TEXT_INDEX: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
 
 
@@ -316,59 +318,42 @@ def has_text_index(bind: Engine | Connection) -> bool:
     return _HAS_TEXT_INDEX.get(engine, False)
 
 
-def _upgrade_sqlite(engine: Engine) -> None:
-    """Bring an existing SQLite database to this version's indexes (``create_all`` adds missing
-    tables, not missing indexes of existing ones)."""
-    with engine.begin() as conn:
-        for idx in (i for t in Base.metadata.sorted_tables for i in t.indexes):
-            idx.create(conn, checkfirst=True)
-        # Superseded by ix_versions_class and ix_versions_base, which start with their column.
-        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_versions_class_word")
-        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_versions_base_model_hash")
-    try:
-        with engine.begin() as conn:
-            known = conn.exec_driver_sql(
-                "SELECT 1 FROM sqlite_master WHERE name = ?", (TEXT_INDEX,)
-            ).first()
-            if known is None:
-                for ddl in _TEXT_INDEX_DDL:
-                    conn.exec_driver_sql(ddl)
-    except OperationalError as e:
-        if "already exists" not in str(e) and "fts5" not in str(e):
-            raise
-        # Another server created it at the same moment (fine), or this SQLite has no FTS5:
-        # search then scans, correctly and more slowly.
-    with engine.connect() as conn:
-        known = conn.exec_driver_sql(
-            "SELECT 1 FROM sqlite_master WHERE name = ?", (TEXT_INDEX,)
-        ).first()
-    _HAS_TEXT_INDEX[engine] = known is not None
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the tables created (SQLite: WAL, foreign keys on).
+def make_engine(url: str, *, check_schema: bool = True) -> Engine:
+    """An engine for ``url`` (SQLite: WAL, foreign keys on), its schema checked.
 
     Args:
-        url: a SQLAlchemy database URL.
+        url: a SQLAlchemy database URL (``sqlite:///...``, ``postgresql+psycopg://...``).
+        check_schema: create an empty database's schema and refuse one that is not current
+            (:func:`registry_server.core.schema.ensure_current`); False only to migrate it.
 
     Returns:
         The engine.
 
+    Raises:
+        SchemaError: the database's schema is not this server's.
+
     Example:
         >>> engine = make_engine("sqlite:///" + str(tmp_path / "r.db"))  # doctest: +SKIP
     """
+    from .schema import ensure_current
+
     # Up to 40 connections: as many as the worker threads (anyio's default) that may each hold
-    # one while a request runs, so no request waits for the pool.
-    engine = create_engine(url, pool_size=10, max_overflow=30)
+    # one while a request runs, so no request waits for the pool. A database server's
+    # connections are checked before use, so a restarted PostgreSQL costs the requests in
+    # flight, not every pooled connection's next request.
+    engine = create_engine(
+        url, pool_size=10, max_overflow=30, pool_pre_ping=not url.startswith("sqlite")
+    )
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    Base.metadata.create_all(engine)
+    if check_schema:
+        ensure_current(engine)
     if engine.dialect.name == "sqlite":
-        _upgrade_sqlite(engine)
-    # Two servers starting at once may both insert the row: the second one's insert just fails.
-    with contextlib.suppress(IntegrityError), sessionmaker(engine).begin() as session:
-        if session.get(RegistryState, 1) is None:
-            session.add(RegistryState(id=1, generation=0))
+        with contextlib.suppress(OperationalError), engine.connect() as conn:
+            known = conn.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE name = ?", (TEXT_INDEX,)
+            ).first()
+            _HAS_TEXT_INDEX[engine] = known is not None
     return engine
 
 

@@ -7,7 +7,8 @@ the class word scores more than one found elsewhere; ties go in (namespace, name
 Answering in time that does not grow with the registry takes two plans, chosen per query:
 
 * **Gather** when something selects few rows. Each selective part of the query (the text terms
-  through SQLite's FTS5 trigram index, the base model, the class word, each tag) is probed for at
+  through SQLite's FTS5 trigram index or PostgreSQL's pg_trgm index, the base model, the class
+  word, each tag) is probed for at
   most :data:`GATHER_MAX` candidate rows; the first that stays under drives the query, which then
   sorts those few rows by score. A rare word in a million concepts costs about a millisecond.
 * **Walk** when everything is common. Rows are read in (namespace, name) order along an index
@@ -166,11 +167,16 @@ def _selective_part(
     most :data:`GATHER_MAX` of them, or None if every part is common."""
     parts: list[Select[Any]] = []
     fts_terms = [t for t in terms if len(t) >= _TRIGRAM]
-    if fts_terms and has_text_index(session.get_bind()):
+    latest = Version.is_latest.is_(True)
+    bind = session.get_bind()
+    if fts_terms and has_text_index(bind):
         # Each term a quoted FTS5 string: a substring for the trigram tokenizer, never syntax.
         match = " AND ".join('"' + t.replace('"', '""') + '"' for t in fts_terms)
         parts.append(select(_FTS.c.rowid).where(_match(match)))
-    latest = Version.is_latest.is_(True)
+    elif fts_terms and bind.dialect.name == "postgresql":
+        # PostgreSQL answers LIKE '%term%' from its trigram index (ix_versions_trgm).
+        contains = [Version.search_text.contains(t, autoescape=True) for t in fts_terms]
+        parts.append(select(Version.id).where(*contains, latest))
     if base_model_hash:
         parts.append(select(Version.id).where(Version.base_model_hash == base_model_hash, latest))
     if class_word:

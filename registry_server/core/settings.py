@@ -103,5 +103,8 @@ class Settings(BaseModel):
             raw = os.environ.get(_ENV_PREFIX + name.upper())
             if raw:
                 values[name] = raw
+        # CONESREG_SERVER_DATABASE is the short name (as --database); it wins over the old one.
+        if raw := os.environ.get(_ENV_PREFIX + "DATABASE"):
+            values["database_url"] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
