@@ -145,8 +145,9 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8750,
     sock: socket.socket | None = None,
+    workers: int = 1,
 ) -> None:
-    """Run the server until interrupted (uvicorn, one process).
+    """Run the server until interrupted (uvicorn).
 
     Args:
         settings: as for :func:`create_app`.
@@ -154,6 +155,8 @@ def serve(
         port: the TCP port.
         sock: a socket already listening there (:func:`listening_socket`); default: one is
             opened now.
+        workers: server processes sharing the socket (each a stateless replica with its own
+            caches; uvicorn restarts one that dies).
 
     Raises:
         ConesregError: the address cannot be listened on (e.g. the port is in use).
@@ -164,8 +167,22 @@ def serve(
     import uvicorn
 
     sock = sock or listening_socket(host, port)  # first: a busy port is one line, not a trace
-    config = uvicorn.Config(create_app(settings), host=host, port=port, **uvicorn_options())
-    uvicorn.Server(config).run(sockets=[sock])
+    if workers <= 1:
+        config = uvicorn.Config(create_app(settings), host=host, port=port, **uvicorn_options())
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    import os
+
+    settings = settings or Settings.from_env()
+    open_registry(settings).engine.dispose()  # the schema checked (or made) once, here
+    os.environ.update(settings.to_env())  # what each worker's create_app() reads
+    uvicorn.run(
+        "registry_server.app:create_app",
+        factory=True,
+        fd=sock.fileno(),
+        workers=workers,
+        **uvicorn_options(),
+    )
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

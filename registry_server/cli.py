@@ -62,7 +62,10 @@ def _server_settings(data: Path | None, database_url: str | None) -> Settings:
     group = click.get_current_context().find_object(dict) or {}
     try:
         return Settings.from_env(
-            data=data or group.get("data"), database_url=database_url or group.get("database_url")
+            data=data or group.get("data"),
+            database_url=database_url or group.get("database_url"),
+            blobs=group.get("blobs"),
+            blob_redirect=group.get("blob_redirect"),
         )
     except ValidationError as e:
         err = e.errors()[0]
@@ -86,18 +89,54 @@ def _admin_errors() -> Iterator[None]:
 @click.option("--port", type=click.IntRange(1, 65535), default=8750, show_default=True)
 @_server_data_option
 @_server_db_option
+@click.option(
+    "--blobs",
+    default=None,
+    help="Blob store: s3://BUCKET[/PREFIX] (credentials and endpoint: the AWS_* variables) or a "
+    "folder [default: CONESREG_SERVER_BLOBS, else DATA/blobs].",
+)
+@click.option(
+    "--blob-redirect",
+    is_flag=True,
+    default=None,
+    help="Answer blob downloads with a redirect to a short-lived presigned URL (S3 only).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes on this machine, sharing the port.",
+)
 @click.pass_context
 def serve(
-    ctx: click.Context, host: str, port: int, data: Path | None, database_url: str | None
+    ctx: click.Context,
+    host: str,
+    port: int,
+    data: Path | None,
+    database_url: str | None,
+    blobs: str | None,
+    blob_redirect: bool | None,
+    workers: int,
 ) -> None:
-    """Run the registry server (no subcommand), or administer its namespaces and tokens."""
-    ctx.obj = {"data": data, "database_url": database_url}
+    """Run the registry server (no subcommand), or administer its namespaces and tokens.
+
+    Any number of servers (on one machine with --workers, or on several) may share one
+    PostgreSQL database (--database) and one S3 bucket (--blobs): each is a stateless replica.
+    """
+    ctx.obj = {
+        "data": data,
+        "database_url": database_url,
+        "blobs": blobs,
+        "blob_redirect": blob_redirect,
+    }
     if ctx.invoked_subcommand is not None:
         return
     settings = _server_settings(None, None)
     sock = listening_socket(host, port)  # a busy port fails here, in one line
-    click.echo(f"serving {settings.data} on http://{host}:{port}", err=True)
-    run_server(settings, host=host, port=port, sock=sock)
+    where = settings.database_url or str(settings.data)
+    click.echo(f"serving {where} on http://{host}:{port}", err=True)
+    run_server(settings, host=host, port=port, sock=sock, workers=workers)
 
 
 @serve.group(name="token")

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .core.registry import Registry
 
 __all__ = [
+    "S3",
     "SEARCH_QUERIES",
     "Postgres",
     "Process",
@@ -49,6 +50,7 @@ __all__ = [
     "free_port",
     "postgres_bin",
     "running_postgres",
+    "running_s3",
     "running_server",
     "seed_search",
     "start_process",
@@ -304,6 +306,72 @@ def running_postgres() -> Iterator[Postgres]:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             pg.stop(mode="immediate")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- an S3-compatible store ------------------------------------------------------------------------
+@dataclass
+class S3:
+    """An S3 protocol server on loopback (moto's server mode) and the credentials it takes."""
+
+    endpoint: str
+    _server: Any = None
+
+    def stop(self) -> None:
+        """Stop the server now (an outage); idempotent."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The AWS variables that point boto3 (in this process or a server's) at it."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def client(self) -> Any:
+        """A boto3 S3 client of this server."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        )
+
+    def create_bucket(self, prefix: str = "blobs") -> str:
+        """A new, empty bucket; returns the ``--blobs`` URL of ``prefix`` in it."""
+        bucket = f"conesreg-{os.urandom(6).hex()}"
+        self.client().create_bucket(Bucket=bucket)
+        return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+
+@contextlib.contextmanager
+def running_s3() -> Iterator[S3]:
+    """An S3 protocol server (moto's ``ThreadedMotoServer``) on loopback for the block.
+
+    Example:
+        >>> with running_s3() as s3:  # doctest: +SKIP
+        ...     settings = Settings(data=tmp_path, blobs=s3.create_bucket())
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server.start()
+    s3 = S3(endpoint=f"http://127.0.0.1:{port}", _server=server)
+    try:
+        yield s3
+    finally:
+        s3.stop()
 
 
 # -- search at scale ---------------------------------------------------------------------------

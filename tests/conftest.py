@@ -15,7 +15,7 @@ import pytest
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
-    from registry_server.testing import Postgres
+    from registry_server.testing import S3, Postgres
 
 
 @pytest.fixture
@@ -94,6 +94,15 @@ def postgres() -> Iterator[Postgres]:
         yield pg
 
 
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3]:
+    """An S3 protocol server on loopback for the session (moto's server mode)."""
+    from registry_server.testing import running_s3
+
+    with running_s3() as server:
+        yield server
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest) -> str | None:
     """The server's database URL, for tests that must hold on both: None (SQLite in the data
@@ -102,3 +111,17 @@ def database(request: pytest.FixtureRequest) -> str | None:
         return None
     pg: Postgres = request.getfixturevalue("postgres")
     return pg.create_database()
+
+
+@pytest.fixture(params=["sqlite+files", "postgresql+s3"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings of the server's two deployments, for tests that must hold on both: the default
+    (SQLite and a blob folder in the data folder, so no setting) and the scaled-out one (a new
+    PostgreSQL database and a new S3 bucket; boto3's AWS variables set for this process)."""
+    if request.param == "sqlite+files":
+        return {}
+    pg: Postgres = request.getfixturevalue("postgres")
+    store: S3 = request.getfixturevalue("s3")
+    for name, value in store.env.items():
+        monkeypatch.setenv(name, value)
+    return {"database_url": pg.create_database(), "blobs": store.create_bucket()}

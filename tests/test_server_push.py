@@ -19,9 +19,19 @@ from registry_server.testing import Server, running_server
 
 
 @pytest.fixture
-def server(tmp_path: Path, database: str | None) -> Iterator[Server]:
-    with running_server(tmp_path, max_blob_bytes=4096, database_url=database) as s:
+def server(tmp_path: Path, backend: dict[str, str]) -> Iterator[Server]:
+    with running_server(tmp_path, max_blob_bytes=4096, **backend) as s:
         yield s
+
+
+def _stored(server: Server) -> list[str]:
+    """Everything in the server's blob store: files, or objects and unfinished uploads."""
+    storage = server.client.app.state.registry.storage  # type: ignore[attr-defined]
+    if hasattr(storage, "s3"):
+        objects = storage.s3.list_objects_v2(Bucket=storage.bucket).get("Contents", [])
+        uploads = storage.s3.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", [])
+        return [o["Key"] for o in objects] + [u["Key"] for u in uploads]
+    return [str(p) for p in server.settings.blob_dir.rglob("*") if p.is_file()]
 
 
 def _digest(data: bytes) -> str:
@@ -99,9 +109,8 @@ def test_oversized_blob_413_and_digest_mismatch_400(server: Server) -> None:
     assert r.status_code == 400 and r.json()["error"]["code"] == "digest_mismatch"
     r = c.put("/v1/blobs/sha256:xyz", params={"namespace": "acme"}, content=b"abc", headers=h)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_digest"
-    # Nothing of the refused uploads is kept, not even a temp file.
-    blobs = server.settings.blob_dir
-    assert not [p for p in blobs.rglob("*") if p.is_file()]
+    # Nothing of the refused uploads is kept, not even a temp file or an unfinished upload.
+    assert _stored(server) == []
     r = c.put(
         f"/v1/blobs/{_digest(b'abc')}", params={"namespace": "acme"}, content=b"abc", headers=h
     )

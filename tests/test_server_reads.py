@@ -13,8 +13,8 @@ from registry_server.testing import Server, running_server
 
 
 @pytest.fixture
-def pushed(tmp_path: Path, database: str | None) -> Iterator[tuple[Server, Manifest, bytes]]:
-    with running_server(tmp_path, database_url=database) as s:
+def pushed(tmp_path: Path, backend: dict[str, str]) -> Iterator[tuple[Server, Manifest, bytes]]:
+    with running_server(tmp_path, **backend) as s:
         draft = make_draft(tmp_path / "d")
         manifest, r = push_draft(s.client, draft, version="1.0.0", token=s.token)
         assert r.status_code == 201

@@ -183,7 +183,8 @@ _BLOB_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The blob's bytes", "content": _BINARY},
     206: {"description": "The requested byte range", "content": _BINARY},
     304: {"description": "Not modified (If-None-Match)"},
-    **responses(400, 401, 404, 416, 422),
+    307: {"description": "The blob's presigned URL in the object store (--blob-redirect)"},
+    **responses(400, 401, 404, 416, 422, 503),
 }
 
 
@@ -205,10 +206,23 @@ def get_blob(digest: DigestP, request: Request, ctx: CtxDep) -> Response:
     head = request.method == "HEAD"
     size = queries.blob_readable(ctx.session, ctx.caller, digest, head=head)
     ctx.session.close()  # streaming can take long: give the connection back now
+    settings, etag = ctx.reg.settings, f'"{digest}"'
+    presign = getattr(ctx.reg.storage, "presigned_url", None)
+    if settings.blob_redirect and presign and not head:
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers={"ETag": etag})
+        # The bytes come from the object store; the URL itself is a short-lived credential
+        # for this one blob, so it is not cached beyond its life. httpx, requests and
+        # conesreg's client drop the Authorization header on a redirect to another host.
+        url = presign(digest, seconds=settings.blob_redirect_seconds)
+        return Response(
+            status_code=307,
+            headers={"Location": url, "ETag": etag, "Cache-Control": "private, no-store"},
+        )
     return ranged_response(
         request,
         size=size,
-        etag=f'"{digest}"',
+        etag=etag,
         open_file=lambda: ctx.reg.storage.open_read(digest),
         media_type="application/octet-stream",
         headers={"Cache-Control": "max-age=31536000, immutable"},

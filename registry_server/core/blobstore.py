@@ -1,6 +1,7 @@
 """Blob storage: where the bytes of masks, previews and other blobs live, by sha256.
 
-The interface is deliberately narrow (an S3 store will implement it later): an upload is opened
+The interface is deliberately narrow (:class:`FileBlobStorage` here, and the S3 store of
+:mod:`registry_server.core.s3store` implement it): an upload is opened
 for an expected digest (or for content not known yet, stored under the digest it turns out to
 have), written in chunks (hashed on the way), then committed, which verifies the digest and
 makes the blob visible at once or not at all; an upload left uncommitted (an error, a full disk)
@@ -22,6 +23,23 @@ from typing import BinaryIO, Protocol
 from conesreg.artifact import DIGEST_RE
 
 _TMP_PREFIX = ".tmp-"
+
+
+class StorageUnavailableError(OSError):
+    """The blob store cannot be reached or refused the request (an object store's outage): the
+    API answers 503 with a retry hint, and nothing of the request is recorded."""
+
+
+def blob_digest_hex(digest: str) -> str:
+    """The 64 hex digits of a sha256 digest: the only way a store builds a path or key, never
+    from user text.
+
+    Raises:
+        ValueError: not a sha256 digest.
+    """
+    if not DIGEST_RE.fullmatch(digest):
+        raise ValueError(f"not a sha256 digest: {digest!r}")
+    return digest.removeprefix("sha256:")
 
 
 class DigestMismatchError(ValueError):
@@ -89,36 +107,63 @@ class BlobStorage(Protocol):
         """Delete uploads abandoned before ``cutoff`` (a killed server, a dropped client)."""
         ...
 
+    def check(self) -> None:
+        """Raise :class:`StorageUnavailableError` unless the store can be used now."""
+        ...
 
-class _FileUpload:
-    """A temp file in the blob's final folder (or, for content not known yet, in the folder
-    above it: the same file system either way), hashed while written."""
 
-    def __init__(self, folder: Path, final_of: Callable[[str], Path], digest: str | None) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
-        self._file = os.fdopen(fd, "wb")
-        self._tmp = Path(name)
-        self._final_of = final_of
-        self._hash = hashlib.sha256()
-        self._done = False
+class HashedUpload:
+    """What every store's upload shares: the bytes hashed as they arrive, and the check at
+    commit that they are the blob they were uploaded as."""
+
+    def __init__(self, digest: str | None) -> None:
         self._expected = digest
+        self._hash = hashlib.sha256()
         self.received = 0
 
     @property
     def digest(self) -> str:
         return self._expected or "sha256:" + self._hash.hexdigest()
 
-    def write(self, chunk: bytes) -> None:
+    def _hashed(self, chunk: bytes) -> None:
         self._hash.update(chunk)
-        self._file.write(chunk)
         self.received += len(chunk)
 
-    def commit(self) -> None:
+    def _verified(self) -> str:
+        """The digest of the bytes received; aborts and raises if it is not the expected one.
+
+        Raises:
+            DigestMismatchError: nothing is kept.
+        """
         actual = "sha256:" + self._hash.hexdigest()
         if self._expected is not None and actual != self._expected:
             self.abort()
             raise DigestMismatchError(self._expected, actual, self.received)
+        return actual
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class _FileUpload(HashedUpload):
+    """A temp file in the blob's final folder (or, for content not known yet, in the folder
+    above it: the same file system either way), hashed while written."""
+
+    def __init__(self, folder: Path, final_of: Callable[[str], Path], digest: str | None) -> None:
+        super().__init__(digest)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
+        self._file = os.fdopen(fd, "wb")
+        self._tmp = Path(name)
+        self._final_of = final_of
+        self._done = False
+
+    def write(self, chunk: bytes) -> None:
+        self._hashed(chunk)
+        self._file.write(chunk)
+
+    def commit(self) -> None:
+        actual = self._verified()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -169,9 +214,7 @@ class FileBlobStorage:
         self.root = Path(root)
 
     def path(self, digest: str) -> Path:
-        if not DIGEST_RE.fullmatch(digest):  # the only way a path is built: never from user text
-            raise ValueError(f"not a sha256 digest: {digest!r}")
-        h = digest.removeprefix("sha256:")
+        h = blob_digest_hex(digest)
         return self.root / "sha256" / h[:2] / h
 
     def open_upload(self, digest: str | None) -> _FileUpload:
@@ -202,6 +245,10 @@ class FileBlobStorage:
                 if p.stat().st_mtime < cutoff and DIGEST_RE.fullmatch("sha256:" + p.name):
                     yield "sha256:" + p.name
 
+    def check(self) -> None:
+        if not (self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)):
+            raise StorageUnavailableError(f"the blob folder {self.root} is missing or read-only")
+
     def remove_stale_uploads(self, cutoff: float) -> int:
         removed = 0
         base = self.root / "sha256"
@@ -218,3 +265,18 @@ class FileBlobStorage:
 def now() -> float:
     """The storage clock (Unix time), for ``cutoff`` arguments."""
     return time.time()
+
+
+def open_storage(blobs: str | None, *, default: Path) -> BlobStorage:
+    """The store that ``blobs`` names: ``s3://BUCKET[/PREFIX]``, a folder, or (None) ``default``.
+
+    Example:
+        >>> open_storage(None, default=Path("/srv/conesreg/blobs"))  # doctest: +SKIP
+    """
+    if blobs and blobs.startswith("s3://"):
+        from .s3store import S3BlobStorage
+
+        return S3BlobStorage(blobs)
+    root = Path(blobs) if blobs else default
+    root.mkdir(parents=True, exist_ok=True)
+    return FileBlobStorage(root)

@@ -76,6 +76,51 @@ class InsufficientStorage(RegistryError):
         )
 
 
+class Unavailable(RegistryError):
+    """The database or the blob store cannot be reached right now (a restart, an outage):
+    nothing of the request was recorded, and the same request may succeed in a moment."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "unavailable",
+            "the registry's database or blob store cannot be reached right now, so nothing of "
+            "this request was recorded: retry in a moment",
+        )
+
+
+#: PostgreSQL SQLSTATEs of a server going away: shutting down (admin, crash) or not yet up.
+_PG_GONE = ("57P01", "57P02", "57P03")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database or the blob store cannot be reached (a transient state
+    the client should retry), rather than a fault of the request or of the server.
+
+    Example:
+        >>> from registry_server.core.blobstore import StorageUnavailableError
+        >>> is_unavailable(StorageUnavailableError("connection refused"))
+        True
+    """
+    from .blobstore import StorageUnavailableError
+
+    if isinstance(exc, StorageUnavailableError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        # psycopg: a failed connect has no SQLSTATE; a lost connection is class 08.
+        if type(orig).__module__.startswith("psycopg") and type(orig).__name__ in (
+            "OperationalError",
+            "AdminShutdown",
+            "CrashShutdown",
+            "CannotConnectNow",
+        ):
+            state = getattr(orig, "sqlstate", None)
+            return state is None or state.startswith("08") or state in _PG_GONE
+    return False
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` says the disk (or the database's disk) is full.
 

@@ -18,7 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from .blobstore import BlobStorage, FileBlobStorage
+from .blobstore import BlobStorage, open_storage
 from .db import PointReader, RegistryState, make_engine, point_reader, session_factory
 from .settings import Settings
 
@@ -84,7 +84,7 @@ def open_registry(settings: Settings) -> Registry:
         settings=settings,
         engine=engine,
         sessions=session_factory(engine),
-        storage=FileBlobStorage(settings.blob_dir),
+        storage=open_storage(settings.blobs, default=settings.blob_dir),
         reader=point_reader(engine),
     )
 

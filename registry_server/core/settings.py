@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from platformdirs import user_data_dir
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from conesreg.artifact import constants
 
@@ -22,6 +22,9 @@ _ENV_FIELDS = (
     "orphan_age_seconds",
     "chunk_timeout_seconds",
     "registry_name",
+    "blobs",
+    "blob_redirect",
+    "blob_redirect_seconds",
 )
 
 
@@ -67,10 +70,36 @@ class Settings(BaseModel):
     chunk_timeout_seconds: float = Field(
         default=30.0, gt=0, description="an upload that sends nothing for this long is dropped"
     )
+    blobs: str | None = Field(
+        default=None,
+        description="where blobs live: s3://BUCKET[/PREFIX] (endpoint and credentials: boto3's "
+        "AWS_* settings), or a folder; default: DATA/blobs",
+    )
+    blob_redirect: bool = Field(
+        default=False,
+        description="answer blob GETs with a redirect to a short-lived presigned URL of the "
+        "object store (S3 only), so that bytes flow from the store, not through the server",
+    )
+    blob_redirect_seconds: int = Field(default=300, gt=0, le=7 * 24 * 3600)
     registry_name: str = Field(
         default="server",
         description="the `registry` field of index entries (clients replace it by their alias)",
     )
+
+    @field_validator("blobs")
+    @classmethod
+    def _blob_store(cls, value: str | None) -> str | None:
+        if value and "://" in value:
+            scheme, _, rest = value.partition("://")
+            if scheme != "s3" or not rest.split("/", 1)[0]:
+                raise ValueError(f"{value!r} is no s3://BUCKET[/PREFIX] URL (nor a folder)")
+        return value
+
+    @model_validator(mode="after")
+    def _redirect_needs_s3(self) -> Settings:
+        if self.blob_redirect and not (self.blobs or "").startswith("s3://"):
+            raise ValueError("blob_redirect needs an s3:// blob store (--blobs s3://BUCKET)")
+        return self
 
     @property
     def effective_database_url(self) -> str:
@@ -79,7 +108,19 @@ class Settings(BaseModel):
 
     @property
     def blob_dir(self) -> Path:
+        """The default blob folder (when ``blobs`` is not set)."""
         return self.data / "blobs"
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``CONESREG_SERVER_*`` variables (the fields :meth:`from_env`
+        reads), for worker processes that build their own.
+
+        Example:
+            >>> Settings(data=Path("/srv/r")).to_env()["CONESREG_SERVER_DATA"]
+            '/srv/r'
+        """
+        values = self.model_dump(include=set(_ENV_FIELDS), exclude_none=True)
+        return {_ENV_PREFIX + k.upper(): str(v) for k, v in values.items()}
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError
 
-from ..core.errors import InsufficientStorage, RegistryError, is_disk_full
+from ..core.errors import (
+    InsufficientStorage,
+    RegistryError,
+    Unavailable,
+    is_disk_full,
+    is_unavailable,
+)
 from ..web.errors import ApiError, http_error, mapped_route
 
 #: The X-Error-Code of each error code the Hub client maps to an exception.
@@ -40,6 +46,8 @@ def hub_error(exc: Exception, *, every_message: bool) -> ApiError | None:
     full = isinstance(exc, OSError | DBAPIError) and is_disk_full(exc)
     if full:
         exc = InsufficientStorage()
+    elif isinstance(exc, OSError | DBAPIError) and is_unavailable(exc):
+        exc = Unavailable()
     if isinstance(exc, RegistryError):
         error = http_error(exc)
     elif isinstance(exc, ApiError):

@@ -43,7 +43,9 @@ from ..core.errors import (
     Stale,
     TooLarge,
     Unauthorized,
+    Unavailable,
     is_disk_full,
+    is_unavailable,
 )
 
 log = logging.getLogger("registry_server")
@@ -108,6 +110,9 @@ def error_response(
     return JSONResponse({**body.model_dump(), **(extra or {})}, status_code=status, headers=safe)
 
 
+#: Seconds a client is asked to wait before retrying a 503 (the database or store restarting).
+RETRY_AFTER_S = 1
+
 #: The status of each kind of domain error, for every HTTP family.
 _STATUS: dict[type[RegistryError], int] = {
     Invalid: 400,
@@ -119,6 +124,7 @@ _STATUS: dict[type[RegistryError], int] = {
     TooLarge: 413,
     Rejected: 422,
     InsufficientStorage: 507,
+    Unavailable: 503,
 }
 
 
@@ -133,6 +139,8 @@ def http_error(exc: RegistryError, *, hint: str | None = None) -> ApiError:
     """
     status = next(s for kind, s in _STATUS.items() if isinstance(exc, kind))
     headers = {"WWW-Authenticate": 'Bearer realm="conesreg"'} if status == 401 else {}
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
     message = f"{exc.message}: {hint}" if hint else exc.message
     return ApiError(status, exc.code, message, headers=headers)
 
@@ -177,6 +185,7 @@ _DESCRIPTIONS = {
     416: "The requested range is outside the blob",
     422: "The body or a parameter fails validation",
     500: "Internal server error",
+    503: "The database or blob store cannot be reached right now: retry (see Retry-After)",
     507: "The server's disk is full: nothing was stored",
 }
 
@@ -230,6 +239,10 @@ def install_handlers(app: FastAPI) -> None:
             log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
             full = http_error(InsufficientStorage())
             return error_response(full.status, full.code, full.message)
+        if is_unavailable(exc):
+            log.error("unavailable on %s %s: %s", request.method, request.url.path, exc)
+            gone = http_error(Unavailable())
+            return error_response(gone.status, gone.code, gone.message, gone.headers)
         return _internal(request)
 
     # Registered by class (not only as `Exception`): these answers are final, not re-raised.
