@@ -134,3 +134,17 @@ def test_concurrent_pushes_of_one_version_through_two_replicas_publish_exactly_o
     for url in (replicas.a.url, replicas.b.url):
         r = httpx.get(f"{url}/v1/concepts/acme/cat/versions/1.0.0/manifest")
         assert r.status_code == 200 and r.content == winner.canonical_json()
+
+
+def test_a_revoked_token_and_a_new_namespace_hold_on_every_replica_at_once(
+    replicas: Replicas, tmp_path: Path
+) -> None:
+    from registry_server import revoke_token
+
+    settings = Settings(data=tmp_path / "server", database_url=replicas.database)
+    token_id, token = create_token(settings, namespace="acme", scope="push")
+    for url in (replicas.a.url, replicas.b.url):
+        assert httpx.get(f"{url}/v1/whoami", headers=auth(token)).status_code == 200
+    revoke_token(settings, token_id)  # an admin command on the shared database
+    for url in (replicas.a.url, replicas.b.url):
+        assert httpx.get(f"{url}/v1/whoami", headers=auth(token)).status_code == 401
