@@ -48,7 +48,8 @@ CONFIG = Path(__file__).resolve().with_name("schemathesis.toml")
 
 #: The callers schemathesis runs as, in turn: (label, token key in `Seeded.tokens` or None).
 CALLERS = (("anonymous", None), ("read", "read"), ("push", "push"))
-_ACCESS_RE = re.compile(r'"[A-Z]+ \S+ HTTP/[0-9.]+" (\d{3})')
+#: The status of one line of the server's access log (JSON lines, see registry_server.web.ops).
+_ACCESS_RE = re.compile(r'^\{"time":.*"status":(\d{3}),')
 _TARGETS = [
     {"name": "down.attn2.to_k.weight", "shape": [32, 16]},
     {"name": "down.attn2.to_v.weight", "shape": [32, 16]},

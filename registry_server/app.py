@@ -23,6 +23,7 @@ from .core.registry import open_registry
 from .core.settings import Settings
 from .hub import reads as hub_reads
 from .hub import writes as hub_writes
+from .web import ops
 from .web.errors import install_handlers, log
 
 #: Seconds an idle keep-alive connection is held open (uvicorn's default is 5).
@@ -72,11 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = reg
     install_handlers(app)
     # /v1 and the pages first: the Hub's /{ns}/{name}/resolve/... must never shadow them.
+    app.include_router(ops.router)
     app.include_router(api_routes.router)
     app.include_router(browse_pages.router)
     app.include_router(hub_writes.router)
     app.include_router(hub_reads.router)
     app.add_middleware(manifest_fast_path, registry=reg)  # type: ignore[arg-type]
+    # Added last, so outermost: it sees (and logs and counts) every request, fast path included.
+    app.add_middleware(ops.access_middleware)  # type: ignore[arg-type]
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -136,6 +140,9 @@ def uvicorn_options() -> dict[str, Any]:
         "limit_concurrency": 1000,
         "server_header": False,
         "log_level": "info",
+        # The app writes the access log (JSON lines with request ids): uvicorn's would double it.
+        "access_log": False,
+        "log_config": ops.log_config(),
     }
 
 
@@ -172,10 +179,14 @@ def serve(
         uvicorn.Server(config).run(sockets=[sock])
         return
     import os
+    import tempfile
 
     settings = settings or Settings.from_env()
     open_registry(settings).engine.dispose()  # the schema checked (or made) once, here
     os.environ.update(settings.to_env())  # what each worker's create_app() reads
+    # Each worker writes its metrics here; /metrics (in any worker) sums them. Set before a
+    # worker imports prometheus_client, which reads it then.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="conesreg-metrics-"))
     uvicorn.run(
         "registry_server.app:create_app",
         factory=True,

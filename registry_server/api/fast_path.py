@@ -22,6 +22,7 @@ from conesreg.artifact import constants
 from ..core import queries
 from ..core.auth import is_anonymous
 from ..core.registry import Registry
+from ..web.ops import FAST_MANIFEST_ROUTE
 from ..web.transfer import etag_matches
 
 _MANIFEST_PATH = re.compile(r"/v1/concepts/([^/]+)/([^/]+)/versions/([^/]+)/manifest")
@@ -56,6 +57,7 @@ def manifest_fast_path(app: ASGIApp, *, registry: Registry) -> ASGIApp:
                 hit = queries.cached_manifest(registry, namespace, name, version)
                 hit = hit or queries.read_public_manifest(registry, namespace, name, version)
                 if hit is not None:
+                    scope["conesreg.route"] = FAST_MANIFEST_ROUTE  # for the access log
                     none_match = headers.get(b"if-none-match")
                     await _send_manifest(send, *hit, none_match)
                     return

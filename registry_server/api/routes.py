@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conesreg.artifact import IndexEntry, Manifest, constants
 
-from ..core import publishing, queries
+from ..core import metrics, publishing, queries
 from ..core.auth import Caller, authenticate, require_push
 from ..core.blobstore import DigestMismatchError
 from ..core.checks import check_digest, check_names
-from ..core.errors import Invalid
+from ..core.errors import Invalid, RegistryError
 from ..core.registry import Registry
 from ..core.search import search as search_registry
 from ..core.uploads import commit_upload
@@ -348,8 +348,15 @@ async def push_version(
     body = await read_body(
         request, limit=settings.max_manifest_bytes, timeout=settings.chunk_timeout_seconds
     )
-    manifest = publishing.validate_manifest(body, namespace=namespace, name=name, version=version)
-    row, created = await run_in_threadpool(publishing.publish, reg, caller, manifest)
+    try:
+        manifest = publishing.validate_manifest(
+            body, namespace=namespace, name=name, version=version
+        )
+        row, created = await run_in_threadpool(publishing.publish, reg, caller, manifest)
+    except RegistryError:
+        metrics.PUBLISHES.labels("refused").inc()
+        raise
+    metrics.PUBLISHES.labels("created" if created else "unchanged").inc()
     entry = await run_in_threadpool(_entry, reg, row)
     return JSONResponse(entry, status_code=201 if created else 200)
 

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from .blobstore import HashedUpload, StorageUnavailableError, blob_digest_hex
+from .metrics import STORE_ERRORS
 
 #: Bytes per part of a multipart upload (S3's minimum is 5 MiB for all parts but the last).
 PART_BYTES = 8 << 20
@@ -57,8 +58,10 @@ def _store_errors(what: str) -> Iterator[None]:
     except ClientError as e:
         if _missing(e):
             raise
+        STORE_ERRORS.labels(what).inc()
         raise StorageUnavailableError(f"the blob store refused {what}: {e}") from e
     except BotoCoreError as e:
+        STORE_ERRORS.labels(what).inc()
         raise StorageUnavailableError(f"the blob store could not be reached ({what}): {e}") from e
 
 

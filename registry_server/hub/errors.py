@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError
 
+from ..core import metrics
 from ..core.errors import (
     InsufficientStorage,
     RegistryError,
@@ -47,6 +48,7 @@ def hub_error(exc: Exception, *, every_message: bool) -> ApiError | None:
     if full:
         exc = InsufficientStorage()
     elif isinstance(exc, OSError | DBAPIError) and is_unavailable(exc):
+        metrics.UNAVAILABLE.labels("store" if isinstance(exc, OSError) else "database").inc()
         exc = Unavailable()
     if isinstance(exc, RegistryError):
         error = http_error(exc)

@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from ..core import metrics
 from ..core.errors import (
     Conflict,
     Forbidden,
@@ -241,6 +242,7 @@ def install_handlers(app: FastAPI) -> None:
             return error_response(full.status, full.code, full.message)
         if is_unavailable(exc):
             log.error("unavailable on %s %s: %s", request.method, request.url.path, exc)
+            metrics.UNAVAILABLE.labels("store" if isinstance(exc, OSError) else "database").inc()
             gone = http_error(Unavailable())
             return error_response(gone.status, gone.code, gone.message, gone.headers)
         return _internal(request)
