@@ -44,11 +44,15 @@ if TYPE_CHECKING:
 __all__ = [
     "S3",
     "SEARCH_QUERIES",
+    "Balancer",
     "Postgres",
     "Process",
     "Server",
     "free_port",
+    "nginx_bin",
+    "nginx_config",
     "postgres_bin",
+    "running_balancer",
     "running_postgres",
     "running_s3",
     "running_server",
@@ -372,6 +376,109 @@ def running_s3() -> Iterator[S3]:
         yield s3
     finally:
         s3.stop()
+
+
+# -- a load balancer -------------------------------------------------------------------------------
+def nginx_bin() -> str | None:
+    """Debian's nginx (``apt-get install nginx-light``), or None if absent."""
+    import shutil
+
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+@dataclass
+class Balancer:
+    """nginx on loopback in front of replicas: round robin, and a request that finds its
+    replica gone (refused, reset, 502 before any byte of the answer) is sent to the next one if
+    it is idempotent (GET, HEAD); a write is answered 502 and left to the client to retry, as
+    nginx does by default."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    folder: Path
+
+
+def nginx_config(*, listen: str, upstreams: list[str], folder: Path) -> str:
+    """The configuration :func:`running_balancer` runs (``deploy/nginx.conf`` is the same for a
+    deployment, with its own addresses)."""
+    servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=2s;" for u in upstreams)
+    temp = " ".join(str(folder / t) for t in ("client", "proxy"))
+    user = "user root;" if os.geteuid() == 0 else ""
+    return f"""
+{user}
+worker_processes 1;
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp.split()[0]};
+    proxy_temp_path {temp.split()[1]};
+    client_max_body_size 0;
+    upstream registry {{
+{servers}
+        keepalive 64;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://registry;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Request-ID $request_id;
+            # A replica that is gone (refused, reset, 502) is skipped; a 503 is passed on:
+            # it means the shared database or store is down, which no other replica escapes,
+            # and counting it as a failure would mark every replica dead (nginx then answers
+            # 502 itself, without the 503's Retry-After).
+            proxy_next_upstream error timeout http_502;
+            proxy_next_upstream_tries 2;
+            proxy_connect_timeout 2s;
+            proxy_request_buffering off;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def running_balancer(upstreams: list[str]) -> Iterator[Balancer]:
+    """nginx in front of ``upstreams`` (``host:port`` each) for the block.
+
+    Raises:
+        FileNotFoundError: nginx is not installed (Debian: ``apt-get install nginx-light``).
+    """
+    import shutil
+    import tempfile
+
+    binary = nginx_bin()
+    if binary is None:
+        raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
+    folder = Path(tempfile.mkdtemp(prefix="conesreg-nginx-"))
+    port = free_port()
+    conf = folder / "nginx.conf"
+    conf.write_text(nginx_config(listen=f"127.0.0.1:{port}", upstreams=upstreams, folder=folder))
+    log = open(folder / "stderr.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(folder)], stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not start: {(folder / 'stderr.log').read_text()}")
+            time.sleep(0.05)
+        yield Balancer(url=url, proc=proc, folder=folder)
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- search at scale ---------------------------------------------------------------------------
