@@ -4,10 +4,14 @@ Targets (issue 19): a manifest GET of a version never read before costs <= 1.5x 
 per request of a static FastAPI route, with >= 0.7x its throughput and p99 < 25 ms; search p99
 < 20 ms at 1,000,000 concepts.
 
+Targets (issue 21): PostgreSQL + S3 with one replica >= 0.7x the SQLite + files figure; search
+p99 < 50 ms over 1,000,000 concepts on PostgreSQL; no errors.
+
 Run: ``python benchmarks/server_load.py [--concepts 1000000] [--data DIR] [--seconds 5]
-[--rounds 3] [--connections 8]``. Needs ``wrk`` (Debian: ``apt-get install wrk``), the load
-generator, which runs in its own process and costs far less CPU per request than a Python
-client would, so the server, not the client, is what is measured.
+[--rounds 3] [--connections 8]``; scale-out mode: add ``--database postgresql+psycopg://...
+--blobs s3://BUCKET/PREFIX|moto [--replicas 2]``. Needs ``wrk`` (Debian: ``apt-get install
+wrk``), the load generator, which runs in its own process and costs far less CPU per request
+than a Python client would, so the server, not the client, is what is measured.
 
 1. Seeds a registry with N concepts (``registry_server.testing.seed_search``; realistic manifests,
    one version each), or reuses ``--data`` if it holds one (seeding 1,000,000 takes minutes).
@@ -24,12 +28,23 @@ client would, so the server, not the client, is what is measured.
 4. Search: every query kind of ``registry_server.testing.SEARCH_QUERIES`` and page 2 of a common
    word, interleaved, ``--search-runs`` times each over HTTP; p50 / p99 per kind, and the server
    CPU per search.
+
+Scale-out mode (``--database``): the same registry in two deployments, SQLite + a blob folder
+and PostgreSQL (``--database``, bulk-loaded when empty) + an S3 store (``--blobs``; ``moto``
+starts moto's S3 server here), each with 1 .. ``--replicas`` server processes (several behind
+nginx, as ``deploy/nginx.conf``). Round by round, interleaved, each deployment runs three wrk
+phases: manifest GETs of versions never read ("each new"), installs (a manifest and a blob
+each, hot), and searches (every kind, mixed); the bare ASGI app is measured in every round as
+the baseline. Printed per deployment and phase: requests/s, p50, p99, errors, the servers' CPU
+per request (every replica's, summed), and ratios to the bare app and to SQLite with one
+replica; then single-client search p50/p99 per kind on each deployment with one replica.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -142,9 +157,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start(args: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+def _start(
+    args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     # A module takes --port; the baseline scripts take the port as their first argument.
     if args[0] == "-m":
         argv = [sys.executable, *args, "--port", str(port)]
@@ -353,6 +370,296 @@ def _search(a: argparse.Namespace, procs: dict[str, Any]) -> None:
     print(f"target: every kind's p99 < 20 ms: {verdict} (slowest p99 {worst:.1f} ms)")
 
 
+# -- scale-out mode --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Deployment:
+    """One way to run the registry: its settings as a server's environment, and its replicas."""
+
+    label: str
+    settings: Settings
+    env: dict[str, str]
+    replicas: int
+    procs: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list)
+    url: str = ""
+
+
+def _template(tmp: Path) -> tuple[Any, dict[str, Path]]:
+    """The manifest and blob files every seeded concept copies (the same digests every run)."""
+    from conesreg.artifact import build_manifest
+    from conesreg.testing import make_draft
+
+    return build_manifest(make_draft(tmp / "template"), version="1.0.0")
+
+
+def _seed_deployment(settings: Settings, concepts: int, tmp: Path) -> None:
+    """Bulk-load ``concepts`` into an empty registry; in any case put the template's blobs in
+    its store (a fresh moto bucket has none)."""
+    from sqlalchemy import func, select
+
+    from registry_server.core.db import Version
+
+    manifest, files = _template(tmp)
+    reg = open_registry(settings)
+    try:
+        with reg.sessions() as session:
+            have = int(session.scalar(select(func.count()).select_from(Version)) or 0)
+        if have == 0:
+            t = time.perf_counter()
+            seed_search(reg, concepts, template=manifest.model_dump(mode="json"), blobs=files)
+            print(
+                f"{settings.database_url or 'sqlite'}: loaded {concepts:,} concepts in "
+                f"{time.perf_counter() - t:.0f} s"
+            )
+        else:
+            print(f"{settings.database_url or settings.data}: reusing {have:,} concepts")
+            if have != concepts:
+                sys.exit(f"it holds {have:,} concepts, not {concepts:,}: use another database")
+            for digest, path in files.items():
+                if not reg.storage.exists(digest):
+                    with reg.storage.open_upload(digest) as up:
+                        up.write(path.read_bytes())
+                        up.commit()
+    finally:
+        reg.engine.dispose()
+
+
+def _start_deployment(d: Deployment, tmp: Path) -> None:
+    from registry_server.testing import nginx_config
+
+    env = {**d.env, **d.settings.to_env()}
+    for _ in range(d.replicas):
+        proc, url = _start(["-m", "registry_server", "--data", str(d.settings.data)], env=env)
+        d.procs.append(proc)
+        d.url = url
+    if d.replicas > 1:
+        folder = tmp / f"nginx-{d.label.replace(' ', '-')}"
+        folder.mkdir()
+        port = free_port()
+        # _start passes each replica its port last.
+        upstreams = [f"127.0.0.1:{p.args[-1]}" for p in d.procs]  # type: ignore[index]
+        conf = folder / "nginx.conf"
+        conf.write_text(
+            nginx_config(listen=f"127.0.0.1:{port}", upstreams=upstreams, folder=folder)
+        )
+        nginx = subprocess.Popen(
+            [_nginx(), "-c", str(conf), "-p", str(folder)], stderr=subprocess.DEVNULL
+        )
+        d.procs.append(nginx)
+        d.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(d.url + "/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.1)
+
+
+def _nginx() -> str:
+    from registry_server.testing import nginx_bin
+
+    found = nginx_bin()
+    if found is None:
+        sys.exit("--replicas > 1 needs nginx in front: apt-get install nginx-light")
+    return found
+
+
+def _servers_cpu(d: Deployment) -> float:
+    """CPU seconds of the deployment's server processes (not nginx's)."""
+    return sum(_cpu_seconds(p.pid) for p in d.procs[: d.replicas])
+
+
+def _scale_phases(concepts: int) -> dict[str, Any]:
+    order = random.Random(1).sample(range(concepts), concepts)
+    manifests = [f"/v1/concepts/ns{i % 1000}/concept-{i}/versions/1.0.0/manifest" for i in order]
+    return {"manifests": manifests}
+
+
+def _search_paths() -> list[str]:
+    from urllib.parse import urlencode
+
+    paths = []
+    for params in SEARCH_QUERIES.values():
+        query = {
+            "q": params.get("query"),
+            "tag": params.get("tags"),
+            "base_model": params.get("base_model_hash"),
+            "class_word": params.get("class_word"),
+            "limit": params.get("limit"),
+        }
+        paths.append("/v1/search?" + urlencode({k: v for k, v in query.items() if v}, doseq=True))
+    return paths
+
+
+def _scale(a: argparse.Namespace, tmp: Path) -> None:
+    manifest, _ = _template(tmp)
+    blob = manifest.mask.blob
+    sqlite = Settings(data=a.data or tmp / "sqlite")
+    scaled = Settings(data=tmp / "scaled", database_url=a.database, blobs=a.blobs_url)
+    for settings in (sqlite, scaled):
+        _seed_deployment(settings, a.concepts, tmp)
+    deployments = [
+        Deployment(f"{label} x{r}", settings, env, r)
+        for label, settings, env in (
+            ("sqlite+files", sqlite, {}),
+            ("postgresql+s3", scaled, a.store_env),
+        )
+        for r in range(1, a.replicas + 1)
+    ]
+    every = _scale_phases(a.concepts)["manifests"]
+    per_phase = int(8_000 * (a.seconds + 1))
+    needed = per_phase * a.rounds * len(deployments)
+    if needed > len(every):
+        sys.exit(f"too few concepts for the 'each new' phases: raise --concepts past {needed:,}")
+    unseen = iter(every)
+    hot = every[-2000:]
+    installs = [p for m in hot for p in (m, f"/v1/blobs/{blob}")]
+    searches = _search_paths()
+    bare_proc, bare_url = None, ""
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    try:
+        script = tmp / "bare.py"
+        script.write_text(BARE_APP.replace("{route}", MANIFEST_ROUTE))
+        bare_proc, bare_url = _start([str(script), str(len(manifest.canonical_json()))])
+        for d in deployments:
+            _start_deployment(d, tmp)
+        print(
+            f"\nscale-out: {a.concepts:,} concepts; wrk {WRK_THREADS} threads, {a.connections} "
+            f"connections, {a.seconds:.0f} s a phase, {a.rounds} rounds interleaved; servers with "
+            f"1 intra-op thread; {os.cpu_count()} cores shared by servers, the database, the "
+            "store, nginx and wrk"
+        )
+        for _ in range(a.rounds):
+            bare = _phase_multi([bare_proc], bare_url, hot, hot, a, fresh=False, tmp=tmp)
+            results.setdefault(("bare ASGI app", "manifest"), []).append(bare)
+            for d in deployments:
+                with httpx.Client(base_url=d.url, timeout=30) as c:  # the hot set in memory
+                    for path in hot:
+                        c.get(path)
+                paths = [next(unseen) for _ in range(per_phase)]
+                warm, paths = paths[:8_000], paths[8_000:]
+                phases = {
+                    "each new": (paths, warm, True),
+                    "install": (installs, installs, False),
+                    "search": (searches, searches, False),
+                }
+                for phase, (p_list, w_list, fresh) in phases.items():
+                    r = _phase_multi(
+                        d.procs[: d.replicas], d.url, p_list, w_list, a, fresh=fresh, tmp=tmp
+                    )
+                    results.setdefault((d.label, phase), []).append(r)
+    finally:
+        for d in deployments:
+            for proc in d.procs:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
+        if bare_proc is not None:
+            bare_proc.terminate()
+    _print_scale(results, deployments)
+    with contextlib.ExitStack() as stack:
+        for d in deployments:
+            if d.replicas == 1:
+                d.procs = []
+                _start_deployment(d, tmp)
+                stack.callback(lambda d=d: [p.terminate() for p in d.procs])
+                _scale_search(a, d)
+
+
+def _phase_multi(
+    procs: list[subprocess.Popen[bytes]],
+    url: str,
+    paths: list[str],
+    warm: list[str],
+    a: argparse.Namespace,
+    *,
+    fresh: bool,
+    tmp: Path,
+) -> dict[str, float]:
+    _wrk(url, warm, seconds=1, connections=a.connections, fresh=fresh, tmp=tmp)
+    cpu = sum(_cpu_seconds(p.pid) for p in procs)
+    r = _wrk(url, paths, seconds=a.seconds, connections=a.connections, fresh=fresh, tmp=tmp)
+    cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu
+    n = max(r["requests"], 1)
+    if fresh and n > len(paths):
+        raise RuntimeError("an each-new phase ran out of unseen versions: lower --seconds")
+    return {
+        "rps": n / (r["duration_us"] / 1e6),
+        "p50": r["p50_us"] / 1000,
+        "p99": r["p99_us"] / 1000,
+        "errors": r["errors"],
+        "cpu_ms": cpu * 1000 / n,
+    }
+
+
+def _print_scale(
+    results: dict[tuple[str, str], list[dict[str, float]]], deployments: list[Deployment]
+) -> None:
+    med = statistics.median
+    bare = results[("bare ASGI app", "manifest")]
+    print(
+        f"\n{'':<22} {'phase':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} "
+        f"{'errors':>7} {'/ bare':>7} {'/ sqlite x1':>12}"
+    )
+    print(
+        f"{'bare ASGI app':<22} {'':<9} {med(r['rps'] for r in bare):9.0f} "
+        f"{med(r['p50'] for r in bare):8.2f} {med(r['p99'] for r in bare):8.1f} "
+        f"{med(r['cpu_ms'] for r in bare):11.3f} {sum(int(r['errors']) for r in bare):7d}"
+    )
+    errors = 0
+    verdicts = []
+    for d in deployments:
+        for phase in ("each new", "install", "search"):
+            runs = results[(d.label, phase)]
+            base = results[("sqlite+files x1", phase)]
+            to_bare = med(r["rps"] / b["rps"] for r, b in zip(runs, bare, strict=True))
+            to_sqlite = med(r["rps"] / b["rps"] for r, b in zip(runs, base, strict=True))
+            errors += sum(int(r["errors"]) for r in runs)
+            print(
+                f"{d.label:<22} {phase:<9} {med(r['rps'] for r in runs):9.0f} "
+                f"{med(r['p50'] for r in runs):8.2f} {med(r['p99'] for r in runs):8.1f} "
+                f"{med(r['cpu_ms'] for r in runs):11.3f} {sum(int(r['errors']) for r in runs):7d} "
+                f"{to_bare:6.2f}x {to_sqlite:11.2f}x"
+            )
+            if d.label == "postgresql+s3 x1":
+                verdicts.append((phase, to_sqlite))
+    print("(medians over rounds; ratios are of requests/s, round by round)")
+    for phase, ratio in verdicts:
+        print(
+            f"target: postgresql+s3 x1 >= 0.7x sqlite+files x1 ({phase}): {ratio:.2f}x, "
+            f"{'met' if ratio >= 0.7 else 'MISSED'}"
+        )
+    print(f"target: 0 errors: {errors} ({'met' if errors == 0 else 'MISSED'})")
+
+
+def _scale_search(a: argparse.Namespace, d: Deployment) -> None:
+    times: dict[str, list[float]] = {label: [] for label in SEARCH_QUERIES}
+    paths = dict(zip(SEARCH_QUERIES, _search_paths(), strict=True))
+    cpu = 0.0
+    with httpx.Client(base_url=d.url, timeout=60) as c:
+        for path in paths.values():
+            c.get(path).raise_for_status()  # warm-up
+        cpu = _servers_cpu(d)
+        for _ in range(a.search_runs):
+            for label, path in paths.items():
+                t = time.perf_counter()
+                c.get(path).raise_for_status()
+                times[label].append((time.perf_counter() - t) * 1000)
+        cpu = (_servers_cpu(d) - cpu) * 1000 / (a.search_runs * len(paths))
+
+    def pct(values: list[float], q: float) -> float:
+        return sorted(values)[min(len(values) - 1, int(len(values) * q))]
+
+    print(f"\nsearch on {d.label}, one client, each kind {a.search_runs} times, interleaved")
+    worst = 0.0
+    for label, values in times.items():
+        worst = max(worst, pct(values, 0.99))
+        print(f"  {label:<34} p50 {pct(values, 0.5):7.1f} ms   p99 {pct(values, 0.99):7.1f} ms")
+    print(f"  server CPU per search: {cpu:.2f} ms")
+    if d.label.startswith("postgresql"):
+        verdict = "met" if worst < 50 else "MISSED"
+        print(f"target: search p99 < 50 ms on PostgreSQL: slowest {worst:.1f} ms, {verdict}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--concepts", type=int, default=1_000_000)
@@ -362,12 +669,30 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--search-runs", type=int, default=100)
     ap.add_argument("--search-only", action="store_true", help="skip the manifest GET phases")
+    ap.add_argument(
+        "--database", default=None, help="scale-out mode: PostgreSQL URL (loaded when empty)"
+    )
+    ap.add_argument(
+        "--blobs", default="moto", help="scale-out mode: s3://BUCKET/PREFIX, or moto (default)"
+    )
+    ap.add_argument("--replicas", type=int, default=1, help="scale-out mode: 1 .. N replicas")
     a = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("server_load.py needs wrk, the load generator: apt-get install wrk")
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if a.database:
+            with contextlib.ExitStack() as stack:
+                a.blobs_url, a.store_env = a.blobs, {}
+                if a.blobs == "moto":
+                    from registry_server.testing import running_s3
+
+                    s3 = stack.enter_context(running_s3())
+                    a.blobs_url, a.store_env = s3.create_bucket(), s3.env
+                    os.environ.update(s3.env)  # for the loader in this process
+                _scale(a, tmp)
+            return
         data = a.data or tmp / "server"
         _seed(data, a.concepts)
         procs: dict[str, Any] = {}

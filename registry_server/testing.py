@@ -502,72 +502,125 @@ SEARCH_QUERIES: dict[str, dict[str, Any]] = {
 }
 
 
-def seed_search(reg: Registry, n: int, *, template: Mapping[str, Any], seed: int = 0) -> None:
-    """Insert ``n`` concepts with one version each, directly (no HTTP, one transaction).
+def seed_search(
+    reg: Registry,
+    n: int,
+    *,
+    template: Mapping[str, Any],
+    seed: int = 0,
+    blobs: Mapping[str, Path] | None = None,
+) -> None:
+    """Insert ``n`` concepts with one version each, directly (no HTTP, one transaction): the
+    bulk loader of benchmarks and scale tests, on SQLite or PostgreSQL.
 
     Realistic manifests (copies of ``template`` under other names), 1,000 namespaces, and words
     and tags from small vocabularies, so that common words match thousands of concepts.
 
     Args:
-        reg: an open registry with no concepts yet.
+        reg: an open registry with no concepts, nor namespaces named ``ns0``..``ns999``, yet.
         n: how many concepts.
         template: a published manifest as JSON data (e.g.
             ``conesreg.testing.make_manifest().model_dump(mode="json")``); each concept copies
             it with its own namespace, name, base model hash, class word, tags and description.
         seed: seeds the choice of words, tags and base models.
+        blobs: the template's blob files by digest: stored, and linked to every version, so that
+            downloads (installs) work too; None: no blobs.
     """
-    from sqlalchemy import insert
+    from sqlalchemy import func, insert, select
 
-    from .core.db import ConceptRow, ManifestData, Namespace, Version, VersionTag
+    from conesreg.artifact import utcnow
+
+    from .core.db import Blob, ConceptRow, ManifestData, Namespace, Version, VersionBlob, VersionTag
     from .core.publishing import search_fields as _search_fields
 
     rng = random.Random(seed)
     base = dict(template)
-    namespaces = [{"id": i + 1, "name": f"ns{i}", "private": False} for i in range(1000)]
-    concepts, versions, tags, manifests = [], [], [], []
-    for i in range(n):
-        ns = namespaces[i % len(namespaces)]["name"]
-        name = f"concept-{i}"
-        cw = rng.choice(CLASS_WORDS)
-        t = sorted(rng.sample(TAGS, rng.randint(0, 3)))
-        desc = " ".join(rng.sample(WORDS, 3)) + f" {cw}"
-        bh = rng.choice(BASES)
-        data = {
-            **base,
-            "namespace": ns,
-            "name": name,
-            "base_model": {**base["base_model"], "hash": bh},
-            "metadata": {**base["metadata"], "class_word": cw, "tags": t, "description": desc},
-        }
-        body = canonical_json(data)
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        manifests.append({"digest": digest, "data": body})
-        # Only what the search fields read: building full models for 100k rows takes minutes.
-        light = Manifest.model_construct(
-            namespace=ns,
-            name=name,
-            base_model=BaseModelRef.model_construct(hash=bh),
-            metadata=ConceptMetadata.model_construct(class_word=cw, description=desc, tags=t),
-        )
-        concepts.append({"id": i + 1, "namespace_id": i % len(namespaces) + 1, "name": name})
-        versions.append(
-            {
-                "id": i + 1,
-                "concept_id": i + 1,
-                "namespace": ns,
-                "name": name,
-                "version": "1.0.0",
-                "digest": digest,
-                "is_latest": True,
-                **_search_fields(light),
-            }
-        )
-        tags += [{"version_id": i + 1, "tag": x} for x in t]
+    digests = sorted(blobs or {})
+    chunk = 20_000  # rows per INSERT batch: memory stays flat at any n
     with reg.sessions.begin() as session:
+        # Ids after those already there (a namespace made for the test, say).
+        first = {
+            t: int(session.scalar(select(func.max(t.id))) or 0)
+            for t in (Namespace, ConceptRow, Version)
+        }
+        namespaces = [
+            {"id": first[Namespace] + i + 1, "name": f"ns{i}", "private": False}
+            for i in range(1000)
+        ]
         session.execute(insert(Namespace), namespaces)
-        session.execute(insert(ConceptRow), concepts)
-        session.execute(insert(ManifestData), manifests)
-        session.execute(insert(Version), versions)
-        session.execute(insert(VersionTag), tags)
-    with reg.engine.connect() as conn:
+        for digest in digests:
+            path = (blobs or {})[digest]
+            with reg.storage.open_upload(digest) as upload:
+                upload.write(path.read_bytes())
+                upload.commit()
+            size = path.stat().st_size
+            session.execute(
+                insert(Blob), [{"digest": digest, "size": size, "uploaded_at": utcnow()}]
+            )
+        for start in range(0, n, chunk):
+            concepts, versions, tags, manifests, links = [], [], [], [], []
+            for i in range(start, min(n, start + chunk)):
+                ns = namespaces[i % len(namespaces)]["name"]
+                name = f"concept-{i}"
+                cw = rng.choice(CLASS_WORDS)
+                t = sorted(rng.sample(TAGS, rng.randint(0, 3)))
+                desc = " ".join(rng.sample(WORDS, 3)) + f" {cw}"
+                bh = rng.choice(BASES)
+                data = {
+                    **base,
+                    "namespace": ns,
+                    "name": name,
+                    "base_model": {**base["base_model"], "hash": bh},
+                    "metadata": {
+                        **base["metadata"],
+                        "class_word": cw,
+                        "tags": t,
+                        "description": desc,
+                    },
+                }
+                body = canonical_json(data)
+                digest = "sha256:" + hashlib.sha256(body).hexdigest()
+                manifests.append({"digest": digest, "data": body})
+                # Only what the search fields read: full models for 100k rows take minutes.
+                light = Manifest.model_construct(
+                    namespace=ns,
+                    name=name,
+                    base_model=BaseModelRef.model_construct(hash=bh),
+                    metadata=ConceptMetadata.model_construct(
+                        class_word=cw, description=desc, tags=t
+                    ),
+                )
+                cid, vid = first[ConceptRow] + i + 1, first[Version] + i + 1
+                concepts.append(
+                    {"id": cid, "namespace_id": namespaces[i % 1000]["id"], "name": name}
+                )
+                versions.append(
+                    {
+                        "id": vid,
+                        "concept_id": cid,
+                        "namespace": ns,
+                        "name": name,
+                        "version": "1.0.0",
+                        "digest": digest,
+                        "is_latest": True,
+                        **_search_fields(light),
+                    }
+                )
+                tags += [{"version_id": vid, "tag": x} for x in t]
+                links += [{"version_id": vid, "digest": d} for d in digests]
+            session.execute(insert(ConceptRow), concepts)
+            session.execute(insert(ManifestData), manifests)
+            session.execute(insert(Version), versions)
+            if tags:
+                session.execute(insert(VersionTag), tags)
+            if links:
+                session.execute(insert(VersionBlob), links)
+    with reg.engine.begin() as conn:
+        if reg.engine.dialect.name == "postgresql":
+            # Explicit ids leave PostgreSQL's sequences behind: the next publish would collide.
+            for table in ("namespaces", "concepts", "versions"):
+                conn.exec_driver_sql(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"(SELECT max(id) FROM {table}))"
+                )
         conn.exec_driver_sql("ANALYZE")

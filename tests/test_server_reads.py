@@ -152,13 +152,16 @@ def test_manifest_reads_from_memory_keep_every_rule(tmp_path: Path) -> None:
         assert c.get("/v1/concepts/acme/dog/versions/one/manifest").status_code == 400
 
 
-def test_the_plain_sqlite_read_sees_every_commit_and_only_public_versions(tmp_path: Path) -> None:
-    """The manifest lookup that skips the ORM answers public versions only, sees a version
-    published after its connection opened, and leaves every other case to the full path."""
+def test_the_plain_read_sees_every_commit_and_only_public_versions(
+    tmp_path: Path, database: str | None
+) -> None:
+    """The manifest lookup that skips the ORM (a plain sqlite3 or psycopg connection) answers
+    public versions only, sees a version published after its connection opened, and leaves every
+    other case to the full path."""
     from registry_server import create_namespace, create_token
     from registry_server.core.queries import read_public_manifest
 
-    with running_server(tmp_path) as s:
+    with running_server(tmp_path, database_url=database) as s:
         reg = s.client.app.state.registry  # type: ignore[attr-defined]
         assert reg.reader is not None
         create_namespace(s.settings, "secret", private=True)
@@ -182,13 +185,13 @@ def test_the_plain_sqlite_read_sees_every_commit_and_only_public_versions(tmp_pa
 
 
 def test_the_manifest_fast_path_answers_as_the_route_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str | None
 ) -> None:
     """Anonymous GETs of a public manifest are answered before routing, with the status, bytes
     and headers the route gives a token holder; everything else still reaches the route."""
     from registry_server.api import routes
 
-    with running_server(tmp_path) as s:
+    with running_server(tmp_path, database_url=database) as s:
         manifest, _ = push_draft(
             s.client, make_draft(tmp_path / "a"), version="1.0.0", token=s.token
         )

@@ -339,3 +339,31 @@ def test_a_database_from_before_migrations_is_refused_then_upgraded(
         rows, _ = search_module.search(session, ANONYMOUS, query="dog", limit=500)
     assert len(rows) == sum(1 for e in entries if match_score(e, "dog"))
     reg.engine.dispose()
+
+
+def test_the_bulk_loader_makes_a_registry_that_serves_and_takes_new_publishes(
+    tmp_path: Path, backend: dict[str, str]
+) -> None:
+    """``seed_search`` (what benchmarks load 1,000,000 concepts with) on either deployment:
+    searchable, downloadable, and a publish after it gets fresh ids."""
+    from conesreg.artifact import build_manifest
+    from conesreg.testing import make_draft, push_draft
+    from registry_server.testing import running_server, seed_search
+
+    with running_server(tmp_path, **backend) as server:
+        manifest, files = build_manifest(make_draft(tmp_path / "t"), version="1.0.0")
+        reg = server.client.app.state.registry  # type: ignore[attr-defined]
+        seed_search(reg, 50, template=manifest.model_dump(mode="json"), blobs=files)
+        c = server.client
+        hits = c.get("/v1/search", params={"q": "concept-7"}).json()["results"]
+        assert [h["name"] for h in hits][:1] == ["concept-7"]
+        entry = c.get("/v1/concepts/ns7/concept-7/versions/1.0.0/manifest")
+        assert entry.status_code == 200
+        assert (
+            c.get(f"/v1/blobs/{manifest.mask.blob}").content
+            == files[manifest.mask.blob].read_bytes()
+        )
+        _, r = push_draft(
+            c, make_draft(tmp_path / "new", name="fresh"), version="1.0.0", token=server.token
+        )
+        assert r.status_code == 201, r.text

@@ -8,13 +8,15 @@ is a fraction of that. This middleware answers exactly those requests, with the 
 the route would send, and hands every other request to the app untouched: a token, a private or
 missing version, an invalid name, another method or path. :func:`routes.get_manifest` stays the
 API's one definition of the route (and what the OpenAPI document shows) and answers all of those;
-a test checks that both give the same response.
+a test checks that both give the same response. On PostgreSQL the lookup runs in a worker
+thread, on a plain psycopg connection (:class:`~registry_server.core.db.PgPointReader`).
 """
 
 from __future__ import annotations
 
 import re
 
+from anyio.to_thread import run_sync
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conesreg.artifact import constants
@@ -55,7 +57,12 @@ def manifest_fast_path(app: ASGIApp, *, registry: Registry) -> ASGIApp:
             if is_anonymous(authorization.decode("latin-1") if authorization else None):
                 namespace, name, version = match.groups()
                 hit = queries.cached_manifest(registry, namespace, name, version)
-                hit = hit or queries.read_public_manifest(registry, namespace, name, version)
+                if hit is None and registry.reader is not None:
+                    args = (registry, namespace, name, version)
+                    if registry.reader.in_thread:  # a database server: off the event loop
+                        hit = await run_sync(queries.read_public_manifest, *args)
+                    else:
+                        hit = queries.read_public_manifest(*args)
                 if hit is not None:
                     scope["conesreg.route"] = FAST_MANIFEST_ROUTE  # for the access log
                     none_match = headers.get(b"if-none-match")

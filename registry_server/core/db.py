@@ -362,8 +362,11 @@ class PointReader:
 
     The same indexed lookup costs ~15 µs on a plain connection and ~250 µs through an ORM
     session; that difference is most of a manifest GET's CPU. Reads see every committed write
-    (WAL). Only for a SQLite file; other databases go through sessions.
+    (WAL). For a SQLite file; PostgreSQL has :class:`PgPointReader`.
     """
+
+    #: A local file read: fast enough for the event loop itself.
+    in_thread = False
 
     def __init__(self, path: str) -> None:
         self._uri = "file:" + urllib.parse.quote(path) + "?mode=ro"
@@ -381,9 +384,48 @@ class PointReader:
             return None
 
 
-def point_reader(engine: Engine) -> PointReader | None:
-    """A :class:`PointReader` of ``engine``'s database, if it is a SQLite file."""
+class PgPointReader:
+    """The :class:`PointReader` of a PostgreSQL database: one plain psycopg connection per
+    thread (autocommit, read-only, statements prepared once), ~0.1 ms a lookup instead of ~1 ms
+    through a session. A network round trip: call :meth:`one` from a worker thread, never the
+    event loop (:attr:`in_thread`)."""
+
+    #: Whether :meth:`one` must run off the event loop (it waits for the network).
+    in_thread = True
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._local = threading.local()
+
+    def one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """As :meth:`PointReader.one` (``?`` placeholders); None also when the database cannot
+        be reached now (the session path then answers 503)."""
+        import psycopg
+
+        conn = getattr(self._local, "conn", None)
+        try:
+            if conn is None or conn.closed:
+                conn = self._local.conn = psycopg.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    connect_timeout=2,
+                    prepare_threshold=0,
+                    options="-c default_transaction_read_only=on -c statement_timeout=2000",
+                )
+            return conn.execute(sql.replace("?", "%s"), params).fetchone()  # type: ignore[no-any-return]
+        except psycopg.Error:
+            with contextlib.suppress(Exception):
+                conn.close()  # type: ignore[union-attr]
+            self._local.conn = None
+            return None
+
+
+def point_reader(engine: Engine) -> PointReader | PgPointReader | None:
+    """The plain reader of ``engine``'s database: a SQLite file's, or PostgreSQL's (psycopg)."""
     database = engine.url.database
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        url = engine.url.set(drivername="postgresql")
+        return PgPointReader(url.render_as_string(hide_password=False))
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return None
     return PointReader(database)

@@ -188,19 +188,24 @@ def readable_blobs(session: Session, caller: Caller, digests: Iterable[str]) -> 
     wanted = list(set(digests))
     if not wanted:
         return set()
+    # EXISTS, per blob: one readable listing is enough, and a blob many versions share (a
+    # common preview) must not cost a read of every listing.
     in_versions = (
-        select(VersionBlob.digest)
+        select(VersionBlob.version_id)
         .join(Version, Version.id == VersionBlob.version_id)
-        .where(VersionBlob.digest.in_(wanted), visible(caller))
+        .where(VersionBlob.digest == Blob.digest, visible(caller))
+        .exists()
     )
     in_commits = (
-        select(HubCommitBlob.digest)
+        select(HubCommitBlob.commit_oid)
         .join(HubCommit, HubCommit.oid == HubCommitBlob.commit_oid)
         .join(HubRepo, HubRepo.id == HubCommit.repo_id)
         .join(Namespace, Namespace.id == HubRepo.namespace_id)
-        .where(HubCommitBlob.digest.in_(wanted), hub_repo_visible(caller))
+        .where(HubCommitBlob.digest == Blob.digest, hub_repo_visible(caller))
+        .exists()
     )
-    return set(session.scalars(in_versions.union(in_commits)))
+    query = select(Blob.digest).where(Blob.digest.in_(wanted), or_(in_versions, in_commits))
+    return set(session.scalars(query))
 
 
 def uploaded_for(session: Session, namespace: str | None, digests: Iterable[str]) -> set[str]:

@@ -19,7 +19,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .blobstore import BlobStorage, open_storage
-from .db import PointReader, RegistryState, make_engine, point_reader, session_factory
+from .db import (
+    PgPointReader,
+    PointReader,
+    RegistryState,
+    make_engine,
+    point_reader,
+    session_factory,
+)
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -64,8 +71,8 @@ class Registry:
     version_refs: LRU[tuple[str, str, str], VersionRef] = field(
         default_factory=lambda: LRU(1 << 16), compare=False, repr=False
     )
-    #: Plain read-only connections for the manifest lookup (SQLite only): `read_public_manifest`.
-    reader: PointReader | None = field(default=None, compare=False, repr=False)
+    #: Plain read-only connections for the manifest lookup: `read_public_manifest`.
+    reader: PointReader | PgPointReader | None = field(default=None, compare=False, repr=False)
     #: The browse page's filters per (generation, private namespaces readable): see `facets`.
     facet_cache: dict[tuple[int, tuple[str, ...]], Facets] = field(
         default_factory=dict, compare=False, repr=False
