@@ -220,20 +220,8 @@ def _phase(
     fresh: bool,
     tmp: Path,
 ) -> dict[str, float]:
-    _wrk(url, warm, seconds=1, connections=connections, fresh=fresh, tmp=tmp)
-    cpu = _cpu_seconds(proc.pid)
-    r = _wrk(url, paths, seconds=seconds, connections=connections, fresh=fresh, tmp=tmp)
-    cpu = _cpu_seconds(proc.pid) - cpu
-    n = max(r["requests"], 1)
-    if fresh and n > len(paths):
-        raise RuntimeError("each-new phase ran out of unseen versions: lower --seconds")
-    return {
-        "rps": n / (r["duration_us"] / 1e6),
-        "p50": r["p50_us"] / 1000,
-        "p99": r["p99_us"] / 1000,
-        "errors": r["errors"],
-        "cpu_ms": cpu * 1000 / n,
-    }
+    a = argparse.Namespace(seconds=seconds, connections=connections)
+    return _phase_multi([proc], url, paths, warm, a, fresh=fresh, tmp=tmp)
 
 
 def _seed(data: Path, concepts: int) -> None:
