@@ -249,12 +249,27 @@ def _walk_by_score(
     limit: int,
 ) -> list[_Key]:
     """The walk plan: the page assembled from groups of rows that share one score."""
-    if session.get_bind().dialect.name == "postgresql":
-        # The walk reads an index in page order and stops when the page is full. PostgreSQL's
-        # planner underestimates how many rows LIKE '%word%' matches (by 10-20x for common
-        # words) and would rather gather every match through bitmaps and sort them: 12x slower
-        # at 200,000 concepts, and growing with the registry. Told so for this transaction.
-        session.execute(text("SET LOCAL enable_bitmapscan = off"))
+    if session.get_bind().dialect.name != "postgresql":
+        return _walk_groups(session, terms, where, after, limit)
+    # The walk reads an index in page order and stops when the page is full. PostgreSQL's
+    # planner underestimates how many rows LIKE '%word%' matches (by 10-20x for common words)
+    # and would rather gather every match through bitmaps and sort them: 12x slower at 200,000
+    # concepts, and growing with the registry. Told so for the walk's queries only (the gather
+    # probes need those bitmaps).
+    session.execute(text("SET LOCAL enable_bitmapscan = off"))
+    try:
+        return _walk_groups(session, terms, where, after, limit)
+    finally:
+        session.execute(text("RESET enable_bitmapscan"))
+
+
+def _walk_groups(
+    session: Session,
+    terms: list[str],
+    where: list[ColumnElement[bool]],
+    after: _After | None,
+    limit: int,
+) -> list[_Key]:
     counts = Counter(terms)
     named = Version.name.in_(list(counts))
     # Rows named like a term: at most one per namespace and term, so few; read and sorted whole.
