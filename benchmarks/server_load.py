@@ -29,15 +29,16 @@ than a Python client would, so the server, not the client, is what is measured.
    word, interleaved, ``--search-runs`` times each over HTTP; p50 / p99 per kind, and the server
    CPU per search.
 
-Scale-out mode (``--database``): the same registry in two deployments, SQLite + a blob folder
-and PostgreSQL (``--database``, bulk-loaded when empty) + an S3 store (``--blobs``; ``moto``
-starts moto's S3 server here), each with 1 .. ``--replicas`` server processes (several behind
-nginx, as ``deploy/nginx.conf``). Round by round, interleaved, each deployment runs three wrk
-phases: manifest GETs of versions never read ("each new"), installs (a manifest and a blob
-each, hot), and searches (every kind, mixed); the bare ASGI app is measured in every round as
-the baseline. Printed per deployment and phase: requests/s, p50, p99, errors, the servers' CPU
-per request (every replica's, summed), and ratios to the bare app and to SQLite with one
-replica; then single-client search p50/p99 per kind on each deployment with one replica.
+Scale-out mode (``--database``): the same registry in two deployments, SQLite + a blob folder and
+PostgreSQL (``--database``, bulk-loaded when empty) + an S3 store (``--blobs``; ``moto`` starts
+moto's S3 server here; blob GETs redirected to it unless ``--no-redirect``), each with 1 ..
+``--replicas`` server processes (several behind nginx, as ``deploy/nginx.conf``). Round by round,
+interleaved, each deployment runs three wrk phases: manifest GETs of versions never read ("each
+new"), installs (a manifest and a blob each, hot), and searches (every kind, mixed); the bare ASGI
+app is measured in every round as the baseline. Printed per deployment and phase: requests/s, p50,
+p99, errors, the servers' CPU per request (every replica's, summed), and ratios to the bare app
+and to SQLite with one replica; then single-client search p50/p99 per kind on each deployment with
+one replica.
 """
 
 from __future__ import annotations
@@ -482,7 +483,13 @@ def _scale(a: argparse.Namespace, tmp: Path) -> None:
     manifest, _ = _template(tmp)
     blob = manifest.mask.blob
     sqlite = Settings(data=a.data or tmp / "sqlite")
-    scaled = Settings(data=tmp / "scaled", database_url=a.database, blobs=a.blobs_url)
+    # Deployed as docs/server.md recommends: blob downloads redirected to the store.
+    scaled = Settings(
+        data=tmp / "scaled",
+        database_url=a.database,
+        blobs=a.blobs_url,
+        blob_redirect=not a.no_redirect,
+    )
     for settings in (sqlite, scaled):
         _seed_deployment(settings, a.concepts, tmp)
     deployments = [
@@ -664,6 +671,11 @@ def main() -> None:
         "--blobs", default="moto", help="scale-out mode: s3://BUCKET/PREFIX, or moto (default)"
     )
     ap.add_argument("--replicas", type=int, default=1, help="scale-out mode: 1 .. N replicas")
+    ap.add_argument(
+        "--no-redirect",
+        action="store_true",
+        help="scale-out mode: serve blobs through the replicas, not by redirect to the store",
+    )
     a = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("server_load.py needs wrk, the load generator: apt-get install wrk")

@@ -8,15 +8,15 @@ is a fraction of that. This middleware answers exactly those requests, with the 
 the route would send, and hands every other request to the app untouched: a token, a private or
 missing version, an invalid name, another method or path. :func:`routes.get_manifest` stays the
 API's one definition of the route (and what the OpenAPI document shows) and answers all of those;
-a test checks that both give the same response. On PostgreSQL the lookup runs in a worker
-thread, on a plain psycopg connection (:class:`~registry_server.core.db.PgPointReader`).
+a test checks that both give the same response. On PostgreSQL the lookup is awaited on the
+event loop, on a few plain asyncio psycopg connections
+(:meth:`~registry_server.core.db.PgPointReader.one_async`).
 """
 
 from __future__ import annotations
 
 import re
 
-from anyio.to_thread import run_sync
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conesreg.artifact import constants
@@ -59,8 +59,8 @@ def manifest_fast_path(app: ASGIApp, *, registry: Registry) -> ASGIApp:
                 hit = queries.cached_manifest(registry, namespace, name, version)
                 if hit is None and registry.reader is not None:
                     args = (registry, namespace, name, version)
-                    if registry.reader.in_thread:  # a database server: off the event loop
-                        hit = await run_sync(queries.read_public_manifest, *args)
+                    if registry.reader.in_thread:  # a database server: awaited, never blocking
+                        hit = await queries.read_public_manifest_async(*args)
                     else:
                         hit = queries.read_public_manifest(*args)
                 if hit is not None:

@@ -37,6 +37,7 @@ from .db import (
     HubRepo,
     ManifestData,
     Namespace,
+    PgPointReader,
     RegistryState,
     Version,
     VersionBlob,
@@ -315,19 +316,42 @@ def read_public_manifest(
     connection (no ORM, no worker thread: ~20 µs on SQLite), and remembered for
     :func:`cached_manifest`. None means "ask :func:`find_version_ref`": no such connection,
     invalid names, a private or missing version (whose precise error that function gives)."""
-    if reg.reader is None:
+    key = _public_manifest_key(reg, namespace, name, version)
+    if key is None or reg.reader is None:
         return None
+    return _remember_public(reg, key, reg.reader.one(_PUBLIC_MANIFEST_SQL, key))
+
+
+async def read_public_manifest_async(
+    reg: Registry, namespace: str, name: str, version: str
+) -> tuple[str, bytes] | None:
+    """:func:`read_public_manifest` on the event loop, for a reader that waits on the network
+    (PostgreSQL's: :meth:`~registry_server.core.db.PgPointReader.one_async`)."""
+    key = _public_manifest_key(reg, namespace, name, version)
+    if key is None or not isinstance(reg.reader, PgPointReader):
+        return None
+    return _remember_public(reg, key, await reg.reader.one_async(_PUBLIC_MANIFEST_SQL, key))
+
+
+def _public_manifest_key(
+    reg: Registry, namespace: str, name: str, version: str
+) -> tuple[str, str, str] | None:
     try:
         check_names(namespace, name)
-        wanted = canonical_version(version)
+        return namespace, name, canonical_version(version)
     except Invalid:
         return None
-    row = reg.reader.one(_PUBLIC_MANIFEST_SQL, (namespace, name, wanted))
+
+
+def _remember_public(
+    reg: Registry, key: tuple[str, str, str], row: tuple[Any, ...] | None
+) -> tuple[str, bytes] | None:
     if row is None or row[1]:
         return None
     digest, _, data = row
+    data = bytes(data)
     _MANIFEST_BYTES.put(digest, data)
-    reg.version_refs.put((namespace, name, version), VersionRef(digest=digest, private=False))
+    reg.version_refs.put(key, VersionRef(digest=digest, private=False))
     return digest, data
 
 
