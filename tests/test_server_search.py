@@ -12,7 +12,7 @@ import pytest
 from conesreg.artifact import BaseModelRef, ConceptMetadata, IndexEntry, Manifest, match_score
 from conesreg.testing import publish_table
 from registry_server.core.registry import Registry
-from registry_server.testing import Server, running_server
+from registry_server.testing import Postgres, Server, running_server
 
 OTHER_BASE = "sha256:" + "cd" * 32
 CONCEPTS = [
@@ -369,3 +369,32 @@ def test_the_bulk_loader_makes_a_registry_that_serves_and_takes_new_publishes(
             c, make_draft(tmp_path / "new", name="fresh"), version="1.0.0", token=server.token
         )
         assert r.status_code == 201, r.text
+
+
+def test_postgresql_probes_a_term_by_its_rare_part_and_finds_the_same_rows(
+    tmp_path: Path, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A term whose first letters every concept shares (``concept-2042``) is probed by its rare
+    tail, which selects a superset; the page is the one every other plan gives."""
+    from conesreg.testing import make_manifest
+    from registry_server import Settings
+    from registry_server.core import search as search_module
+    from registry_server.core.auth import ANONYMOUS
+    from registry_server.core.registry import open_registry
+    from registry_server.testing import seed_search
+
+    reg = open_registry(Settings(data=tmp_path, database_url=postgres.create_database()))
+    seed_search(reg, 3000, template=make_manifest().model_dump(mode="json"))
+    monkeypatch.setattr(search_module, "PG_PROBE_ESTIMATE_MAX", 200)
+    with reg.sessions() as session:
+        part = search_module._pg_rare_part(session, "concept-2042")
+        assert part in "concept-2042" and len(part) < len("concept-2042")
+        assert not part.startswith("conc")
+        rows, _ = search_module.search(session, ANONYMOUS, query="concept-2042", limit=500)
+        session.rollback()
+        monkeypatch.setattr(search_module, "GATHER_MAX", 0)  # the walk, as a reference
+        walked, _ = search_module.search(session, ANONYMOUS, query="concept-2042", limit=500)
+    names = [r.name for r in rows]
+    assert names == [r.name for r in walked]
+    assert names[0] == "concept-2042" and set(names) == {"concept-2042"}
+    reg.engine.dispose()
