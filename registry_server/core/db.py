@@ -360,8 +360,9 @@ def make_engine(url: str, *, check_schema: bool = True) -> Engine:
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):
         # No parallel workers: each request's queries are small and stop early (LIMIT), and
-        # starting workers costs 10-15 ms (a search at 1,000,000 concepts took 24 ms with them,
-        # 6 without); the server's concurrency comes from its requests, not from one query.
+        # starting workers cost more than such a query (EXPLAIN ANALYZE of a search's walk at
+        # 1,000,000 concepts: 24 ms with two); the server's concurrency comes from its
+        # requests, not from one query.
         connect_args["options"] = "-c max_parallel_workers_per_gather=0"
         # psycopg prepares a statement on its 5th run; PostgreSQL may then plan it once for
         # any parameters, and a plan for an unknown LIKE pattern cannot use the trigram index
