@@ -108,7 +108,8 @@ def _quiet_collector() -> None:
     Everything made at startup (modules, routes, the ORM's mappers: hundreds of thousands of
     objects) lives as long as the process, yet every full collection walked it again: pauses of
     30-60 ms that made a search's p99 3-5x its median. Frozen, they are skipped; and the youngest
-    generation is collected less often, since requests make many short-lived objects.
+    generation is collected less often, since requests make many short-lived objects. Settings
+    of the whole process: the server's app is meant to own its process.
     """
     import gc
 
