@@ -184,6 +184,12 @@ def _start(
     raise RuntimeError(f"{args} did not start")
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
 def _wrk(
     url: str, paths: list[str], *, seconds: float, connections: int, fresh: bool, tmp: Path
 ) -> dict[str, Any]:
@@ -236,9 +242,26 @@ def _seed(data: Path, concepts: int) -> None:
     print(f"seeded {concepts:,} concepts in {time.perf_counter() - t:.0f} s")
 
 
+def _manifest_paths(concepts: int, *, seed: int) -> list[str]:
+    """The manifest GET of every seeded concept, in a random order."""
+    order = random.Random(seed).sample(range(concepts), concepts)
+    return [f"/v1/concepts/ns{i % 1000}/concept-{i}/versions/1.0.0/manifest" for i in order]
+
+
+def _search_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``GET /v1/search`` query parameters for one of ``SEARCH_QUERIES``."""
+    query = {
+        "q": params.get("query"),
+        "tag": params.get("tags"),
+        "base_model": params.get("base_model_hash"),
+        "class_word": params.get("class_word"),
+        "limit": params.get("limit"),
+    }
+    return {k: v for k, v in query.items() if v}
+
+
 def _load(a: argparse.Namespace, procs: dict[str, Any], size: int, tmp: Path) -> None:
-    order = random.Random(0).sample(range(a.concepts), a.concepts)
-    every = [f"/v1/concepts/ns{i % 1000}/concept-{i}/versions/1.0.0/manifest" for i in order]
+    every = _manifest_paths(a.concepts, seed=0)
     hot, unseen = every[:2000], iter(every[2000:])
     # Enough unseen versions for a phase at 20,000 requests/s, and its warm-up.
     per_phase = int(20_000 * (a.seconds + 1))
@@ -311,16 +334,7 @@ def _load(a: argparse.Namespace, procs: dict[str, Any], size: int, tmp: Path) ->
 def _search(a: argparse.Namespace, procs: dict[str, Any]) -> None:
     proc, url = procs["registry"]
     _, static_url = procs["static"]
-    queries: dict[str, dict[str, Any]] = {}
-    for label, params in SEARCH_QUERIES.items():
-        query = {
-            "q": params.get("query"),
-            "tag": params.get("tags"),
-            "base_model": params.get("base_model_hash"),
-            "class_word": params.get("class_word"),
-            "limit": params.get("limit"),
-        }
-        queries[label] = {k: v for k, v in query.items() if v}
+    queries = {label: _search_params(params) for label, params in SEARCH_QUERIES.items()}
     with httpx.Client(base_url=url, timeout=60) as c, httpx.Client(base_url=static_url) as bc:
         cursor = c.get("/v1/search", params={"q": "dog"}).json()["next_cursor"]
         queries["one common word, page 2"] = {"q": "dog", "cursor": cursor}
@@ -412,71 +426,36 @@ def _seed_deployment(settings: Settings, concepts: int, tmp: Path) -> None:
         reg.engine.dispose()
 
 
-def _start_deployment(d: Deployment, tmp: Path) -> None:
-    from registry_server.testing import nginx_config
+def _start_deployment(d: Deployment, stack: contextlib.ExitStack) -> None:
+    """Start ``d``'s replicas (and nginx in front of several); ``stack`` stops them."""
+    from registry_server.testing import running_balancer
 
     env = {**d.env, **d.settings.to_env()}
     for _ in range(d.replicas):
-        proc, url = _start(["-m", "registry_server", "--data", str(d.settings.data)], env=env)
+        proc, d.url = _start(["-m", "registry_server", "--data", str(d.settings.data)], env=env)
+        stack.callback(_stop, proc)
         d.procs.append(proc)
-        d.url = url
     if d.replicas > 1:
-        folder = tmp / f"nginx-{d.label.replace(' ', '-')}"
-        folder.mkdir()
-        port = free_port()
         # _start passes each replica its port last.
         upstreams = [f"127.0.0.1:{p.args[-1]}" for p in d.procs]  # type: ignore[index]
-        conf = folder / "nginx.conf"
-        conf.write_text(
-            nginx_config(listen=f"127.0.0.1:{port}", upstreams=upstreams, folder=folder)
-        )
-        nginx = subprocess.Popen(
-            [_nginx(), "-c", str(conf), "-p", str(folder)], stderr=subprocess.DEVNULL
-        )
-        d.procs.append(nginx)
-        d.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(d.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
-
-
-def _nginx() -> str:
-    from registry_server.testing import nginx_bin
-
-    found = nginx_bin()
-    if found is None:
-        sys.exit("--replicas > 1 needs nginx in front: apt-get install nginx-light")
-    return found
+        try:
+            d.url = stack.enter_context(running_balancer(upstreams)).url
+        except FileNotFoundError as e:
+            sys.exit(f"--replicas > 1 needs nginx in front: {e}")
 
 
 def _servers_cpu(d: Deployment) -> float:
-    """CPU seconds of the deployment's server processes (not nginx's)."""
-    return sum(_cpu_seconds(p.pid) for p in d.procs[: d.replicas])
-
-
-def _scale_phases(concepts: int) -> dict[str, Any]:
-    order = random.Random(1).sample(range(concepts), concepts)
-    manifests = [f"/v1/concepts/ns{i % 1000}/concept-{i}/versions/1.0.0/manifest" for i in order]
-    return {"manifests": manifests}
+    """CPU seconds of the deployment's server processes."""
+    return sum(_cpu_seconds(p.pid) for p in d.procs)
 
 
 def _search_paths() -> list[str]:
     from urllib.parse import urlencode
 
-    paths = []
-    for params in SEARCH_QUERIES.values():
-        query = {
-            "q": params.get("query"),
-            "tag": params.get("tags"),
-            "base_model": params.get("base_model_hash"),
-            "class_word": params.get("class_word"),
-            "limit": params.get("limit"),
-        }
-        paths.append("/v1/search?" + urlencode({k: v for k, v in query.items() if v}, doseq=True))
-    return paths
+    return [
+        "/v1/search?" + urlencode(_search_params(params), doseq=True)
+        for params in SEARCH_QUERIES.values()
+    ]
 
 
 def _scale(a: argparse.Namespace, tmp: Path) -> None:
@@ -500,7 +479,7 @@ def _scale(a: argparse.Namespace, tmp: Path) -> None:
         )
         for r in range(1, a.replicas + 1)
     ]
-    every = _scale_phases(a.concepts)["manifests"]
+    every = _manifest_paths(a.concepts, seed=1)
     per_phase = int(8_000 * (a.seconds + 1))
     needed = per_phase * a.rounds * len(deployments)
     if needed > len(every):
@@ -509,14 +488,14 @@ def _scale(a: argparse.Namespace, tmp: Path) -> None:
     hot = every[-2000:]
     installs = [p for m in hot for p in (m, f"/v1/blobs/{blob}")]
     searches = _search_paths()
-    bare_proc, bare_url = None, ""
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
-    try:
+    with contextlib.ExitStack() as stack:
         script = tmp / "bare.py"
         script.write_text(BARE_APP.replace("{route}", MANIFEST_ROUTE))
         bare_proc, bare_url = _start([str(script), str(len(manifest.canonical_json()))])
+        stack.callback(_stop, bare_proc)
         for d in deployments:
-            _start_deployment(d, tmp)
+            _start_deployment(d, stack)
         print(
             f"\nscale-out: {a.concepts:,} concepts; wrk {WRK_THREADS} threads, {a.connections} "
             f"connections, {a.seconds:.0f} s a phase, {a.rounds} rounds interleaved; servers with "
@@ -538,25 +517,14 @@ def _scale(a: argparse.Namespace, tmp: Path) -> None:
                     "search": (searches, searches, False),
                 }
                 for phase, (p_list, w_list, fresh) in phases.items():
-                    r = _phase_multi(
-                        d.procs[: d.replicas], d.url, p_list, w_list, a, fresh=fresh, tmp=tmp
-                    )
+                    r = _phase_multi(d.procs, d.url, p_list, w_list, a, fresh=fresh, tmp=tmp)
                     results.setdefault((d.label, phase), []).append(r)
-    finally:
-        for d in deployments:
-            for proc in d.procs:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(10)
-        if bare_proc is not None:
-            bare_proc.terminate()
     _print_scale(results, deployments)
-    with contextlib.ExitStack() as stack:
-        for d in deployments:
-            if d.replicas == 1:
-                d.procs = []
-                _start_deployment(d, tmp)
-                stack.callback(lambda d=d: [p.terminate() for p in d.procs])
+    for d in deployments:
+        if d.replicas == 1:
+            d.procs = []
+            with contextlib.ExitStack() as stack:
+                _start_deployment(d, stack)
                 _scale_search(a, d)
 
 
@@ -727,9 +695,7 @@ def main() -> None:
             _search(a, procs)
         finally:
             for proc, _ in procs.values():
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(10)
+                _stop(proc)
 
 
 if __name__ == "__main__":
