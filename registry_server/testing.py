@@ -402,7 +402,6 @@ def nginx_config(*, listen: str, upstreams: list[str], folder: Path) -> str:
     """The configuration :func:`running_balancer` runs (``deploy/nginx.conf`` is the same for a
     deployment, with its own addresses)."""
     servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=2s;" for u in upstreams)
-    temp = " ".join(str(folder / t) for t in ("client", "proxy"))
     user = "user root;" if os.geteuid() == 0 else ""
     return f"""
 {user}
@@ -413,8 +412,8 @@ error_log {folder}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    client_body_temp_path {temp.split()[0]};
-    proxy_temp_path {temp.split()[1]};
+    client_body_temp_path {folder / "client"};
+    proxy_temp_path {folder / "proxy"};
     client_max_body_size 0;
     upstream registry {{
 {servers}

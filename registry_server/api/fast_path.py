@@ -59,7 +59,7 @@ def manifest_fast_path(app: ASGIApp, *, registry: Registry) -> ASGIApp:
                 hit = queries.cached_manifest(registry, namespace, name, version)
                 if hit is None and registry.reader is not None:
                     args = (registry, namespace, name, version)
-                    if registry.reader.in_thread:  # a database server: awaited, never blocking
+                    if registry.reader.over_network:  # a database server: awaited, never blocking
                         hit = await queries.read_public_manifest_async(*args)
                     else:
                         hit = queries.read_public_manifest(*args)

@@ -11,6 +11,7 @@ The database, not the store, says which blobs are published (see :mod:`registry_
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import os
@@ -18,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, Self
 
 from conesreg.artifact import DIGEST_RE
 
@@ -112,9 +113,9 @@ class BlobStorage(Protocol):
         ...
 
 
-class HashedUpload:
-    """What every store's upload shares: the bytes hashed as they arrive, and the check at
-    commit that they are the blob they were uploaded as."""
+class HashedUpload(abc.ABC):
+    """What every store's upload shares: the bytes hashed as they arrive, the check at commit
+    that they are the blob they were uploaded as, and aborting when left uncommitted."""
 
     def __init__(self, digest: str | None) -> None:
         self._expected = digest
@@ -141,8 +142,15 @@ class HashedUpload:
             raise DigestMismatchError(self._expected, actual, self.received)
         return actual
 
+    @abc.abstractmethod
     def abort(self) -> None:
-        raise NotImplementedError
+        """Drop everything received; a no-op once committed or aborted."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
 
 
 class _FileUpload(HashedUpload):
@@ -182,12 +190,6 @@ class _FileUpload(HashedUpload):
             with contextlib.suppress(OSError):
                 self._file.close()
             self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> _FileUpload:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.abort()
 
 
 def _fsync_dir(folder: Path) -> None:

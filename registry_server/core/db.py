@@ -396,8 +396,8 @@ class PointReader:
     (WAL). For a SQLite file; PostgreSQL has :class:`PgPointReader`.
     """
 
-    #: A local file read: fast enough for the event loop itself.
-    in_thread = False
+    #: A local file read: fast enough for the event loop to call :meth:`one` itself.
+    over_network = False
 
     def __init__(self, path: str) -> None:
         self._uri = "file:" + urllib.parse.quote(path) + "?mode=ro"
@@ -421,8 +421,8 @@ class PgPointReader:
     :meth:`one` blocks (one connection per thread); :meth:`one_async` is for the event loop (a
     few asyncio connections shared by its requests, no thread hop)."""
 
-    #: Whether the event loop must use :meth:`one_async` (a network round trip), not :meth:`one`.
-    in_thread = True
+    #: A network round trip: the event loop awaits :meth:`one_async`, never calls :meth:`one`.
+    over_network = True
     #: asyncio connections per process: lookups in flight at once.
     ASYNC_CONNECTIONS = 4
     _OPTIONS = (

@@ -261,12 +261,6 @@ class _S3Upload(HashedUpload):
             elif self._staged:
                 s3.delete_object(Bucket=bucket, Key=self._key)
 
-    def __enter__(self) -> _S3Upload:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.abort()
-
 
 class _S3File(io.RawIOBase):
     """A seekable read-only view of one object: one streaming ranged GET per position."""

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -309,16 +310,23 @@ def _walk_by_score(
     limit: int,
 ) -> list[_Key]:
     """The walk plan: the page assembled from groups of rows that share one score."""
-    if session.get_bind().dialect.name != "postgresql":
+    with _walking(session):
         return _walk_groups(session, terms, where, after, limit)
-    # The walk reads an index in page order and stops when the page is full. PostgreSQL's
-    # planner underestimates how many rows LIKE '%word%' matches (by 10-20x for common words)
-    # and would rather gather every match through bitmaps and sort them: 12x slower at 200,000
-    # concepts, and growing with the registry. Told so for the walk's queries only (the gather
-    # probes need those bitmaps).
+
+
+@contextlib.contextmanager
+def _walking(session: Session) -> Iterator[None]:
+    """Tell PostgreSQL to walk for the block. The walk reads an index in page order and stops
+    when the page is full; PostgreSQL's planner underestimates how many rows LIKE '%word%'
+    matches (by 10-20x for common words) and would rather gather every match through bitmaps
+    and sort them: 12x slower at 200,000 concepts, and growing with the registry. Only for the
+    walk's queries: the gather probes need those bitmaps."""
+    if session.get_bind().dialect.name != "postgresql":
+        yield
+        return
     session.execute(text("SET LOCAL enable_bitmapscan = off"))
     try:
-        return _walk_groups(session, terms, where, after, limit)
+        yield
     finally:
         session.execute(text("RESET enable_bitmapscan"))
 
