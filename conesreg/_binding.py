@@ -3,7 +3,11 @@
 A token-bound concept switches its neurons off only in the cross-attention keys and values of
 its class word's tokens, and takes the switched-off weights' share on the word's state in its
 own class prompt (its *anchor*), so that the share is the same wherever the word stands in a
-prompt. Other words, the end-of-text and padding tokens and other prompts see the original
+prompt; the share is subtracted ``strength`` times (1.5 by default: in prompts of several
+subjects each word gets less of its pixels' attention, and the look fades at 1). When a prompt
+binds several words, each pixel takes the share of the one word it attends to most and sees
+the other words as the base model does, so that one subject's look does not leak into its
+neighbours. Other words, the end-of-text and padding tokens and other prompts see the original
 weights: concepts of different words compose without touching each other, and a concept leaves
 the other classes alone. docs/design.md ("Token-bound concepts") has the method and the
 figures. The finder searches the same way (:mod:`conesreg._find`).
@@ -61,12 +65,14 @@ class BoundMask:
     ``anchor`` is the prompt whose text-encoder state at ``word`` the switched-off weights'
     share is taken on (the concept's class prompt); ``None`` takes it on the state the word
     has in the prompt being drawn (measured against the anchor in docs/design.md).
+    ``strength`` is how many times the share is subtracted (1: the neurons switched off).
     """
 
     key: str
     word: str
     indices: dict[str, np.ndarray]
     anchor: str | None = None
+    strength: float = 1.0
 
 
 @dataclass
@@ -78,11 +84,26 @@ class _Record:
 
 @dataclass
 class _Plan:
-    """Where the masks act in one batch of encoder hidden states."""
+    """Where the masks act in one batch of encoder hidden states.
 
-    groups: list[tuple[Any, Any, Any, tuple[int, ...]]]  # (rows, cols, word offsets, masks)
+    A *cell* is one token of one row that some masks bind; cells whose tokens the same masks
+    bind form a *group* (one concept's word, or the union of concepts of one word).
+    """
+
+    rows: Any  # (n,) the cells' rows
+    cols: Any  # (n,) their token positions
+    offsets: Any  # (n,) each token's offset within its word
+    gid: Any  # (n,) each cell's group
+    groups: list[tuple[tuple[int, ...], slice]]  # per group: its masks, its cells
     state: int  # which text-encoder state the rows are (0: last, 1: the one before)
-    # (layer, "to_k" or "to_v") -> (the weight's version stamp, [(rows, cols, share)])
+    routed: bool  # some row binds two groups or more: each pixel then takes one group's share
+    # Routing works on the bound columns only (m: every row's bound tokens, the union):
+    ucols: Any = None  # (m,) the bound token positions
+    pos: Any = None  # (n,) each cell's place among ucols
+    owners: Any = None  # (B, m) the group bound at each row's column, -1 where none
+    weaker: Any = None  # (B, m) 1 - 1/strength of that group, 0 where none
+    one_hot: Any = None  # (B, m, G) owners, one-hot
+    # (layer, "to_k" or "to_v") -> (the weight's version stamp, (n, out) share per cell)
     shares: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
@@ -213,18 +234,29 @@ class Binder:
                 ConesregWarning,
                 stacklevel=2,
             )
+        flat = [(cell, g) for g, cs in enumerate(cells.values()) for cell in cs]
+        spans, at = [], 0
+        for group, cs in cells.items():
+            spans.append((group, slice(at, at + len(cs))))
+            at += len(cs)
+        groups_of_row: dict[int, set[int]] = {}
+        for (b, _, _), g in flat:
+            groups_of_row.setdefault(b, set()).add(g)
+
+        def column(values: list[int]) -> Any:
+            return torch.tensor(values, dtype=torch.long, device=ehs.device)
+
         plan = _Plan(
-            [
-                (
-                    torch.tensor([c[0] for c in cs], device=ehs.device),
-                    torch.tensor([c[1] for c in cs], device=ehs.device),
-                    torch.tensor([c[2] for c in cs], device=ehs.device),
-                    group,
-                )
-                for group, cs in cells.items()
-            ],
-            kind,
+            rows=column([c[0] for c, _ in flat]),
+            cols=column([c[1] for c, _ in flat]),
+            offsets=column([c[2] for c, _ in flat]),
+            gid=column([g for _, g in flat]),
+            groups=spans,
+            state=kind,
+            routed=any(len(gs) > 1 for gs in groups_of_row.values()),
         )
+        if plan.routed:
+            self._dense_plan(plan, ehs.shape[0])
         self._plans = [(r, p) for r, p in self._plans[-3:] if r() is not None]
         self._plans.append((weakref.ref(ehs), plan))
         return plan
@@ -273,45 +305,149 @@ class Binder:
             self._anchors[key] = None if anchor is None else anchor.to(like.device, like.dtype)
         return self._anchors[key]
 
-    def bind(self, layer: str, raw: Any, context: Any, key: Any, value: Any, attn: Any) -> None:
+    def bind(self, layer: str, raw: Any, context: Any, key: Any, value: Any, attn: Any) -> _Plan:
         """Subtract the switched-off weights' share from ``key`` and ``value``, in place.
 
         ``raw`` is the encoder hidden states as the UNet got them (recognised by content),
         ``context`` what the projections saw (after the layer's own normalisation, if any).
         The shares depend only on those and the weights, so they are computed once per
         prompt and layer and reused at every step (recomputed if a weight changes).
+
+        Returns:
+            The plan, with this layer's shares, for :meth:`attend`.
         """
         plan = self.plan(raw)
         for proj, out, kind in ((attn.to_k, key, "to_k"), (attn.to_v, value, "to_v")):
-            w = proj.weight
-            stamp = (w._version, w.data_ptr())
-            cached = plan.shares.get((layer, kind))
-            if cached is None or cached[0] != stamp:
-                cached = (stamp, self._shares(plan, layer, kind, w, context, attn))
-                plan.shares[(layer, kind)] = cached
-            for rows, cols, share in cached[1]:
-                out.index_put_((rows, cols), -share.to(out.dtype), accumulate=True)
+            share = self._share(plan, layer, kind, proj.weight, context, attn)
+            if share is not None:
+                out.index_put_((plan.rows, plan.cols), -share.to(out.dtype), accumulate=True)
+        return plan
+
+    def _share(
+        self, plan: _Plan, layer: str, kind: str, w: Any, context: Any, attn: Any
+    ) -> Any | None:
+        """Each cell's share of layer ``kind``'s switched-off weights, times its strength
+        ((n, out); ``None`` when no mask holds a neuron there), cached per weight version."""
+        stamp = (w._version, w.data_ptr())
+        cached = plan.shares.get((layer, kind))
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, self._shares(plan, layer, kind, w, context, attn))
+            plan.shares[(layer, kind)] = cached
+        return cached[1]
 
     def _shares(
         self, plan: _Plan, layer: str, kind: str, w: Any, context: Any, attn: Any
-    ) -> list[tuple[Any, Any, Any]]:
-        out = []
-        for rows, cols, offsets, group in plan.groups:
+    ) -> Any | None:
+        out = context.new_zeros(len(plan.rows), w.shape[0])
+        found = False
+        for group, cells in plan.groups:
             idx = self._union(group, f"{layer}.{kind}.weight", context.device)
             if not len(idx):
                 continue
-            h = context[rows, cols]
+            found = True
+            h = context[plan.rows[cells], plan.cols[cells]]
+            part = out[cells]  # a view: the group's cells
             mask = self.masks[group[0]]
             if len(group) == 1 and mask.anchor is not None and attn.norm_cross is None:
                 anchor = self._anchor(group[0], plan.state, h)
                 if anchor is not None:
-                    h = anchor[offsets.clamp(min=0).to(anchor.device)]
+                    h = anchor[plan.offsets[cells].clamp(min=0).to(anchor.device)]
             rows_w, cols_w = idx // w.shape[1], idx % w.shape[1]
             # (tokens, k): each switched-off scalar's term W[i, j] * h[j], summed per row i
             terms = h[:, cols_w] * w.detach().view(-1)[idx].to(h.dtype)
-            share = h.new_zeros(len(h), w.shape[0]).index_add_(1, rows_w, terms)
-            out.append((rows, cols, share))
-        return out
+            part.index_add_(1, rows_w, terms).mul_(self._strength(group))
+        return out if found else None
+
+    def _strength(self, group: tuple[int, ...]) -> float:
+        # Concepts of one word share its tokens: the strongest one's strength holds there.
+        return max(self.masks[i].strength for i in group)
+
+    def _dense_plan(self, plan: _Plan, batch: int) -> None:
+        """The routing's view of the cells: per row, by bound column."""
+        import torch
+
+        device = plan.rows.device
+        plan.ucols, plan.pos = torch.unique(plan.cols, return_inverse=True)
+        plan.owners = torch.full((batch, len(plan.ucols)), -1, dtype=torch.long, device=device)
+        plan.owners[plan.rows, plan.pos] = plan.gid
+        weaker = torch.tensor(
+            [1 - 1 / self._strength(group) for group, _ in plan.groups], device=device
+        )
+        plan.weaker = torch.zeros(batch, len(plan.ucols), device=device)
+        plan.weaker[plan.rows, plan.pos] = weaker[plan.gid]
+        groups = torch.arange(len(plan.groups), device=device)
+        plan.one_hot = (plan.owners[..., None] == groups).float()
+
+    def _dense_share(self, plan: _Plan, layer: str, kind: str, heads: int, like: Any) -> Any:
+        """Layer ``kind``'s share per row and bound column, (B, heads, m, dim); cached."""
+        key = (layer, f"{kind}/dense")
+        share = plan.shares[(layer, kind)][1]  # None: no mask holds a neuron in this layer
+        cached = plan.shares.get(key)
+        if cached is None or cached[0] is not share:
+            width = like.shape[-1] * heads
+            dense = like.new_zeros(len(plan.owners), len(plan.ucols), width)
+            if share is not None:
+                dense[plan.rows, plan.pos] = share.to(like.dtype)
+            dense = dense.view(len(dense), len(plan.ucols), heads, -1).transpose(1, 2)
+            cached = (share, dense)
+            plan.shares[key] = cached
+        return cached[1]
+
+    def attend(
+        self, plan: _Plan, layer: str, query: Any, key: Any, value: Any, mask: Any, scale: float
+    ) -> Any:
+        """Attention in which each pixel takes the share of one bound word only.
+
+        ``key`` and ``value`` (batch, heads, tokens, dim) hold every group's share (from
+        :meth:`bind`). Each pixel is routed to the group whose word it attends to most, with
+        the shares in place at strength 1 (summed over the word's tokens, averaged over
+        heads); at the other groups' words it sees the original keys and values. Without this,
+        a pixel drawn for one subject also reads its neighbours' looks at their words, and in
+        prompts of three and four subjects the looks blend (docs/design.md, "Routing").
+
+        Only the bound columns differ between pixels, so the attention is taken in two parts
+        and merged by their log-sum-exps: the other columns, the same for every pixel, and
+        the bound columns, per pixel.
+
+        Returns:
+            (batch, heads, pixels, dim), as scaled dot-product attention returns it.
+        """
+        u = plan.ucols
+        query = query * scale  # scaled once here, not on every logit
+        logits = query @ key.transpose(-1, -2)  # (B, H, N, L), every share in place
+        if mask is not None:
+            logits = logits + mask
+        lu = logits[..., u]  # (B, H, N, m): the bound columns (a copy)
+        # The columns no word binds are the same for every pixel: their attention (the bound
+        # columns' weights set to zero) and its log-sum-exp, for the merge below. One pass of
+        # exp over the logits, in place: this is most of routing's cost on a small UNet.
+        logits.index_fill_(-1, u, float("-inf"))
+        top = logits.amax(-1, keepdim=True)
+        total = logits.sub_(top).exp_().sum(-1, keepdim=True)
+        lse_r = top + total.log()  # (B, H, N, 1)
+        out = (logits @ value).div_(total)
+        # q . share_k at each bound column: adding it back gives the original key's logit.
+        dk = self._dense_share(plan, layer, "to_k", key.shape[1], query)
+        dv = self._dense_share(plan, layer, "to_v", key.shape[1], query)
+        back = query @ dk.transpose(-1, -2)  # (B, H, N, m)
+        # Routing sees each word's keys at strength 1, as the finder searched them: measured
+        # better for four subjects than routing at the strength drawn with (0.54 against 0.43,
+        # benchmarks/NOTES.md) and than routing on the original keys (0.35).
+        seen = _merged(lse_r, lu + back * plan.weaker[:, None, None].to(lu.dtype))[1].mean(1)
+        owner = (seen @ plan.one_hot.to(seen.dtype)).argmax(-1)  # (B, N); ties: first group
+        away = (owner[:, :, None] != plan.owners[:, None, :]) & (plan.owners[:, None, :] >= 0)
+        away = away[:, None].to(lu.dtype)  # (B, 1, N, m): bound columns a pixel is not routed to
+        rest_share, probs = _merged(lse_r, lu + back * away)
+        return out * rest_share + probs @ value[:, :, u] + (probs * away) @ dv
+
+
+def _merged(lse_rest: Any, logits: Any) -> tuple[Any, Any]:
+    """Softmax over the other columns (given by their log-sum-exp) and ``logits``: the other
+    columns' total share (B, H, N, 1) and each of these columns' share (B, H, N, m)."""
+    import torch
+
+    lse = torch.logaddexp(lse_rest, logits.logsumexp(-1, keepdim=True))
+    return (lse_rest - lse).exp(), (logits - lse).exp()
 
 
 def _starts(ids: list[int], pattern: Sequence[int]) -> list[int]:
@@ -323,8 +459,10 @@ class BoundAttnProcessor:
     """Cross-attention with a :class:`Binder`'s masks applied to the keys and values.
 
     Scaled-dot-product attention, as diffusers' default processor computes it, with one step
-    between projecting the keys and values and attending: the binder's subtraction. With no
-    masks bound it computes exactly what the default processor does.
+    between projecting the keys and values and attending: the binder's subtraction. When a
+    prompt binds two words or more, the attention is computed by :meth:`Binder.attend`
+    instead, which routes each pixel to one word. With no masks bound it computes exactly
+    what the default processor does.
     """
 
     def __init__(self, binder: Binder, layer: str) -> None:
@@ -362,8 +500,9 @@ class BoundAttnProcessor:
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         key, value = attn.to_k(context), attn.to_v(context)
+        plan = None
         if self.binder.masks and encoder_hidden_states is not None:
-            self.binder.bind(self.layer, raw, context, key, value, attn)
+            plan = self.binder.bind(self.layer, raw, context, key, value, attn)
         head = key.shape[-1] // attn.heads
         query, key, value = (
             x.view(batch, -1, attn.heads, head).transpose(1, 2) for x in (query, key, value)
@@ -372,9 +511,16 @@ class BoundAttnProcessor:
             query = attn.norm_q(query)
         if getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
+        if plan is not None and plan.routed and getattr(attn, "norm_k", None) is None:
+            # Several bound words in one prompt: each pixel takes one word's share (a
+            # normalised key is not linear in the share, so such layers are not routed).
+            out = self.binder.attend(
+                plan, self.layer, query, key, value, attention_mask, attn.scale
+            )
+        else:
+            out = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+            )
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if ndim == 4:

@@ -78,6 +78,8 @@ class _Applied:
     # token-bound concepts act through this (attention processors, text-encoder hooks); None
     # while none is on, so that the pipeline then runs its own processors
     binder: Binder | None = None
+    # digest -> the strength a token-bound concept was applied with (the latest apply's)
+    strengths: dict[str, float] = field(default_factory=dict)
     # digest -> (the decoded indices, them as int64 tensors on each parameter's device), most
     # recent last: a concept applied again (or a swap back) moves nothing to the device. Valid
     # while the concept's indices are that very dict: a Concept built by hand may reuse a
@@ -142,16 +144,17 @@ class ConceptHandle:
         if not self.active or unet is None:
             return
         state = _STATE[unet]
-        before = (Counter(state.holders), dict(state.concepts))
+        before = (Counter(state.holders), dict(state.concepts), dict(state.strengths))
         for c in self.concepts:
             state.holders[c.digest] -= 1
             if state.holders[c.digest] <= 0:
                 del state.holders[c.digest]
                 del state.concepts[c.digest]
+                state.strengths.pop(c.digest, None)
         try:
             _sync(unet, state)
         except BaseException:
-            state.holders, state.concepts = before
+            state.holders, state.concepts, state.strengths = before
             raise
         self.active = False
 
@@ -175,6 +178,7 @@ def apply(
     locked: bool = False,
     frozen: bool = False,
     session: Session | None = None,
+    strength: float | None = None,
 ) -> ConceptHandle:
     """Switch the neurons of ``concepts`` off in ``pipe``'s UNet, in place.
 
@@ -183,6 +187,9 @@ def apply(
         concepts: references (``"acme/dog@^1"``, installed through ``conesreg.lock``) or
             :class:`Concept` objects.
         force: apply even if a concept was made for another base model (with a warning).
+        strength: how strongly token-bound concepts act at their words (the switched-off
+            weights' share subtracted this many times; default ``TOKEN_STRENGTH``, 1.5, the
+            measured best). Global concepts are switched off, whatever it says.
         project_dir, locked, frozen: as for :func:`conesreg.install`.
         session: config, cache and sources to use.
 
@@ -195,11 +202,14 @@ def apply(
             this UNet lacks or has with another shape. Nothing is changed.
         MaskError: an index out of range. Nothing is changed.
         DeviceMemoryError: out of memory on the device. Nothing is changed.
+        ValueError: a strength that is not a positive number.
 
     Example:
         >>> handle = conesreg.apply(pipe, ["acme/dog@^1", "acme/cat@1.2"])  # doctest: +SKIP
         >>> handle.restore()  # doctest: +SKIP
     """
+    if strength is not None and not (0 < strength < float("inf")):
+        raise ValueError(f"strength must be a positive number, not {strength}")
     unet = _unet_of(pipe)
     loaded = load_concepts(
         concepts, project_dir=project_dir, locked=locked, frozen=frozen, session=session
@@ -241,14 +251,16 @@ def apply(
         from ._binding import Binder
 
         state.binder = Binder(pipe)
-    before = (Counter(state.holders), dict(state.concepts))
+    before = (Counter(state.holders), dict(state.concepts), dict(state.strengths))
     for c in unique:
         state.holders[c.digest] += 1
         state.concepts[c.digest] = c
+        if _token_bound(c) and (strength is not None or c.digest not in state.strengths):
+            state.strengths[c.digest] = constants.TOKEN_STRENGTH if strength is None else strength
     try:
         _sync(unet, state)
     except BaseException:
-        state.holders, state.concepts = before
+        state.holders, state.concepts, state.strengths = before
         _sync_bound(state)
         raise
     return ConceptHandle(unet, unique, active, overlaps if len(active) < 3 else [])
@@ -265,6 +277,7 @@ def restore(pipe: Any) -> None:
     if state is not None and state.concepts:
         state.holders.clear()
         state.concepts.clear()
+        state.strengths.clear()
         _sync(unet, state)
 
 
@@ -272,6 +285,13 @@ def active_concepts(pipe: Any) -> list[Concept]:
     """The concepts currently switched off in ``pipe``, in the order they were applied."""
     state = _STATE.get(_unet_of(pipe))
     return list(state.concepts.values()) if state else []
+
+
+def token_strength(pipe: Any, concept: Concept) -> float | None:
+    """The strength a token-bound concept acts with in ``pipe`` (``None``: a global concept,
+    or one not applied)."""
+    state = _STATE.get(_unet_of(pipe))
+    return state.strengths.get(concept.digest) if state else None
 
 
 def pristine_hash(pipe: Any, *, targets: Sequence[str] | None = None) -> str:
@@ -560,13 +580,14 @@ def _sync_bound(state: _Applied) -> None:
     masks = []
     for c in bound:
         b = c.manifest.binding
+        strength = state.strengths.get(c.digest, constants.TOKEN_STRENGTH)
         if not b.parts:
-            masks.append(BoundMask(c.digest, str(b.word), c.indices, anchor=b.anchor))
+            masks.append(BoundMask(c.digest, str(b.word), c.indices, b.anchor, strength))
             continue
         for i, part in enumerate(b.parts):  # a composite: each part at its own word
             prefix = f"{i}:"
             own = {k[len(prefix) :]: v for k, v in c.indices.items() if k.startswith(prefix)}
-            masks.append(BoundMask(f"{c.digest}:{i}", part.word, own, anchor=part.anchor))
+            masks.append(BoundMask(f"{c.digest}:{i}", part.word, own, part.anchor, strength))
     state.binder.set(masks)
 
 
@@ -621,6 +642,7 @@ def load_pipeline(
     locked: bool = False,
     frozen: bool = False,
     session: Session | None = None,
+    strength: float | None = None,
 ) -> Any:
     """Load a Stable Diffusion pipeline and switch ``concepts`` off in it.
 
@@ -631,7 +653,7 @@ def load_pipeline(
         device: ``"auto"`` (CUDA if present), ``"cuda"``, ``"cuda:1"``, ``"cpu"``...
         dtype: ``"float16"``, ``"float32"``, ``"bfloat16"`` or a torch dtype (default: float16 on
             CUDA, float32 on CPU).
-        force, project_dir, locked, frozen, session: as for :func:`apply`.
+        force, project_dir, locked, frozen, session, strength: as for :func:`apply`.
 
     Returns:
         The diffusers pipeline, on ``device``, with the concepts applied (see
@@ -663,6 +685,7 @@ def load_pipeline(
             locked=locked,
             frozen=frozen,
             session=s,
+            strength=strength,
         )
     return pipe
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import constants
-from ._compose import active_concepts, pristine_hash
+from ._compose import active_concepts, pristine_hash, token_strength
 from ._storage import atomic_write
 from ._threads import cpu_threads
 
@@ -67,7 +67,16 @@ def generate(
             callback_on_step_end=callback,
         )
     images = list(out.images)
-    concepts = [{"ref": c.label, "digest": c.digest} for c in active_concepts(pipe)]
+    concepts = []
+    for c in active_concepts(pipe):
+        strength = token_strength(pipe, c)
+        concepts.append(
+            {
+                "ref": c.label,
+                "digest": c.digest,
+                **({} if strength is None else {"strength": strength}),
+            }
+        )
     metadata = {
         "prompt": prompt,
         "negative_prompt": negative_prompt or "",

@@ -78,6 +78,13 @@ SMALL_BATCH: int = 4
 #: terminal (a pipe, a CI log).
 PROGRESS_SECONDS: float = _env_positive("CONESREG_PROGRESS_SECONDS", 5.0)
 
+#: How strongly token-bound concepts act: the switched-off weights' share is subtracted this many
+#: times at their words. Measured on the mini model (benchmarks/NOTES.md, "Strength and
+#: routing"): 1.5 holds three and four subjects together where 1.0 lets their looks fade, and
+#: keeps single subjects; 2.0 breaks some. Overridden per call (``apply(strength=...)``,
+#: ``generate --strength``).
+TOKEN_STRENGTH = 1.5
+
 #: The base model of ``generate``/``load_pipeline`` when none is given (a folder or Hub id).
 BASE_MODEL: str | None = os.environ.get("CONESREG_BASE_MODEL") or None
 

@@ -91,9 +91,10 @@ def test_word_positions(pipe) -> None:  # type: ignore[no-untyped-def]
     assert word_starts(ids, pipe.tokenizer, "zebra") == [2]
 
 
-def reference_hooks(pipe, mask, word: str, anchor: str | None):  # type: ignore[no-untyped-def]
+def reference_hooks(pipe, mask, word: str, anchor: str | None, strength: float = 1.0):  # type: ignore[no-untyped-def]
     """Keys and values recomputed the slow, obvious way: at the word's tokens, the masked
-    weights on the state (or on the anchor's state); elsewhere the original weights."""
+    weights on the state (or on the anchor's state), their change ``strength`` times;
+    elsewhere the original weights."""
     tok = pipe.tokenizer
     last: dict[str, torch.Tensor] = {}
 
@@ -116,7 +117,8 @@ def reference_hooks(pipe, mask, word: str, anchor: str | None):  # type: ignore[
                     if torch.equal(states[0], x[b]):
                         for s in word_starts(ids_list, tok, word):
                             h = x[b, s] if anchor is None else encode(anchor)[0][0, 5]
-                            new[b, s] = F.linear(x[b, s], w) - F.linear(h, w) + F.linear(h, masked)
+                            change = F.linear(h, masked) - F.linear(h, w)
+                            new[b, s] = F.linear(x[b, s], w) + strength * change
             return new
 
         return hook
@@ -124,8 +126,10 @@ def reference_hooks(pipe, mask, word: str, anchor: str | None):  # type: ignore[
     return hook_for, last, encode
 
 
-@pytest.mark.parametrize("anchor", [None, "a photo of a dog"])
-def test_binder_equals_masked_weights_at_the_word(pipe, anchor) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("anchor", "strength"), [(None, 1.0), ("a photo of a dog", 1.0), ("a photo of a dog", 1.5)]
+)
+def test_binder_equals_masked_weights_at_the_word(pipe, anchor, strength) -> None:  # type: ignore[no-untyped-def]
     names = [
         n
         for n, _ in pipe.unet.named_parameters()
@@ -136,7 +140,7 @@ def test_binder_equals_masked_weights_at_the_word(pipe, anchor) -> None:  # type
         n: np.sort(rng.choice(pipe.unet.get_parameter(n).numel(), 40, replace=False)) for n in names
     }
     prompts = ["a cat and a dog in the city", "a photo of a dog"]
-    hook_for, last, encode = reference_hooks(pipe, mask, "dog", anchor)
+    hook_for, last, encode = reference_hooks(pipe, mask, "dog", anchor, strength)
     for p in prompts:
         last[p] = encode(p)
     hooks = [
@@ -150,12 +154,89 @@ def test_binder_equals_masked_weights_at_the_word(pipe, anchor) -> None:  # type
             h.remove()
     binder = Binder(pipe)
     try:
-        binder.set([BoundMask("dog", "dog", mask, anchor=anchor)])
+        binder.set([BoundMask("dog", "dog", mask, anchor=anchor, strength=strength)])
         got = draw(pipe, prompts)
     finally:
         binder.close()
     np.testing.assert_allclose(got, want, atol=2e-5)
     assert np.abs(got - draw(pipe, prompts)).max() > 1e-4  # the masks did something
+
+
+def test_several_words_route_each_pixel_to_one_word(pipe) -> None:  # type: ignore[no-untyped-def]
+    """Two bound words in one prompt: each pixel attends with the shares of the one word it
+    attends to most (with every share in place at strength 1), and with the original keys and
+    values at the other word; computed here the obvious way, one attention per word."""
+    rng = np.random.default_rng(1)
+    names = [n for n, _ in pipe.unet.named_parameters() if "attn2.to_" in n and "weight" in n]
+
+    def mask() -> dict[str, np.ndarray]:
+        return {
+            n: rng.choice(pipe.unet.get_parameter(n).numel(), 300, replace=False) for n in names
+        }
+
+    binder = Binder(pipe)
+    try:
+        binder.set(
+            [
+                BoundMask("dog", "dog", mask(), "a photo of a dog", 3.0),
+                BoundMask("cat", "cat", mask(), "a photo of a cat", 3.0),
+            ]
+        )
+        tok = pipe.tokenizer
+        ids = tok(["a dog and a cat", "a cat"], padding="max_length", return_tensors="pt")
+        with torch.no_grad():
+            ehs = pipe.text_encoder(ids.input_ids)[0]  # recorded by the binder's hook
+        layer = next(n for n in binder._processors if n.startswith("down_blocks"))
+        attn = pipe.unet.get_submodule(layer)
+        x = torch.randn(2, 64, attn.to_q.in_features, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            got = attn(x, encoder_hidden_states=ehs)
+            plan = binder.plan(ehs)
+            assert plan.routed and len(plan.groups) == 2  # dog (row 0), cat (rows 0 and 1)
+            heads = attn.heads
+
+            def split(t: torch.Tensor) -> torch.Tensor:
+                return t.view(t.shape[0], -1, heads, t.shape[-1] // heads).transpose(1, 2)
+
+            q = split(attn.to_q(x))
+            keys, values = {}, {}
+            for kind, proj, out in (("to_k", attn.to_k, keys), ("to_v", attn.to_v, values)):
+                share = binder._share(plan, layer, kind, proj.weight, ehs, attn)
+                every = proj(ehs)
+                every.index_put_((plan.rows, plan.cols), -share, accumulate=True)
+                out["all"] = split(every)
+                at_one = proj(ehs)
+                at_one.index_put_((plan.rows, plan.cols), -share / 3.0, accumulate=True)
+                out["route"] = split(at_one)
+                for g, (_, cells) in enumerate(plan.groups):
+                    one = proj(ehs)
+                    one[plan.rows[cells], plan.cols[cells]] -= share[cells]
+                    out[g] = split(one)
+            seen = (q @ keys["route"].transpose(-1, -2) * attn.scale).softmax(-1).mean(1)
+            strong = (q @ keys["all"].transpose(-1, -2) * attn.scale).softmax(-1).mean(1)
+            want = F.scaled_dot_product_attention(q, keys["all"], values["all"])  # one word
+            for b in range(2):
+                cols = [plan.cols[c][plan.rows[c] == b] for _, c in plan.groups]
+                groups = [g for g, at in enumerate(cols) if len(at)]
+                if len(groups) < 2:
+                    continue
+                scores = torch.stack([seen[b][:, cols[g]].sum(-1) for g in groups])
+                owner = scores.argmax(0)
+                at_full = torch.stack([strong[b][:, cols[g]].sum(-1) for g in groups]).argmax(0)
+                assert (owner != at_full).any()  # routing at strength 1 is what is tested
+                for i, g in enumerate(groups):
+                    one = F.scaled_dot_product_attention(q[b : b + 1], keys[g][b : b + 1],
+                                                         values[g][b : b + 1])  # fmt: skip
+                    want[b, :, owner == i] = one[0, :, owner == i]
+                assert 0 < (owner == 0).sum() < len(owner)  # both words own pixels here
+            want = attn.to_out[0](want.transpose(1, 2).reshape(2, 64, -1))
+            unrouted = F.scaled_dot_product_attention(q, keys["all"], values["all"])
+            unrouted = attn.to_out[0](unrouted.transpose(1, 2).reshape(2, 64, -1))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert (got[0] - unrouted[0]).abs().max() > 1e-3  # routing changed the two-word row
+        torch.testing.assert_close(got[1], unrouted[1])  # one word: every pixel is its
+    finally:
+        binder.close()
 
 
 def test_binder_without_masks_is_the_default_processor(pipe) -> None:  # type: ignore[no-untyped-def]
@@ -307,12 +388,50 @@ def test_user_path_token_concepts(isolated, tiny_pipeline_dir: Path, capsys) -> 
     assert code == 0, capsys.readouterr().err
     meta = read_png_metadata(both)
     assert [c["ref"] for c in json.loads(meta["concepts"])] == ["acme/dog@1.0.0", "acme/cat@1.0.0"]
+    assert {c["strength"] for c in json.loads(meta["concepts"])} == {1.5}  # the default
     assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(both)))
+    weak = isolated / "weak.png"
+    code = main(
+        ["generate", "a photo of a dog and a cat", "-c", "acme/dog", "-c", "acme/cat@1", *args,
+         "--strength", "1", "-o", str(weak)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert {c["strength"] for c in json.loads(read_png_metadata(weak)["concepts"])} == {1.0}
+    assert not np.array_equal(np.asarray(Image.open(weak)), np.asarray(Image.open(both)))
+    capsys.readouterr()
+    bad = ["generate", "a dog", "-c", "acme/dog", *args, "--strength", "0", "-o", str(weak)]
+    assert main(bad) == 1
+    assert "'--strength': 0.0 is not in the range" in capsys.readouterr().err
     capsys.readouterr()
     assert main(["info", "acme/dog"]) == 0
     assert "token: acts at 'dog', anchored on 'a photo of a dog'" in capsys.readouterr().out
     lock = (isolated / "project" / "conesreg.lock").read_text()
     assert 'name = "dog"' in lock and 'name = "cat"' in lock
+
+
+def test_strength_scales_the_share_and_is_kept_per_concept(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from conesreg._compose import token_strength
+
+    dog = bound_concept(tmp_path, pipe, 1, "dog")
+    glob = Concept.from_draft(make_tiny_draft(tmp_path / "g", pipe, seed=3, name="g"))
+    before = draw(pipe, ["a photo of a dog"])
+    with apply(pipe, [dog], strength=1.0):
+        one = draw(pipe, ["a photo of a dog"])
+        assert token_strength(pipe, dog) == 1.0
+    with apply(pipe, [dog]):
+        assert token_strength(pipe, dog) == 1.5
+        default = draw(pipe, ["a photo of a dog"])
+        with apply(pipe, [glob], strength=3.0):
+            assert token_strength(pipe, glob) is None  # global concepts are switched off
+            assert token_strength(pipe, dog) == 1.5  # another apply leaves it as it was
+    assert token_strength(pipe, dog) is None
+    assert not np.array_equal(one, default) and not np.array_equal(one, before)
+    procs = dict(pipe.unet.attn_processors)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="strength"):
+            apply(pipe, [dog], strength=bad)
+    assert dict(pipe.unet.attn_processors) == procs
+    assert np.array_equal(draw(pipe, ["a photo of a dog"]), before)
 
 
 def test_generate_warns_when_the_prompt_lacks_the_word(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .. import constants
 from ..errors import ConesregError
 from ._output import open_session, progress_bar, project_option, stdout
 
@@ -32,6 +33,13 @@ from ._output import open_session, progress_bar, project_option, stdout
 @click.option("--negative-prompt", default=None)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N")
 @click.option("--dtype", default=None, help="float32, float16 or bfloat16 (default by device).")
+@click.option(
+    "--strength",
+    type=click.FloatRange(0, 10, min_open=True),
+    default=None,
+    help="How strongly token-bound concepts act at their words "
+    f"[default: {constants.TOKEN_STRENGTH}, the measured best].",
+)
 @click.option("--force", is_flag=True, help="Apply concepts made for another base model.")
 @click.option("--locked", is_flag=True, help="Fail if conesreg.lock would change.")
 @click.option("--frozen", is_flag=True, help="Use exactly what conesreg.lock lists.")
@@ -51,6 +59,7 @@ def generate(
     negative_prompt: str | None,
     device: str,
     dtype: str | None,
+    strength: float | None,
     force: bool,
     locked: bool,
     frozen: bool,
@@ -84,6 +93,7 @@ def generate(
             locked=locked,
             frozen=frozen,
             session=s,
+            strength=strength,
         )
     with progress_bar(steps=True) as progress:
         task = progress.add_task("denoising", total=steps)
