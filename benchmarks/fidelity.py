@@ -60,6 +60,12 @@ def main() -> None:
         "`python -m conesreg.mini.train --text-width 256`); default: the bundled mini model",
     )
     ap.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="token-bound concepts' strength at generation (default: conesreg's, 1.5)",
+    )
+    ap.add_argument(
         "--set",
         action="append",
         default=[],
@@ -95,15 +101,15 @@ def run(a: argparse.Namespace, tmp: Path) -> None:
     print(
         f"{a.base or 'bundled mini model'} (text width {pipe.text_encoder.config.hidden_size}), "
         f"group {a.group}, {a.n} images a cell, {'tuning' if a.tune else 'held-out'} "
-        f"seeds, {a.seeds} finder seeds, options {options or 'none (the preset)'}, "
-        f"{torch_threads()} threads\n"
+        f"seeds, {a.seeds} finder seeds, options {options or 'none (the preset)'}, strength "
+        f"{a.strength or 'default'}, {torch_threads()} threads\n"
     )
     t0, c0 = time.perf_counter(), time.process_time()
 
     def judge(prompts: Sequence[str], refs: Sequence[str], seed: int) -> list[dict[str, Any]]:
         if not refs:
             return predict(clf, sample(pipe, list(prompts), seed=seed))
-        with apply(pipe, list(refs), project_dir=tmp / "project"):
+        with apply(pipe, list(refs), project_dir=tmp / "project", strength=a.strength):
             return predict(clf, sample(pipe, list(prompts), seed=seed))
 
     (tmp / "project").mkdir()
