@@ -103,6 +103,8 @@ class _Plan:
     owners: Any = None  # (B, m) the group bound at each row's column, -1 where none
     weaker: Any = None  # (B, m) 1 - 1/strength of that group, 0 where none
     one_hot: Any = None  # (B, m, G) owners, one-hot
+    bound: Any = None  # (B, m) owners >= 0
+    hide: Any = None  # (1, 1, 1, tokens): -inf at the bound columns, an additive mask
     # (layer, "to_k" or "to_v") -> (the weight's version stamp, (n, out) share per cell)
     shares: dict[tuple[str, str], Any] = field(default_factory=dict)
 
@@ -256,7 +258,7 @@ class Binder:
             routed=any(len(gs) > 1 for gs in groups_of_row.values()),
         )
         if plan.routed:
-            self._dense_plan(plan, ehs.shape[0])
+            self._dense_plan(plan, ehs.shape[0], ehs.shape[1])
         self._plans = [(r, p) for r, p in self._plans[-3:] if r() is not None]
         self._plans.append((weakref.ref(ehs), plan))
         return plan
@@ -362,7 +364,7 @@ class Binder:
         # Concepts of one word share its tokens: the strongest one's strength holds there.
         return max(self.masks[i].strength for i in group)
 
-    def _dense_plan(self, plan: _Plan, batch: int) -> None:
+    def _dense_plan(self, plan: _Plan, batch: int, tokens: int) -> None:
         """The routing's view of the cells: per row, by bound column."""
         import torch
 
@@ -377,6 +379,9 @@ class Binder:
         plan.weaker[plan.rows, plan.pos] = weaker[plan.gid]
         groups = torch.arange(len(plan.groups), device=device)
         plan.one_hot = (plan.owners[..., None] == groups).float()
+        plan.bound = plan.owners >= 0
+        plan.hide = torch.zeros(1, 1, 1, tokens, device=device)
+        plan.hide[..., plan.ucols] = float("-inf")
 
     def _dense_share(self, plan: _Plan, layer: str, kind: str, heads: int, like: Any) -> Any:
         """Layer ``kind``'s share per row and bound column, (B, heads, m, dim); cached."""
@@ -388,7 +393,8 @@ class Binder:
             dense = like.new_zeros(len(plan.owners), len(plan.ucols), width)
             if share is not None:
                 dense[plan.rows, plan.pos] = share.to(like.dtype)
-            dense = dense.view(len(dense), len(plan.ucols), heads, -1).transpose(1, 2)
+            # Head-major and contiguous, as the matmuls of every step read it.
+            dense = dense.view(len(dense), len(plan.ucols), heads, -1).transpose(1, 2).contiguous()
             cached = (share, dense)
             plan.shares[key] = cached
         return cached[1]
@@ -412,42 +418,82 @@ class Binder:
         Returns:
             (batch, heads, pixels, dim), as scaled dot-product attention returns it.
         """
+        import torch
+
         u = plan.ucols
-        query = query * scale  # scaled once here, not on every logit
-        logits = query @ key.transpose(-1, -2)  # (B, H, N, L), every share in place
-        if mask is not None:
-            logits = logits + mask
-        lu = logits[..., u]  # (B, H, N, m): the bound columns (a copy)
-        # The columns no word binds are the same for every pixel: their attention (the bound
-        # columns' weights set to zero) and its log-sum-exp, for the merge below. One pass of
-        # exp over the logits, in place: this is most of routing's cost on a small UNet.
-        logits.index_fill_(-1, u, float("-inf"))
-        top = logits.amax(-1, keepdim=True)
-        total = logits.sub_(top).exp_().sum(-1, keepdim=True)
-        lse_r = top + total.log()  # (B, H, N, 1)
-        out = (logits @ value).div_(total)
-        # q . share_k at each bound column: adding it back gives the original key's logit.
+        # The columns no word binds are the same for every pixel: their attention and its
+        # log-sum-exp, in one fused pass where torch has one.
+        out, lse_r = _rest_attention(query, key, value, plan.hide, mask, scale)
+        lse_r = lse_r.float()[..., None]  # (B, H, N, 1); the per-pixel part in float32
+        # The bound columns' logits and q . share_k there (adding it back gives the original
+        # key's logit), in one small matmul.
         dk = self._dense_share(plan, layer, "to_k", key.shape[1], query)
         dv = self._dense_share(plan, layer, "to_v", key.shape[1], query)
-        back = query @ dk.transpose(-1, -2)  # (B, H, N, m)
+        m = len(u)
+        ku, vu = (_columns(x, u) for x in (key, value))
+        both = (query @ torch.cat([ku, dk], 2).transpose(-1, -2).mul(scale)).float()
+        lu, back = both[..., :m], both[..., m:]
+        if mask is not None:
+            lu = lu + mask[..., u].float()
         # Routing sees each word's keys at strength 1, as the finder searched them: measured
         # better for four subjects than routing at the strength drawn with (0.54 against 0.43,
         # benchmarks/NOTES.md) and than routing on the original keys (0.35).
-        seen = _merged(lse_r, lu + back * plan.weaker[:, None, None].to(lu.dtype))[1].mean(1)
-        owner = (seen @ plan.one_hot.to(seen.dtype)).argmax(-1)  # (B, N); ties: first group
-        away = (owner[:, :, None] != plan.owners[:, None, :]) & (plan.owners[:, None, :] >= 0)
-        away = away[:, None].to(lu.dtype)  # (B, 1, N, m): bound columns a pixel is not routed to
-        rest_share, probs = _merged(lse_r, lu + back * away)
-        return out * rest_share + probs @ value[:, :, u] + (probs * away) @ dv
+        seen = _weights(lse_r, torch.addcmul(lu, back, plan.weaker[:, None, None]))[0].mean(1)
+        owner = (seen @ plan.one_hot).argmax(-1)  # (B, N); ties: the first group
+        away = (plan.owners[:, None, :] != owner[:, :, None]) & plan.bound[:, None, :]
+        away = away[:, None].float()  # (B, 1, N, m): the bound columns a pixel is not routed to
+        probs, rest = _weights(lse_r, torch.addcmul(lu, back, away))
+        probs, rest = probs.to(value.dtype), rest.to(value.dtype)
+        return torch.addcmul(probs @ vu + (probs * away.to(value.dtype)) @ dv, out, rest)
 
 
-def _merged(lse_rest: Any, logits: Any) -> tuple[Any, Any]:
-    """Softmax over the other columns (given by their log-sum-exp) and ``logits``: the other
-    columns' total share (B, H, N, 1) and each of these columns' share (B, H, N, m)."""
+def _columns(x: Any, cols: Any) -> Any:
+    """``x[:, :, cols]`` of (B, H, tokens, dim), gathered along the tokens of the (B, tokens,
+    H, dim) layout the projections wrote: a contiguous copy per token, several times faster
+    than advanced indexing across the heads' strides."""
+    return x.transpose(1, 2).index_select(1, cols).transpose(1, 2)
+
+
+def _fused_attention(device: Any) -> Any | None:
+    """torch's fused attention that also returns the log-sum-exp, where there is one."""
     import torch
 
-    lse = torch.logaddexp(lse_rest, logits.logsumexp(-1, keepdim=True))
-    return (lse_rest - lse).exp(), (logits - lse).exp()
+    if device.type != "cpu":
+        return None
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _rest_attention(
+    query: Any, key: Any, value: Any, hide: Any, mask: Any, scale: float
+) -> tuple[Any, Any]:
+    """Attention with the columns ``hide`` holds at -inf left out: its output and its
+    log-sum-exp (B, H, N).
+
+    On the CPU, torch's fused kernel returns both (a private op, so its absence is not an
+    error); elsewhere they are computed explicitly. A broadcast mask costs the kernel next to
+    nothing, where gathering the other columns would copy the keys and values.
+    """
+    mask = hide if mask is None else mask + hide
+    fused = _fused_attention(query.device)
+    if fused is not None:
+        out, lse = fused(query, key, value, 0.0, False, attn_mask=mask.to(query.dtype), scale=scale)
+        return out, lse
+    logits = (query * scale) @ key.transpose(-1, -2) + mask.to(query.dtype)
+    lse = logits.float().logsumexp(-1)
+    return (logits - lse[..., None].to(logits.dtype)).exp() @ value, lse
+
+
+#: exp(x - lse) is clamped here: a bound column this far above all the others takes the whole
+#: weight anyway, and float32 holds a few such terms without overflowing.
+_MAX_EXCESS = 80.0
+
+
+def _weights(lse_rest: Any, logits: Any) -> tuple[Any, Any]:
+    """Softmax over the other columns (given by their log-sum-exp) and ``logits``: each of
+    these columns' weight (B, H, N, m) and the other columns' total (B, H, N, 1)."""
+    e = logits.sub_(lse_rest).clamp_(max=_MAX_EXCESS).exp_()
+    rest = e.sum(-1, keepdim=True).add_(1).reciprocal_()
+    return e.mul_(rest), rest
 
 
 def _starts(ids: list[int], pattern: Sequence[int]) -> list[int]:
