@@ -188,8 +188,9 @@ def apply(
             :class:`Concept` objects.
         force: apply even if a concept was made for another base model (with a warning).
         strength: how strongly token-bound concepts act at their words (the switched-off
-            weights' share subtracted this many times; default ``TOKEN_STRENGTH``, 1.5, the
-            measured best). Global concepts are switched off, whatever it says.
+            weights' share subtracted this many times; default ``TOKEN_STRENGTH``, 1.5, and
+            for a composite's parts ``COMPOSITE_STRENGTH``, 1.25: the measured best of each).
+            Global concepts are switched off, whatever it says.
         project_dir, locked, frozen: as for :func:`conesreg.install`.
         session: config, cache and sources to use.
 
@@ -256,7 +257,7 @@ def apply(
         state.holders[c.digest] += 1
         state.concepts[c.digest] = c
         if _token_bound(c) and (strength is not None or c.digest not in state.strengths):
-            state.strengths[c.digest] = constants.TOKEN_STRENGTH if strength is None else strength
+            state.strengths[c.digest] = default_strength(c) if strength is None else strength
     try:
         _sync(unet, state)
     except BaseException:
@@ -562,6 +563,15 @@ def _nbytes(held: dict[str, Any]) -> int:
     return sum(t.numel() * t.element_size() for t in held.values())
 
 
+def default_strength(concept: Concept) -> float:
+    """The strength a token-bound concept acts with unless told: a composite's parts at
+    ``COMPOSITE_STRENGTH`` (their joint steps grew them beside each other, so they need less
+    of a boost), any other concept at ``TOKEN_STRENGTH``."""
+    return (
+        constants.COMPOSITE_STRENGTH if concept.manifest.binding.parts else constants.TOKEN_STRENGTH
+    )
+
+
 def _token_bound(concept: Concept) -> bool:
     return concept.manifest.binding.mode == "token"
 
@@ -580,7 +590,7 @@ def _sync_bound(state: _Applied) -> None:
     masks = []
     for c in bound:
         b = c.manifest.binding
-        strength = state.strengths.get(c.digest, constants.TOKEN_STRENGTH)
+        strength = state.strengths.get(c.digest, default_strength(c))
         if not b.parts:
             masks.append(BoundMask(c.digest, str(b.word), c.indices, b.anchor, strength))
             continue

@@ -85,6 +85,13 @@ PROGRESS_SECONDS: float = _env_positive("CONESREG_PROGRESS_SECONDS", 5.0)
 #: ``generate --strength``).
 TOKEN_STRENGTH = 1.5
 
+#: The strength of a composite's parts (``conesreg compose``). Its joint steps grew each part
+#: beside the others (at strength 1), so it needs less of a boost to hold among them, and the
+#: parents' 1.5 overdrives it. Measured on the bundled subjects' tuning seeds
+#: (benchmarks/NOTES.md, "Composites' strength"): placed 2 / 3 / 4 subjects 0.88 / 0.80 / 0.25
+#: at 1.0, 0.99 / 0.94 / 0.31 at 1.25, 1.00 / 0.88 / 0.27 at 1.5.
+COMPOSITE_STRENGTH = 1.25
+
 #: The base model of ``generate``/``load_pipeline`` when none is given (a folder or Hub id).
 BASE_MODEL: str | None = os.environ.get("CONESREG_BASE_MODEL") or None
 

@@ -162,10 +162,19 @@ def test_binder_equals_masked_weights_at_the_word(pipe, anchor, strength) -> Non
     assert np.abs(got - draw(pipe, prompts)).max() > 1e-4  # the masks did something
 
 
-def test_several_words_route_each_pixel_to_one_word(pipe) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit"])
+def test_several_words_route_each_pixel_to_one_word(pipe, fused, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Two bound words in one prompt: each pixel attends with the shares of the one word it
     attends to most (with every share in place at strength 1), and with the original keys and
-    values at the other word; computed here the obvious way, one attention per word."""
+    values at the other word; computed here the obvious way, one attention per word. Both
+    ways of attending to the unbound columns: torch's fused kernel (the CPU's) and the
+    explicit one (every other device's)."""
+    from conesreg import _binding
+
+    if fused:
+        assert _binding._fused_attention(torch.device("cpu")) is not None
+    else:
+        monkeypatch.setattr(_binding, "_fused_attention", lambda device: None)
     rng = np.random.default_rng(1)
     names = [n for n, _ in pipe.unet.named_parameters() if "attn2.to_" in n and "weight" in n]
 
@@ -545,6 +554,11 @@ def test_compose_token_concepts_without_images(isolated, tiny_pipeline_dir: Path
     )
     assert code == 0, capsys.readouterr().err
     capsys.readouterr()
+    # A composite acts at its own default strength, not at the parents' boost.
+    from conesreg._generate import read_png_metadata
+
+    meta = json.loads(read_png_metadata(isolated / "p.png")["concepts"])
+    assert [c["strength"] for c in meta] == [1.25]
     assert main(["info", "acme/pair"]) == 0
     assert "token composite: 'dog'" in capsys.readouterr().out
     # Refusals: one concept, a parent without stimulation, a global parent.

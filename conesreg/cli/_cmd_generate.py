@@ -38,7 +38,8 @@ from ._output import open_session, progress_bar, project_option, stdout
     type=click.FloatRange(0, 10, min_open=True),
     default=None,
     help="How strongly token-bound concepts act at their words "
-    f"[default: {constants.TOKEN_STRENGTH}, the measured best].",
+    f"[default: {constants.TOKEN_STRENGTH}; a composite's parts "
+    f"{constants.COMPOSITE_STRENGTH}: the measured best of each].",
 )
 @click.option("--force", is_flag=True, help="Apply concepts made for another base model.")
 @click.option("--locked", is_flag=True, help="Fail if conesreg.lock would change.")
