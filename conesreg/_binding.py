@@ -103,7 +103,6 @@ class _Plan:
     owners: Any = None  # (B, m) the group bound at each row's column, -1 where none
     weaker: Any = None  # (B, m) 1 - 1/strength of that group, 0 where none
     one_hot: Any = None  # (B, m, G) owners, one-hot
-    bound: Any = None  # (B, m) owners >= 0
     hide: Any = None  # (1, 1, 1, tokens): -inf at the bound columns, an additive mask
     # (layer, "to_k" or "to_v") -> (the weight's version stamp, (n, out) share per cell)
     shares: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -379,7 +378,6 @@ class Binder:
         plan.weaker[plan.rows, plan.pos] = weaker[plan.gid]
         groups = torch.arange(len(plan.groups), device=device)
         plan.one_hot = (plan.owners[..., None] == groups).float()
-        plan.bound = plan.owners >= 0
         plan.hide = torch.zeros(1, 1, 1, tokens, device=device)
         plan.hide[..., plan.ucols] = float("-inf")
 
@@ -440,7 +438,8 @@ class Binder:
         # benchmarks/NOTES.md) and than routing on the original keys (0.35).
         seen = _weights(lse_r, torch.addcmul(lu, back, plan.weaker[:, None, None]))[0].mean(1)
         owner = (seen @ plan.one_hot).argmax(-1)  # (B, N); ties: the first group
-        away = (plan.owners[:, None, :] != owner[:, :, None]) & plan.bound[:, None, :]
+        owners = plan.owners[:, None, :]
+        away = (owners != owner[:, :, None]) & (owners >= 0)
         away = away[:, None].float()  # (B, 1, N, m): the bound columns a pixel is not routed to
         probs, rest = _weights(lse_r, torch.addcmul(lu, back, away))
         probs, rest = probs.to(value.dtype), rest.to(value.dtype)
