@@ -100,10 +100,14 @@ class _Plan:
     # Routing works on the bound columns only (m: every row's bound tokens, the union):
     ucols: Any = None  # (m,) the bound token positions
     pos: Any = None  # (n,) each cell's place among ucols
-    owners: Any = None  # (B, m) the group bound at each row's column, -1 where none
-    weaker: Any = None  # (B, m) 1 - 1/strength of that group, 0 where none
-    one_hot: Any = None  # (B, m, G) owners, one-hot
-    hide: Any = None  # (1, 1, 1, tokens): -inf at the bound columns, an additive mask
+    # and on the rows that bind a word (r of them; the others, such as a classifier-free
+    # guidance batch's unconditional half, take plain attention):
+    bound: Any = None  # those rows: a slice where they are consecutive, else an index
+    rpos: Any = None  # (n,) each cell's row's place among the bound rows
+    owners: Any = None  # (r, m) the group bound at each row's column, -1 where none
+    unit: Any = None  # (r, 1, m, 1) -1/strength of that group, 0 where none
+    one_hot: Any = None  # (r, m, G) owners, one-hot
+    hide: Any = None  # (B, 1, 1, tokens): -inf at the bound rows' bound columns, a mask
     # (layer, "to_k" or "to_v") -> (the weight's version stamp, (n, out) share per cell)
     shares: dict[tuple[str, str], Any] = field(default_factory=dict)
 
@@ -312,15 +316,18 @@ class Binder:
         ``raw`` is the encoder hidden states as the UNet got them (recognised by content),
         ``context`` what the projections saw (after the layer's own normalisation, if any).
         The shares depend only on those and the weights, so they are computed once per
-        prompt and layer and reused at every step (recomputed if a weight changes).
+        prompt and layer and reused at every step (recomputed if a weight changes). In a
+        layer that :meth:`attend` routes, the keys and values are left as they are: it takes
+        the shares from the plan per pixel and hides these columns from the rest.
 
         Returns:
             The plan, with this layer's shares, for :meth:`attend`.
         """
         plan = self.plan(raw)
+        routed = routes(plan, attn)
         for proj, out, kind in ((attn.to_k, key, "to_k"), (attn.to_v, value, "to_v")):
             share = self._share(plan, layer, kind, proj.weight, context, attn)
-            if share is not None:
+            if share is not None and not routed:
                 out.index_put_((plan.rows, plan.cols), -share.to(out.dtype), accumulate=True)
         return plan
 
@@ -364,25 +371,30 @@ class Binder:
         return max(self.masks[i].strength for i in group)
 
     def _dense_plan(self, plan: _Plan, batch: int, tokens: int) -> None:
-        """The routing's view of the cells: per row, by bound column."""
+        """The routing's view of the cells: per bound row, by bound column."""
         import torch
 
         device = plan.rows.device
+        bound = sorted(set(plan.rows.tolist()))
+        plan.bound = _rows(bound, device)
+        place = torch.full((batch,), -1, dtype=torch.long, device=device)
+        place[bound] = torch.arange(len(bound), device=device)
+        plan.rpos = place[plan.rows]
         plan.ucols, plan.pos = torch.unique(plan.cols, return_inverse=True)
-        plan.owners = torch.full((batch, len(plan.ucols)), -1, dtype=torch.long, device=device)
-        plan.owners[plan.rows, plan.pos] = plan.gid
-        weaker = torch.tensor(
-            [1 - 1 / self._strength(group) for group, _ in plan.groups], device=device
-        )
-        plan.weaker = torch.zeros(batch, len(plan.ucols), device=device)
-        plan.weaker[plan.rows, plan.pos] = weaker[plan.gid]
+        shape = (len(bound), len(plan.ucols))
+        plan.owners = torch.full(shape, -1, dtype=torch.long, device=device)
+        plan.owners[plan.rpos, plan.pos] = plan.gid
+        unit = torch.tensor([-1 / self._strength(group) for group, _ in plan.groups], device=device)
+        plan.unit = torch.zeros(shape, device=device)
+        plan.unit[plan.rpos, plan.pos] = unit[plan.gid]
+        plan.unit = plan.unit[:, None, :, None]
         groups = torch.arange(len(plan.groups), device=device)
         plan.one_hot = (plan.owners[..., None] == groups).float()
-        plan.hide = torch.zeros(1, 1, 1, tokens, device=device)
-        plan.hide[..., plan.ucols] = float("-inf")
+        plan.hide = torch.zeros(batch, 1, 1, tokens, device=device)
+        plan.hide[torch.tensor(bound, device=device)[:, None], ..., plan.ucols] = float("-inf")
 
     def _dense_share(self, plan: _Plan, layer: str, kind: str, heads: int, like: Any) -> Any:
-        """Layer ``kind``'s share per row and bound column, (B, heads, m, dim); cached."""
+        """Layer ``kind``'s share per bound row and column, (r, heads, m, dim); cached."""
         key = (layer, f"{kind}/dense")
         share = plan.shares[(layer, kind)][1]  # None: no mask holds a neuron in this layer
         cached = plan.shares.get(key)
@@ -390,7 +402,7 @@ class Binder:
             width = like.shape[-1] * heads
             dense = like.new_zeros(len(plan.owners), len(plan.ucols), width)
             if share is not None:
-                dense[plan.rows, plan.pos] = share.to(like.dtype)
+                dense[plan.rpos, plan.pos] = share.to(like.dtype)
             # Head-major and contiguous, as the matmuls of every step read it.
             dense = dense.view(len(dense), len(plan.ucols), heads, -1).transpose(1, 2).contiguous()
             cached = (share, dense)
@@ -402,12 +414,13 @@ class Binder:
     ) -> Any:
         """Attention in which each pixel takes the share of one bound word only.
 
-        ``key`` and ``value`` (batch, heads, tokens, dim) hold every group's share (from
-        :meth:`bind`). Each pixel is routed to the group whose word it attends to most, with
-        the shares in place at strength 1 (summed over the word's tokens, averaged over
-        heads); at the other groups' words it sees the original keys and values. Without this,
-        a pixel drawn for one subject also reads its neighbours' looks at their words, and in
-        prompts of three and four subjects the looks blend (docs/design.md, "Routing").
+        ``key`` and ``value`` (batch, heads, tokens, dim) are the original projections (in a
+        routed layer :meth:`bind` leaves them so). Each pixel is routed to the group whose
+        word it attends to most, with the shares at strength 1 (summed over the word's
+        tokens, averaged over heads), and takes that group's share at its strength; at the
+        other groups' words it sees the original keys and values. Without this, a pixel drawn
+        for one subject also reads its neighbours' looks at their words, and in prompts of
+        three and four subjects the looks blend (docs/design.md, "Routing").
 
         Only the bound columns differ between pixels, so the attention is taken in two parts
         and merged by their log-sum-exps: the other columns, the same for every pixel, and
@@ -416,34 +429,82 @@ class Binder:
         Returns:
             (batch, heads, pixels, dim), as scaled dot-product attention returns it.
         """
+        # The columns no word binds are the same for every pixel: their attention and its
+        # log-sum-exp, in one fused pass where torch has one. It is the whole attention of the
+        # rows that bind no word (``hide`` leaves their columns alone).
+        out, lse = _rest_attention(query, key, value, plan.hide, mask, scale)
+        rows = plan.bound
+        q, k, v, rest_out, lse_r = (_take(x, rows) for x in (query, key, value, out, lse))
+        at = None if mask is None else mask if len(mask) == 1 else _take(mask, rows)
+        if isinstance(rows, slice):  # the bound rows' result written over their part, a view
+            self._routed(plan, layer, q, k, v, at, scale, rest_out, lse_r, into=rest_out)
+        else:
+            part = self._routed(plan, layer, q, k, v, at, scale, rest_out, lse_r, into=None)
+            out.index_copy_(0, rows, part)
+        return out
+
+    def _routed(
+        self,
+        plan: _Plan,
+        layer: str,
+        query: Any,
+        key: Any,
+        value: Any,
+        mask: Any,
+        scale: float,
+        out: Any,
+        lse_r: Any,
+        *,
+        into: Any,
+    ) -> Any:
+        """:meth:`attend` on the bound rows, given the other columns' attention ``out`` and
+        its log-sum-exp ``lse_r``; written ``into`` that tensor if one is given."""
         import torch
 
-        u = plan.ucols
-        # The columns no word binds are the same for every pixel: their attention and its
-        # log-sum-exp, in one fused pass where torch has one.
-        out, lse_r = _rest_attention(query, key, value, plan.hide, mask, scale)
-        lse_r = lse_r.float()[..., None]  # (B, H, N, 1); the per-pixel part in float32
-        # The bound columns' logits and q . share_k there (adding it back gives the original
-        # key's logit), in one small matmul.
+        u, m = plan.ucols, len(plan.ucols)
+        # The per-pixel part is laid out (B, H, columns, pixels) and kept in float32: torch
+        # reduces over a few columns many times faster when they are not the innermost dim.
+        lse_r = lse_r.float()[:, :, None]  # (B, H, 1, N)
         dk = self._dense_share(plan, layer, "to_k", key.shape[1], query)
         dv = self._dense_share(plan, layer, "to_v", key.shape[1], query)
-        m = len(u)
-        ku, vu = (_columns(x, u) for x in (key, value))
-        both = (query @ torch.cat([ku, dk], 2).transpose(-1, -2).mul(scale)).float()
-        lu, back = both[..., :m], both[..., m:]
+        # The bound columns' original logits and share_k . q there, in one small matmul.
+        both = (torch.cat([_columns(key, u), dk], 2) @ query.transpose(-1, -2)).float()
+        both.mul_(scale)
+        lu, back = both[:, :, :m], both[:, :, m:]
         if mask is not None:
-            lu = lu + mask[..., u].float()
+            lu = lu + mask[..., u].float().transpose(-1, -2)
         # Routing sees each word's keys at strength 1, as the finder searched them: measured
         # better for four subjects than routing at the strength drawn with (0.54 against 0.43,
         # benchmarks/NOTES.md) and than routing on the original keys (0.35).
-        seen = _weights(lse_r, torch.addcmul(lu, back, plan.weaker[:, None, None]))[0].mean(1)
-        owner = (seen @ plan.one_hot).argmax(-1)  # (B, N); ties: the first group
-        owners = plan.owners[:, None, :]
-        away = (owners != owner[:, :, None]) & (owners >= 0)
-        away = away[:, None].float()  # (B, 1, N, m): the bound columns a pixel is not routed to
-        probs, rest = _weights(lse_r, torch.addcmul(lu, back, away))
-        probs, rest = probs.to(value.dtype), rest.to(value.dtype)
-        return torch.addcmul(probs @ vu + (probs * away.to(value.dtype)) @ dv, out, rest)
+        seen = _weights(lse_r, torch.addcmul(lu, back, plan.unit))[1].sum(1)  # (B, m, N)
+        owner = (seen.transpose(1, 2) @ plan.one_hot).argmax(-1)  # (B, N); ties: the first
+        # (B, 1, m, N): 1 at the columns of the group each pixel is routed to
+        own = plan.one_hot.gather(2, owner[:, None].expand(-1, m, -1))[:, None]
+        rest, probs = _weights(lse_r, torch.addcmul(lu, back, own, value=-1))
+        rest, probs = rest.to(value.dtype), probs.to(value.dtype)
+        bound = probs.transpose(-1, -2) @ _columns(value, u)
+        bound.sub_((probs * own.to(value.dtype)).transpose(-1, -2) @ dv)
+        return torch.addcmul(bound, out, rest.transpose(-1, -2), out=into)
+
+
+def routes(plan: _Plan, attn: Any) -> bool:
+    """Whether :meth:`Binder.attend` computes this layer's attention: several bound words in
+    one prompt, where each pixel takes one word's share (a normalised key is not linear in
+    the share, so such layers take every share at once)."""
+    return plan.routed and getattr(attn, "norm_k", None) is None
+
+
+def _rows(rows: list[int], device: Any) -> Any:
+    """Rows as a slice where they are consecutive (a view, no copy), else as an index."""
+    import torch
+
+    if rows == list(range(rows[0], rows[-1] + 1)):
+        return slice(rows[0], rows[-1] + 1)
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def _take(x: Any, rows: Any) -> Any:
+    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows)
 
 
 def _columns(x: Any, cols: Any) -> Any:
@@ -482,17 +543,13 @@ def _rest_attention(
     return (logits - lse[..., None].to(logits.dtype)).exp() @ value, lse
 
 
-#: exp(x - lse) is clamped here: a bound column this far above all the others takes the whole
-#: weight anyway, and float32 holds a few such terms without overflowing.
-_MAX_EXCESS = 80.0
-
-
 def _weights(lse_rest: Any, logits: Any) -> tuple[Any, Any]:
-    """Softmax over the other columns (given by their log-sum-exp) and ``logits``: each of
-    these columns' weight (B, H, N, m) and the other columns' total (B, H, N, 1)."""
-    e = logits.sub_(lse_rest).clamp_(max=_MAX_EXCESS).exp_()
-    rest = e.sum(-1, keepdim=True).add_(1).reciprocal_()
-    return e.mul_(rest), rest
+    """Softmax over the other columns (given by their log-sum-exp, (B, H, 1, N)) and
+    ``logits`` (B, H, m, N): the other columns' total weight and each of these columns'."""
+    import torch
+
+    p = torch.cat([lse_rest, logits], 2).softmax(2)
+    return p[:, :, :1], p[:, :, 1:]
 
 
 def _starts(ids: list[int], pattern: Sequence[int]) -> list[int]:
@@ -556,9 +613,7 @@ class BoundAttnProcessor:
             query = attn.norm_q(query)
         if getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
-        if plan is not None and plan.routed and getattr(attn, "norm_k", None) is None:
-            # Several bound words in one prompt: each pixel takes one word's share (a
-            # normalised key is not linear in the share, so such layers are not routed).
+        if plan is not None and routes(plan, attn):
             out = self.binder.attend(
                 plan, self.layer, query, key, value, attention_mask, attn.scale
             )

@@ -162,13 +162,23 @@ def test_binder_equals_masked_weights_at_the_word(pipe, anchor, strength) -> Non
     assert np.abs(got - draw(pipe, prompts)).max() > 1e-4  # the masks did something
 
 
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        ["a dog and a cat", "a cat"],
+        ["a bird", "a dog and a cat", "a cat"],  # a free row first, as classifier-free guidance
+        ["a dog and a cat", "a bird", "a cat"],  # the bound rows not consecutive
+    ],
+    ids=["every-row-bound", "free-row-first", "free-row-between"],
+)
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit"])
-def test_several_words_route_each_pixel_to_one_word(pipe, fused, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_several_words_route_each_pixel_to_one_word(pipe, fused, prompts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Two bound words in one prompt: each pixel attends with the shares of the one word it
     attends to most (with every share in place at strength 1), and with the original keys and
     values at the other word; computed here the obvious way, one attention per word. Both
     ways of attending to the unbound columns: torch's fused kernel (the CPU's) and the
-    explicit one (every other device's)."""
+    explicit one (every other device's); rows that bind no word (plain attention) before and
+    between the bound ones."""
     from conesreg import _binding
 
     if fused:
@@ -192,16 +202,18 @@ def test_several_words_route_each_pixel_to_one_word(pipe, fused, monkeypatch) ->
             ]
         )
         tok = pipe.tokenizer
-        ids = tok(["a dog and a cat", "a cat"], padding="max_length", return_tensors="pt")
+        ids = tok(prompts, padding="max_length", return_tensors="pt")
         with torch.no_grad():
             ehs = pipe.text_encoder(ids.input_ids)[0]  # recorded by the binder's hook
         layer = next(n for n in binder._processors if n.startswith("down_blocks"))
         attn = pipe.unet.get_submodule(layer)
-        x = torch.randn(2, 64, attn.to_q.in_features, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(
+            len(prompts), 64, attn.to_q.in_features, generator=torch.Generator().manual_seed(0)
+        )
         with torch.no_grad():
             got = attn(x, encoder_hidden_states=ehs)
             plan = binder.plan(ehs)
-            assert plan.routed and len(plan.groups) == 2  # dog (row 0), cat (rows 0 and 1)
+            assert plan.routed and len(plan.groups) == 2  # dog, and cat (in two rows)
             heads = attn.heads
 
             def split(t: torch.Tensor) -> torch.Tensor:
@@ -224,7 +236,7 @@ def test_several_words_route_each_pixel_to_one_word(pipe, fused, monkeypatch) ->
             seen = (q @ keys["route"].transpose(-1, -2) * attn.scale).softmax(-1).mean(1)
             strong = (q @ keys["all"].transpose(-1, -2) * attn.scale).softmax(-1).mean(1)
             want = F.scaled_dot_product_attention(q, keys["all"], values["all"])  # one word
-            for b in range(2):
+            for b in range(len(prompts)):
                 cols = [plan.cols[c][plan.rows[c] == b] for _, c in plan.groups]
                 groups = [g for g, at in enumerate(cols) if len(at)]
                 if len(groups) < 2:
@@ -238,12 +250,15 @@ def test_several_words_route_each_pixel_to_one_word(pipe, fused, monkeypatch) ->
                                                          values[g][b : b + 1])  # fmt: skip
                     want[b, :, owner == i] = one[0, :, owner == i]
                 assert 0 < (owner == 0).sum() < len(owner)  # both words own pixels here
-            want = attn.to_out[0](want.transpose(1, 2).reshape(2, 64, -1))
+            want = attn.to_out[0](want.transpose(1, 2).reshape(len(prompts), 64, -1))
             unrouted = F.scaled_dot_product_attention(q, keys["all"], values["all"])
-            unrouted = attn.to_out[0](unrouted.transpose(1, 2).reshape(2, 64, -1))
+            unrouted = attn.to_out[0](unrouted.transpose(1, 2).reshape(len(prompts), 64, -1))
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-        assert (got[0] - unrouted[0]).abs().max() > 1e-3  # routing changed the two-word row
-        torch.testing.assert_close(got[1], unrouted[1])  # one word: every pixel is its
+        for b, prompt in enumerate(prompts):
+            if " and " in prompt:  # routing changed the two-word row
+                assert (got[b] - unrouted[b]).abs().max() > 1e-3
+            else:  # one word: every pixel is its; no word: plain attention
+                torch.testing.assert_close(got[b], unrouted[b])
     finally:
         binder.close()
 
