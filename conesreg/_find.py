@@ -549,6 +549,17 @@ def _run_search(
         target = denoising_target(noise_sched, z, noise, t)
         return F.mse_loss(pred.float(), target.float())
 
+    # Several parts (a composite's joint steps): each pixel takes the share of the one word
+    # it attends to most, as generation routes it (conesreg._binding), so the masks grow for
+    # the attention they will be drawn with. The projections' hooks then leave the keys and
+    # values original and hand each part's share to the layer's routed attention.
+    routed = (
+        n_parts > 1
+        and config.candidates == "cross-kv"
+        and all(_plain_cross_attention(m) for n, m in unet.named_modules() if n.endswith("attn2"))
+    )
+    pending: dict[str, Any] = {}  # "LAYER.to_k" -> (B, tokens, out) every named part's share
+
     def bind_hook(name: str) -> Callable[..., Any]:
         # Every token gets the original weights' output, and each part's word its masked
         # copy's share on top, taken on the word's anchor state (its state in its own class
@@ -560,12 +571,16 @@ def _run_search(
                 return out
             w0 = originals[name].to(out.dtype)
             res = F.linear(args[0], w0)
+            share = torch.zeros_like(res)
             for j in present:
                 a = anchors[j].to(out.dtype)
                 shift = F.linear(a, leaves[key(j, name)].to(out.dtype)) - F.linear(a, w0)
                 at = shift[offset.clamp(max=len(a) - 1)]  # each token's row of the shift
-                res = torch.where((where == j)[..., None], res + at, res)
-            return res
+                share = torch.where((where == j)[..., None], at, share)
+            if routed:
+                pending[name.rpartition(".")[0]] = share
+                return res
+            return res + share
 
         return hook
 
@@ -577,6 +592,16 @@ def _run_search(
         if token_bound
         else []
     )
+    processors = dict(unet.attn_processors) if routed else {}
+    if routed:
+        unet.set_attn_processor(
+            {
+                n: _RoutedSearchAttention(n.removesuffix(".processor"), pending, bound_now)
+                if n.endswith("attn2.processor")
+                else p
+                for n, p in processors.items()
+            }
+        )
 
     def apply_keep() -> None:
         with torch.no_grad():
@@ -640,6 +665,8 @@ def _run_search(
     finally:
         for h in hooks:
             h.remove()
+        if processors:
+            unet.set_attn_processor(processors)
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(originals[n])
@@ -650,6 +677,75 @@ def _run_search(
     return {
         k: torch.nonzero(v < 1).view(-1).cpu().numpy().astype(np.int64) for k, v in keep.items()
     }
+
+
+def _plain_cross_attention(attn: Any) -> bool:
+    """Whether ``attn`` is cross-attention as SD 1.x's (no norms around it), the kind
+    :class:`_RoutedSearchAttention` computes; other kinds take every share unrouted."""
+    return all(
+        getattr(attn, a, None) is None
+        for a in ("spatial_norm", "group_norm", "norm_cross", "norm_q", "norm_k")
+    )
+
+
+class _RoutedSearchAttention:
+    """A search's cross-attention when several parts' words share a prompt: each pixel is
+    routed to the part whose word it attends to most (every share in place, at strength 1, as
+    :meth:`conesreg._binding.Binder.attend` routes) and takes that part's share only; the
+    other parts' words it sees with the original keys and values. Explicit (the search needs
+    gradients through the shares), for the UNet's ``attn2`` of SD 1.x's kind."""
+
+    def __init__(self, layer: str, pending: dict[str, Any], bound_now: list[Any]) -> None:
+        self.layer, self.pending, self.bound_now = layer, pending, bound_now
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: Any,
+        encoder_hidden_states: Any = None,
+        attention_mask: Any = None,
+        temb: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        import torch
+
+        batch = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        sk = self.pending.pop(f"{self.layer}.to_k", None)
+        sv = self.pending.pop(f"{self.layer}.to_v", None)
+        sk = torch.zeros_like(key) if sk is None else sk
+        sv = torch.zeros_like(value) if sv is None else sv
+        heads = attn.heads
+
+        def split(x: Any) -> Any:
+            return x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+        q, k, v, sk, sv = (split(x) for x in (query, key, value, sk, sv))
+        base = (q @ k.transpose(-1, -2)) * attn.scale
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, key.shape[1], batch)
+            base = base + mask.view(batch, heads, -1, mask.shape[-1])
+        where, _, named = self.bound_now  # where: (B, tokens), each token's part, -1: none
+        if not named or where is None or where.shape != key.shape[:2]:
+            out = base.softmax(-1) @ v  # no part's word in this batch: no share anywhere
+        else:
+            back = (q @ sk.transpose(-1, -2)) * attn.scale
+            with torch.no_grad():  # which part each pixel takes: a choice, not a gradient
+                seen = (base + back).softmax(-1).mean(1)  # (B, N, tokens): every share at 1
+                scores = seen.new_zeros(*seen.shape[:2], max(named) + 2)
+                scores.scatter_add_(2, (where + 1)[:, None].expand_as(seen), seen)
+                owner = scores[..., 1:].argmax(-1)  # (B, N); ties: the first part
+                own = (where[:, None, :] == owner[..., None]) & (where[:, None, :] >= 0)
+                own = own[:, None].to(base.dtype)  # (B, 1, N, tokens): the pixel's part's
+            probs = (base + back * own).softmax(-1)
+            out = probs @ v + (probs * own) @ sv
+        out = out.transpose(1, 2).reshape(batch, -1, heads * out.shape[-1])
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
 
 
 def _as_latents(pipe: Any, latents: Any) -> Any:

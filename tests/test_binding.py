@@ -263,6 +263,54 @@ def test_several_words_route_each_pixel_to_one_word(pipe, fused, prompts, monkey
         binder.close()
 
 
+def test_composite_search_routes_as_generation_does(pipe) -> None:  # type: ignore[no-untyped-def]
+    """A composite's joint steps grow each part's mask for the attention it will be drawn
+    with: the search's routed cross-attention (shares handed over by the projections' hooks)
+    computes what the binder computes at generation, at strength 1, on a prompt naming both
+    words and on one naming a single word."""
+    from conesreg._find import _embed, _RoutedSearchAttention
+
+    rng = np.random.default_rng(3)
+    names = [n for n, _ in pipe.unet.named_parameters() if "attn2.to_" in n and "weight" in n]
+
+    def mask() -> dict[str, np.ndarray]:
+        return {
+            n: rng.choice(pipe.unet.get_parameter(n).numel(), 300, replace=False) for n in names
+        }
+
+    words = ["dog", "cat"]
+    binder = Binder(pipe)
+    try:
+        binder.set([BoundMask(w, w, mask(), f"a photo of a {w}", 1.0) for w in words])
+        layer = next(n for n in binder._processors if n.startswith("up_blocks"))
+        attn = pipe.unet.get_submodule(layer)
+        bound = attn.processor
+        for prompt in ("a dog beside a cat", "a photo of a cat"):
+            ehs, where, offset = _embed(pipe, prompt, words)  # recorded by the binder's hook
+            x = torch.randn(
+                1, 64, attn.to_q.in_features, generator=torch.Generator().manual_seed(0)
+            )
+            with torch.no_grad():
+                want = attn(x, encoder_hidden_states=ehs)
+                plan = binder.plan(ehs)
+                pending = {}
+                for kind, proj in (("to_k", attn.to_k), ("to_v", attn.to_v)):
+                    share = binder._share(plan, layer, kind, proj.weight, ehs, attn)
+                    dense = torch.zeros_like(proj(ehs))
+                    dense[plan.rows, plan.cols] = -share  # the search's shift: the share off
+                    pending[f"{layer}.{kind}"] = dense
+                named = sorted(set(where[where >= 0].tolist()))
+                attn.set_processor(_RoutedSearchAttention(layer, pending, [where, offset, named]))
+                got = attn(x, encoder_hidden_states=ehs)
+                attn.set_processor(binder._processors[layer])
+                plain = attn(x, encoder_hidden_states=ehs)
+                attn.set_processor(bound)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            assert (got - plain).abs().max() > 1e-3  # the shares did something
+    finally:
+        binder.close()
+
+
 def test_binder_without_masks_is_the_default_processor(pipe) -> None:  # type: ignore[no-untyped-def]
     before = draw(pipe, ["a photo of a dog"])
     procs = dict(pipe.unet.attn_processors)
