@@ -702,10 +702,8 @@ class _RoutedSearchAttention:
         self,
         attn: Any,
         hidden_states: Any,
-        encoder_hidden_states: Any = None,
+        encoder_hidden_states: Any,
         attention_mask: Any = None,
-        temb: Any = None,
-        *args: Any,
         **kwargs: Any,
     ) -> Any:
         import torch
