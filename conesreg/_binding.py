@@ -324,7 +324,7 @@ class Binder:
             The plan, with this layer's shares, for :meth:`attend`.
         """
         plan = self.plan(raw)
-        routed = routes(plan, attn)
+        routed = _routes(plan, attn)
         for proj, out, kind in ((attn.to_k, key, "to_k"), (attn.to_v, value, "to_v")):
             share = self._share(plan, layer, kind, proj.weight, context, attn)
             if share is not None and not routed:
@@ -487,7 +487,7 @@ class Binder:
         return torch.addcmul(bound, out, rest.transpose(-1, -2), out=into)
 
 
-def routes(plan: _Plan, attn: Any) -> bool:
+def _routes(plan: _Plan, attn: Any) -> bool:
     """Whether :meth:`Binder.attend` computes this layer's attention: several bound words in
     one prompt, where each pixel takes one word's share (a normalised key is not linear in
     the share, so such layers take every share at once)."""
@@ -613,7 +613,7 @@ class BoundAttnProcessor:
             query = attn.norm_q(query)
         if getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
-        if plan is not None and routes(plan, attn):
+        if plan is not None and _routes(plan, attn):
             out = self.binder.attend(
                 plan, self.layer, query, key, value, attention_mask, attn.scale
             )
