@@ -104,9 +104,8 @@ class _Plan:
     # guidance batch's unconditional half, take plain attention):
     bound: Any = None  # those rows: a slice where they are consecutive, else an index
     rpos: Any = None  # (n,) each cell's row's place among the bound rows
-    owners: Any = None  # (r, m) the group bound at each row's column, -1 where none
     unit: Any = None  # (r, 1, m, 1) -1/strength of that group, 0 where none
-    one_hot: Any = None  # (r, m, G) owners, one-hot
+    one_hot: Any = None  # (r, m, G) 1 where the group is bound at the row's column, else 0
     hide: Any = None  # (B, 1, 1, tokens): -inf at the bound rows' bound columns, a mask
     # (layer, "to_k" or "to_v") -> (the weight's version stamp, (n, out) share per cell)
     shares: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -382,14 +381,14 @@ class Binder:
         plan.rpos = place[plan.rows]
         plan.ucols, plan.pos = torch.unique(plan.cols, return_inverse=True)
         shape = (len(bound), len(plan.ucols))
-        plan.owners = torch.full(shape, -1, dtype=torch.long, device=device)
-        plan.owners[plan.rpos, plan.pos] = plan.gid
+        owners = torch.full(shape, -1, dtype=torch.long, device=device)  # -1: no group
+        owners[plan.rpos, plan.pos] = plan.gid
         unit = torch.tensor([-1 / self._strength(group) for group, _ in plan.groups], device=device)
         plan.unit = torch.zeros(shape, device=device)
         plan.unit[plan.rpos, plan.pos] = unit[plan.gid]
         plan.unit = plan.unit[:, None, :, None]
         groups = torch.arange(len(plan.groups), device=device)
-        plan.one_hot = (plan.owners[..., None] == groups).float()
+        plan.one_hot = (owners[..., None] == groups).float()
         plan.hide = torch.zeros(batch, 1, 1, tokens, device=device)
         plan.hide[torch.tensor(bound, device=device)[:, None], ..., plan.ucols] = float("-inf")
 
@@ -400,7 +399,7 @@ class Binder:
         cached = plan.shares.get(key)
         if cached is None or cached[0] is not share:
             width = like.shape[-1] * heads
-            dense = like.new_zeros(len(plan.owners), len(plan.ucols), width)
+            dense = like.new_zeros(len(plan.one_hot), len(plan.ucols), width)
             if share is not None:
                 dense[plan.rpos, plan.pos] = share.to(like.dtype)
             # Head-major and contiguous, as the matmuls of every step read it.
