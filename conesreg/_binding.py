@@ -65,7 +65,8 @@ class BoundMask:
     ``anchor`` is the prompt whose text-encoder state at ``word`` the switched-off weights'
     share is taken on (the concept's class prompt); ``None`` takes it on the state the word
     has in the prompt being drawn (measured against the anchor in docs/design.md).
-    ``strength`` is how many times the share is subtracted (1: the neurons switched off).
+    ``strength`` is how many times the share is subtracted (1: the neurons switched off);
+    ``value_strength``, if given, is that for the values' share, the keys' taking ``strength``.
     """
 
     key: str
@@ -73,6 +74,7 @@ class BoundMask:
     indices: dict[str, np.ndarray]
     anchor: str | None = None
     strength: float = 1.0
+    value_strength: float | None = None
 
 
 @dataclass
@@ -362,11 +364,13 @@ class Binder:
             rows_w, cols_w = idx // w.shape[1], idx % w.shape[1]
             # (tokens, k): each switched-off scalar's term W[i, j] * h[j], summed per row i
             terms = h[:, cols_w] * w.detach().view(-1)[idx].to(h.dtype)
-            part.index_add_(1, rows_w, terms).mul_(self._strength(group))
+            part.index_add_(1, rows_w, terms).mul_(self._strength(group, kind))
         return out if found else None
 
-    def _strength(self, group: tuple[int, ...]) -> float:
+    def _strength(self, group: tuple[int, ...], kind: str = "to_k") -> float:
         # Concepts of one word share its tokens: the strongest one's strength holds there.
+        if kind == "to_v":
+            return max(_value_strength(self.masks[i]) for i in group)
         return max(self.masks[i].strength for i in group)
 
     def _dense_plan(self, plan: _Plan, batch: int, tokens: int) -> None:
@@ -484,6 +488,10 @@ class Binder:
         bound = probs.transpose(-1, -2) @ _columns(value, u)
         bound.sub_((probs * own.to(value.dtype)).transpose(-1, -2) @ dv)
         return torch.addcmul(bound, out, rest.transpose(-1, -2), out=into)
+
+
+def _value_strength(mask: BoundMask) -> float:
+    return mask.strength if mask.value_strength is None else mask.value_strength
 
 
 def _routes(plan: _Plan, attn: Any) -> bool:

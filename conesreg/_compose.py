@@ -572,6 +572,17 @@ def default_strength(concept: Concept) -> float:
     )
 
 
+def value_strength(concept: Concept, strength: float) -> float:
+    """How strongly a token-bound concept acts on the values when its keys act at
+    ``strength``: a concept found alone at ``TOKEN_VALUE_STRENGTH / TOKEN_STRENGTH`` of it (the
+    keys' boost gets a word its share of attention among other words, and the same boost on the
+    values overdrives some subjects' looks), a composite's parts at ``strength`` itself (their
+    joint steps grew them beside each other)."""
+    if concept.manifest.binding.parts:
+        return strength
+    return strength * constants.TOKEN_VALUE_STRENGTH / constants.TOKEN_STRENGTH
+
+
 def _token_bound(concept: Concept) -> bool:
     return concept.manifest.binding.mode == "token"
 
@@ -592,7 +603,8 @@ def _sync_bound(state: _Applied) -> None:
         b = c.manifest.binding
         strength = state.strengths.get(c.digest, default_strength(c))
         if not b.parts:
-            masks.append(BoundMask(c.digest, str(b.word), c.indices, b.anchor, strength))
+            values = value_strength(c, strength)
+            masks.append(BoundMask(c.digest, str(b.word), c.indices, b.anchor, strength, values))
             continue
         for i, part in enumerate(b.parts):  # a composite: each part at its own word
             prefix = f"{i}:"

@@ -85,6 +85,15 @@ PROGRESS_SECONDS: float = _env_positive("CONESREG_PROGRESS_SECONDS", 5.0)
 #: ``generate --strength``).
 TOKEN_STRENGTH = 1.5
 
+#: How strongly the same concepts act on the values at ``TOKEN_STRENGTH`` (a given strength
+#: scales both). The keys' boost gets each word its share of its pixels' attention among other
+#: words; the same boost on the values overdrives some looks beside another subject (a yellow
+#: dotted star drawn plain yellow). Measured on the bundled subjects' tuning seeds
+#: (benchmarks/NOTES.md, "Keys and values at their own strengths"): placed 2 / 3 / 4 subjects
+#: 0.98 / 0.97 / 0.59 at 1.5 / 1.5, 0.98 / 0.97 / 0.63 at 1.5 / 1.25, 0.85 / 0.91 / 0.57 at
+#: 1.5 / 1.0.
+TOKEN_VALUE_STRENGTH = 1.25
+
 #: The strength of a composite's parts (``conesreg compose``). Its joint steps grew each part
 #: beside the others (at strength 1), so it needs less of a boost to hold among them, and the
 #: parents' 1.5 overdrives it. Measured on the bundled subjects' tuning seeds

@@ -91,10 +91,17 @@ def test_word_positions(pipe) -> None:  # type: ignore[no-untyped-def]
     assert word_starts(ids, pipe.tokenizer, "zebra") == [2]
 
 
-def reference_hooks(pipe, mask, word: str, anchor: str | None, strength: float = 1.0):  # type: ignore[no-untyped-def]
+def reference_hooks(
+    pipe,
+    mask,
+    word: str,
+    anchor: str | None,
+    strength: float = 1.0,
+    value_strength: float | None = None,
+):  # type: ignore[no-untyped-def]
     """Keys and values recomputed the slow, obvious way: at the word's tokens, the masked
-    weights on the state (or on the anchor's state), their change ``strength`` times;
-    elsewhere the original weights."""
+    weights on the state (or on the anchor's state), their change ``strength`` times (the
+    values' ``value_strength`` times, if given); elsewhere the original weights."""
     tok = pipe.tokenizer
     last: dict[str, torch.Tensor] = {}
 
@@ -111,6 +118,7 @@ def reference_hooks(pipe, mask, word: str, anchor: str | None, strength: float =
             masked = w.detach().clone().view(-1)
             masked[torch.from_numpy(mask[name])] = 0
             masked = masked.view_as(w)
+            times = strength if value_strength is None or "to_k" in name else value_strength
             new = out.clone()
             for b in range(x.shape[0]):
                 for states, ids_list in last.values():
@@ -118,7 +126,7 @@ def reference_hooks(pipe, mask, word: str, anchor: str | None, strength: float =
                         for s in word_starts(ids_list, tok, word):
                             h = x[b, s] if anchor is None else encode(anchor)[0][0, 5]
                             change = F.linear(h, masked) - F.linear(h, w)
-                            new[b, s] = F.linear(x[b, s], w) + strength * change
+                            new[b, s] = F.linear(x[b, s], w) + times * change
             return new
 
         return hook
@@ -127,9 +135,15 @@ def reference_hooks(pipe, mask, word: str, anchor: str | None, strength: float =
 
 
 @pytest.mark.parametrize(
-    ("anchor", "strength"), [(None, 1.0), ("a photo of a dog", 1.0), ("a photo of a dog", 1.5)]
+    ("anchor", "strength", "values"),
+    [
+        (None, 1.0, None),
+        ("a photo of a dog", 1.0, None),
+        ("a photo of a dog", 1.5, None),
+        ("a photo of a dog", 1.5, 1.25),  # the values at their own strength
+    ],
 )
-def test_binder_equals_masked_weights_at_the_word(pipe, anchor, strength) -> None:  # type: ignore[no-untyped-def]
+def test_binder_equals_masked_weights_at_the_word(pipe, anchor, strength, values) -> None:  # type: ignore[no-untyped-def]
     names = [
         n
         for n, _ in pipe.unet.named_parameters()
@@ -140,7 +154,7 @@ def test_binder_equals_masked_weights_at_the_word(pipe, anchor, strength) -> Non
         n: np.sort(rng.choice(pipe.unet.get_parameter(n).numel(), 40, replace=False)) for n in names
     }
     prompts = ["a cat and a dog in the city", "a photo of a dog"]
-    hook_for, last, encode = reference_hooks(pipe, mask, "dog", anchor, strength)
+    hook_for, last, encode = reference_hooks(pipe, mask, "dog", anchor, strength, values)
     for p in prompts:
         last[p] = encode(p)
     hooks = [
@@ -154,7 +168,7 @@ def test_binder_equals_masked_weights_at_the_word(pipe, anchor, strength) -> Non
             h.remove()
     binder = Binder(pipe)
     try:
-        binder.set([BoundMask("dog", "dog", mask, anchor=anchor, strength=strength)])
+        binder.set([BoundMask("dog", "dog", mask, anchor, strength, value_strength=values)])
         got = draw(pipe, prompts)
     finally:
         binder.close()
@@ -482,7 +496,10 @@ def test_user_path_token_concepts(isolated, tiny_pipeline_dir: Path, capsys) -> 
 
 
 def test_strength_scales_the_share_and_is_kept_per_concept(pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from conesreg._compose import token_strength
+    from conesreg._compose import _STATE, token_strength
+
+    def binder_strengths() -> list[tuple[float, float | None]]:
+        return [(m.strength, m.value_strength) for m in _STATE[pipe.unet].binder.masks]
 
     dog = bound_concept(tmp_path, pipe, 1, "dog")
     glob = Concept.from_draft(make_tiny_draft(tmp_path / "g", pipe, seed=3, name="g"))
@@ -490,8 +507,10 @@ def test_strength_scales_the_share_and_is_kept_per_concept(pipe, tmp_path: Path)
     with apply(pipe, [dog], strength=1.0):
         one = draw(pipe, ["a photo of a dog"])
         assert token_strength(pipe, dog) == 1.0
+        assert binder_strengths() == [(1.0, pytest.approx(1.0 * 1.25 / 1.5))]  # scaled alike
     with apply(pipe, [dog]):
         assert token_strength(pipe, dog) == 1.5
+        assert binder_strengths() == [(1.5, 1.25)]  # the keys' and the values' defaults
         default = draw(pipe, ["a photo of a dog"])
         with apply(pipe, [glob], strength=3.0):
             assert token_strength(pipe, glob) is None  # global concepts are switched off
@@ -606,6 +625,11 @@ def test_compose_token_concepts_without_images(isolated, tiny_pipeline_dir: Path
     assert (hp["batch_size"], hp["sparsity"]) == (joint["batch_size"], joint["sparsity"])
     assert {k.split(":")[0] for k in pair.indices} == {"0", "1"}
     dog = Concept.from_draft(isolated / "draft-dog")
+    # A concept found alone acts on the values at 5/6 of its keys' strength; a composite's
+    # parts, whose joint steps grew them beside each other, at the same strength on both.
+    from conesreg._compose import value_strength
+
+    assert value_strength(dog, 1.5) == 1.25 and value_strength(pair, 1.25) == 1.25
     # Each part holds its parent's neurons and at most a few more.
     own = {k.split(":", 1)[1]: v for k, v in pair.indices.items() if k.startswith("0:")}
     assert all(set(dog.indices[n]) <= set(own[n]) for n in dog.indices)
