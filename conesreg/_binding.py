@@ -3,8 +3,9 @@
 A token-bound concept switches its neurons off only in the cross-attention keys and values of
 its class word's tokens, and takes the switched-off weights' share on the word's state in its
 own class prompt (its *anchor*), so that the share is the same wherever the word stands in a
-prompt; the share is subtracted ``strength`` times (1.5 by default: in prompts of several
-subjects each word gets less of its pixels' attention, and the look fades at 1). When a prompt
+prompt; the share is subtracted ``strength`` times (1.5 by default on the keys: in prompts of
+several subjects each word gets less of its pixels' attention, and the look fades at 1; 1.25
+on the values, where 1.5 overdrives some looks). When a prompt
 binds several words, each pixel takes the share of the one word it attends to most and sees
 the other words as the base model does, so that one subject's look does not leak into its
 neighbours. Other words, the end-of-text and padding tokens and other prompts see the original

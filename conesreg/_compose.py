@@ -188,8 +188,10 @@ def apply(
             :class:`Concept` objects.
         force: apply even if a concept was made for another base model (with a warning).
         strength: how strongly token-bound concepts act at their words (the switched-off
-            weights' share subtracted this many times; default ``TOKEN_STRENGTH``, 1.5, and
-            for a composite's parts ``COMPOSITE_STRENGTH``, 1.25: the measured best of each).
+            weights' share subtracted this many times from the keys; default
+            ``TOKEN_STRENGTH``, 1.5, and for a composite's parts ``COMPOSITE_STRENGTH``, 1.25:
+            the measured best of each). The values take :func:`value_strength` of it: 5/6 for
+            a concept found alone (1.25 at the default), all of it for a composite's parts.
             Global concepts are switched off, whatever it says.
         project_dir, locked, frozen: as for :func:`conesreg.install`.
         session: config, cache and sources to use.

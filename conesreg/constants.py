@@ -90,7 +90,7 @@ TOKEN_STRENGTH = 1.5
 #: words; the same boost on the values overdrives some looks beside another subject (a yellow
 #: dotted star drawn plain yellow). Measured on the bundled subjects' tuning seeds
 #: (benchmarks/NOTES.md, "Keys and values at their own strengths"): placed 2 / 3 / 4 subjects
-#: 0.98 / 0.97 / 0.59 at 1.5 / 1.5, 0.98 / 0.97 / 0.63 at 1.5 / 1.25, 0.85 / 0.91 / 0.57 at
+#: 0.98 / 0.97 / 0.59 at 1.5 / 1.5, 0.98 / 0.97 / 0.625 at 1.5 / 1.25, 0.85 / 0.91 / 0.57 at
 #: 1.5 / 1.0.
 TOKEN_VALUE_STRENGTH = 1.25
 

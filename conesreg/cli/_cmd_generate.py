@@ -37,9 +37,10 @@ from ._output import open_session, progress_bar, project_option, stdout
     "--strength",
     type=click.FloatRange(0, 10, min_open=True),
     default=None,
-    help="How strongly token-bound concepts act at their words "
-    f"[default: {constants.TOKEN_STRENGTH}; a composite's parts "
-    f"{constants.COMPOSITE_STRENGTH}: the measured best of each].",
+    help="How strongly token-bound concepts act at their words: their keys' share; a concept "
+    f"found alone takes {constants.TOKEN_VALUE_STRENGTH / constants.TOKEN_STRENGTH:.3g} of it "
+    f"on the values [default: {constants.TOKEN_STRENGTH}; a composite's parts "
+    f"{constants.COMPOSITE_STRENGTH} on both: the measured best of each].",
 )
 @click.option("--force", is_flag=True, help="Apply concepts made for another base model.")
 @click.option("--locked", is_flag=True, help="Fail if conesreg.lock would change.")
