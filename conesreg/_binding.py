@@ -368,7 +368,8 @@ class Binder:
             part.index_add_(1, rows_w, terms).mul_(self._strength(group, kind))
         return out if found else None
 
-    def _strength(self, group: tuple[int, ...], kind: str = "to_k") -> float:
+    def _strength(self, group: tuple[int, ...], kind: str) -> float:
+        """How many times layer ``kind``'s share is subtracted at the group's word."""
         # Concepts of one word share its tokens: the strongest one's strength holds there.
         if kind == "to_v":
             return max(_value_strength(self.masks[i]) for i in group)
@@ -388,7 +389,8 @@ class Binder:
         shape = (len(bound), len(plan.ucols))
         owners = torch.full(shape, -1, dtype=torch.long, device=device)  # -1: no group
         owners[plan.rpos, plan.pos] = plan.gid
-        unit = torch.tensor([-1 / self._strength(group) for group, _ in plan.groups], device=device)
+        unit = [-1 / self._strength(group, "to_k") for group, _ in plan.groups]
+        unit = torch.tensor(unit, device=device)
         plan.unit = torch.zeros(shape, device=device)
         plan.unit[plan.rpos, plan.pos] = unit[plan.gid]
         plan.unit = plan.unit[:, None, :, None]

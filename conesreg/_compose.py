@@ -604,14 +604,15 @@ def _sync_bound(state: _Applied) -> None:
     for c in bound:
         b = c.manifest.binding
         strength = state.strengths.get(c.digest, default_strength(c))
+        values = value_strength(c, strength)
         if not b.parts:
-            values = value_strength(c, strength)
             masks.append(BoundMask(c.digest, str(b.word), c.indices, b.anchor, strength, values))
             continue
         for i, part in enumerate(b.parts):  # a composite: each part at its own word
             prefix = f"{i}:"
             own = {k[len(prefix) :]: v for k, v in c.indices.items() if k.startswith(prefix)}
-            masks.append(BoundMask(f"{c.digest}:{i}", part.word, own, part.anchor, strength))
+            key = f"{c.digest}:{i}"
+            masks.append(BoundMask(key, part.word, own, part.anchor, strength, values))
     state.binder.set(masks)
 
 
