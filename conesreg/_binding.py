@@ -312,26 +312,40 @@ class Binder:
             self._anchors[key] = None if anchor is None else anchor.to(like.device, like.dtype)
         return self._anchors[key]
 
-    def bind(self, layer: str, raw: Any, context: Any, key: Any, value: Any, attn: Any) -> _Plan:
-        """Subtract the switched-off weights' share from ``key`` and ``value``, in place.
+    def project(self, layer: str, raw: Any, context: Any, attn: Any) -> tuple[Any, Any, _Plan]:
+        """The layer's keys and values of ``context``, with the switched-off weights' share
+        subtracted at the bound tokens.
 
         ``raw`` is the encoder hidden states as the UNet got them (recognised by content),
         ``context`` what the projections saw (after the layer's own normalisation, if any).
         The shares depend only on those and the weights, so they are computed once per
-        prompt and layer and reused at every step (recomputed if a weight changes). In a
-        layer that :meth:`attend` routes, the keys and values are left as they are: it takes
-        the shares from the plan per pixel and hides these columns from the rest.
+        prompt and layer and reused at every step (recomputed if a weight changes). So are
+        the keys and values themselves where the projections are plain linear layers (a
+        pipeline recomputes the same cross-attention keys and values at every step; this
+        saves it, measured in benchmarks/NOTES.md). In a layer that :meth:`attend` routes,
+        the keys and values are the original ones: it takes the shares from the plan per
+        pixel and hides these columns from the rest.
 
         Returns:
-            The plan, with this layer's shares, for :meth:`attend`.
+            (keys, values, the plan with this layer's shares for :meth:`attend`). The keys
+            and values may be the ones returned at an earlier step: read them, never write.
         """
         plan = self.plan(raw)
+        stamp = _steady(raw, context, attn)
+        cached = plan.shares.get((layer, "kv"))
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            return cached[1], cached[2], plan
+        key, value = attn.to_k(context), attn.to_v(context)
         routed = _routes(plan, attn)
         for proj, out, kind in ((attn.to_k, key, "to_k"), (attn.to_v, value, "to_v")):
             share = self._share(plan, layer, kind, proj.weight, context, attn)
             if share is not None and not routed:
                 out.index_put_((plan.rows, plan.cols), -share.to(out.dtype), accumulate=True)
-        return plan
+        if stamp is not None:
+            plan.shares[(layer, "kv")] = (stamp, key, value)
+        else:  # nor may the routing take the bound columns of ones kept before
+            plan.shares.pop((layer, "kv"), None)
+        return key, value, plan
 
     def _share(
         self, plan: _Plan, layer: str, kind: str, w: Any, context: Any, attn: Any
@@ -415,6 +429,24 @@ class Binder:
             plan.shares[key] = cached
         return cached[1]
 
+    def _bound_columns(
+        self, plan: _Plan, layer: str, key: Any, value: Any, dk: Any, scale: float
+    ) -> tuple[Any, Any]:
+        """The bound columns' keys with the keys' share after them, times ``scale``
+        ((B, H, 2m, dim)), and their values ((B, H, m, dim)): per step, or once per prompt and
+        layer where :meth:`project` kept the keys and values."""
+        import torch
+
+        steady = plan.shares.get((layer, "kv"))
+        cached = plan.shares.get((layer, "columns"))
+        if steady is not None and cached is not None and cached[0] is steady:
+            return cached[1], cached[2]
+        keys = torch.cat([_columns(key, plan.ucols), dk], 2).mul_(scale)
+        values = _columns(value, plan.ucols)
+        if steady is not None:
+            plan.shares[(layer, "columns")] = (steady, keys, values)
+        return keys, values
+
     def attend(
         self, plan: _Plan, layer: str, query: Any, key: Any, value: Any, mask: Any, scale: float
     ) -> Any:
@@ -435,6 +467,8 @@ class Binder:
         Returns:
             (batch, heads, pixels, dim), as scaled dot-product attention returns it.
         """
+        import torch
+
         # The columns no word binds are the same for every pixel: their attention and its
         # log-sum-exp, in one fused pass where torch has one. It is the whole attention of the
         # rows that bind no word (``hide`` leaves their columns alone).
@@ -442,6 +476,11 @@ class Binder:
         rows = plan.bound
         q, k, v, rest_out, lse_r = (_take(x, rows) for x in (query, key, value, out, lse))
         at = None if mask is None else mask if len(mask) == 1 else _take(mask, rows)
+        if torch.is_grad_enabled():  # autograd keeps ``out`` for its backward: no writes to it
+            part = self._routed(plan, layer, q, k, v, at, scale, rest_out, lse_r, into=None)
+            if isinstance(rows, slice):
+                rows = torch.arange(rows.start, rows.stop, device=out.device)
+            return out.index_copy(0, rows, part)
         if isinstance(rows, slice):  # the bound rows' result written over their part, a view
             self._routed(plan, layer, q, k, v, at, scale, rest_out, lse_r, into=rest_out)
         else:
@@ -474,8 +513,8 @@ class Binder:
         dk = self._dense_share(plan, layer, "to_k", key.shape[1], query)
         dv = self._dense_share(plan, layer, "to_v", key.shape[1], query)
         # The bound columns' original logits and share_k . q there, in one small matmul.
-        both = (torch.cat([_columns(key, u), dk], 2) @ query.transpose(-1, -2)).float()
-        both.mul_(scale)
+        keys, values = self._bound_columns(plan, layer, key, value, dk, scale)
+        both = (keys @ query.transpose(-1, -2)).float()
         lu, back = both[:, :, :m], both[:, :, m:]
         if mask is not None:
             lu = lu + mask[..., u].float().transpose(-1, -2)
@@ -488,7 +527,7 @@ class Binder:
         own = plan.one_hot.gather(2, owner[:, None].expand(-1, m, -1))[:, None]
         rest, probs = _weights(lse_r, torch.addcmul(lu, back, own, value=-1))
         rest, probs = rest.to(value.dtype), probs.to(value.dtype)
-        bound = probs.transpose(-1, -2) @ _columns(value, u)
+        bound = probs.transpose(-1, -2) @ values
         bound.sub_((probs * own.to(value.dtype)).transpose(-1, -2) @ dv)
         return torch.addcmul(bound, out, rest.transpose(-1, -2), out=into)
 
@@ -502,6 +541,33 @@ def _routes(plan: _Plan, attn: Any) -> bool:
     one prompt, where each pixel takes one word's share (a normalised key is not linear in
     the share, so such layers take every share at once)."""
     return plan.routed and getattr(attn, "norm_k", None) is None
+
+
+def _steady(raw: Any, context: Any, attn: Any) -> tuple[Any, ...] | None:
+    """What the layer's keys and values of ``raw`` depend on, where that is all they depend on
+    (``None`` otherwise, and then they are computed at every step).
+
+    Plain ``nn.Linear`` projections of the raw states only: a LoRA or offloading wrapper (such
+    as accelerate's, which replaces a module's ``forward``), a hook or the layer's own
+    normalisation may compute them from more than their weights show.
+    Never while gradients are recorded: a kept result would carry one step's graph into the
+    next.
+    """
+    import torch
+
+    if context is not raw or torch.is_grad_enabled():
+        return None
+    if getattr(torch.nn.modules.module, "_global_forward_hooks", None):
+        return None
+    stamp: list[Any] = [raw._version]
+    for proj in (attn.to_k, attn.to_v):
+        if type(proj) is not torch.nn.Linear or "forward" in vars(proj):
+            return None
+        if proj._forward_hooks or proj._forward_pre_hooks:
+            return None
+        for p in (proj.weight, proj.bias):
+            stamp.append(None if p is None else (p._version, p.data_ptr(), p.dtype, p.device))
+    return tuple(stamp)
 
 
 def _rows(rows: list[int], device: Any) -> Any:
@@ -611,10 +677,11 @@ class BoundAttnProcessor:
         raw = context
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        key, value = attn.to_k(context), attn.to_v(context)
         plan = None
         if self.binder.masks and encoder_hidden_states is not None:
-            plan = self.binder.bind(self.layer, raw, context, key, value, attn)
+            key, value, plan = self.binder.project(self.layer, raw, context, attn)
+        else:
+            key, value = attn.to_k(context), attn.to_v(context)
         head = key.shape[-1] // attn.heads
         query, key, value = (
             x.view(batch, -1, attn.heads, head).transpose(1, 2) for x in (query, key, value)

@@ -325,6 +325,85 @@ def test_composite_search_routes_as_generation_does(pipe) -> None:  # type: igno
         binder.close()
 
 
+@pytest.mark.parametrize("prompts", [["a dog"], ["a dog and a cat"]], ids=["one", "routed"])
+def test_kept_keys_and_values_follow_weights_and_wrappers(pipe, prompts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The binder keeps a prompt's keys and values between steps: computed once while the
+    weights stay as they are, recomputed when a weight changes in place, and never kept
+    where the projection is hooked or wrapped (what it computes is more than its weights
+    show)."""
+    rng = np.random.default_rng(2)
+    names = [n for n, _ in pipe.unet.named_parameters() if "attn2.to_" in n and "weight" in n]
+
+    def mask() -> dict[str, np.ndarray]:
+        return {n: rng.choice(pipe.unet.get_parameter(n).numel(), 200) for n in names}
+
+    masks = [BoundMask(w, w, mask(), f"a photo of a {w}", 1.5) for w in ("dog", "cat")]
+    binder = Binder(pipe)
+    layer = next(n for n in binder._processors if n.startswith("down_blocks"))
+    attn = pipe.unet.get_submodule(layer)
+    calls = []
+    saved = attn.to_k.weight.detach().clone()
+    linear = torch.nn.Linear.forward
+
+    def counted(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if module is attn.to_k:
+            calls.append(1)
+        return linear(module, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", counted)  # the class's: hooks nothing
+    seed = torch.Generator().manual_seed(0)
+    x = torch.randn(len(prompts), 64, attn.to_q.in_features, generator=seed)
+    ids = pipe.tokenizer(prompts, padding="max_length", return_tensors="pt").input_ids
+
+    def fresh() -> torch.Tensor:
+        """The attention of a binder that has kept nothing yet."""
+        binder.set(masks)
+        return attn(x, encoder_hidden_states=ehs)
+
+    try:
+        binder.set(masks)
+        with torch.no_grad():
+            ehs = pipe.text_encoder(ids)[0]  # recorded by the binder's hook
+            first = attn(x, encoder_hidden_states=ehs)
+            assert torch.equal(attn(x, encoder_hidden_states=ehs), first)
+            assert len(calls) == 1  # the second call took the kept keys
+            assert (layer, "kv") in binder.plan(ehs).shares
+
+            attn.to_k.weight.mul_(1.1)  # an in-place change: kept keys are stale
+            changed = attn(x, encoder_hidden_states=ehs)
+            assert len(calls) == 2 and (changed - first).abs().max() > 1e-4
+            torch.testing.assert_close(changed, fresh())
+
+            factor = [1.0]
+            hook = attn.to_v.register_forward_hook(lambda m, a, out: out * factor[0])
+            try:
+                hooked = attn(x, encoder_hidden_states=ehs)
+                factor[0] = 2.0  # the hook computes something else now, its weights unchanged
+                twice = attn(x, encoder_hidden_states=ehs)
+                assert (twice - hooked).abs().max() > 1e-4
+                torch.testing.assert_close(twice, fresh())
+            finally:
+                hook.remove()
+            attn.to_v.forward = lambda x: linear(attn.to_v, x) * factor[0]  # as accelerate wraps
+            try:
+                factor[0] = 1.0
+                wrapped = attn(x, encoder_hidden_states=ehs)
+                factor[0] = 3.0
+                assert (attn(x, encoder_hidden_states=ehs) - wrapped).abs().max() > 1e-4
+            finally:
+                del attn.to_v.forward
+            with torch.enable_grad():  # no graph is kept from one call to the next
+                grads = attn(x, encoder_hidden_states=ehs)
+                assert not any(k[1] == "kv" for k in binder.plan(ehs).shares)
+                grads.sum().backward()  # and nothing autograd keeps was written over
+            assert attn.to_k.weight.grad is not None
+            torch.testing.assert_close(grads.detach(), fresh())
+    finally:
+        attn.to_k.weight.data.copy_(saved)
+        pipe.unet.zero_grad(set_to_none=True)
+        binder.close()
+
+
 def test_binder_without_masks_is_the_default_processor(pipe) -> None:  # type: ignore[no-untyped-def]
     before = draw(pipe, ["a photo of a dog"])
     procs = dict(pipe.unet.attn_processors)
