@@ -110,7 +110,9 @@ class _Plan:
     unit: Any = None  # (r, 1, m, 1) -1/strength of that group, 0 where none
     one_hot: Any = None  # (r, m, G) 1 where the group is bound at the row's column, else 0
     hide: Any = None  # (B, 1, 1, tokens): -inf at the bound rows' bound columns, a mask
-    # (layer, "to_k" or "to_v") -> (the weight's version stamp, (n, out) share per cell)
+    # (layer, "to_k" or "to_v") -> (the weight's version stamp, (n, out) share per cell); also
+    # (layer, "kv"): the kept keys and values, and (layer, "columns"): a routed layer's bound
+    # columns of them (Binder.project, Binder._bound_columns)
     shares: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
@@ -265,7 +267,9 @@ class Binder:
         if plan.routed:
             self._dense_plan(plan, ehs.shape[0], ehs.shape[1])
         self._plans = [(r, p) for r, p in self._plans[-3:] if r() is not None]
-        self._plans.append((weakref.ref(ehs), plan))
+        # What the plan keeps (the keys and values at every layer) goes with the prompt's
+        # embeddings, not with the next prompt's call.
+        self._plans.append((weakref.ref(ehs, lambda _: plan.shares.clear()), plan))
         return plan
 
     # -- the masks' share

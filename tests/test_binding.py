@@ -355,10 +355,10 @@ def test_kept_keys_and_values_follow_weights_and_wrappers(pipe, prompts, monkeyp
     x = torch.randn(len(prompts), 64, attn.to_q.in_features, generator=seed)
     ids = pipe.tokenizer(prompts, padding="max_length", return_tensors="pt").input_ids
 
-    def fresh() -> torch.Tensor:
+    def fresh(states: torch.Tensor) -> torch.Tensor:
         """The attention of a binder that has kept nothing yet."""
         binder.set(masks)
-        return attn(x, encoder_hidden_states=ehs)
+        return attn(x, encoder_hidden_states=states)
 
     try:
         binder.set(masks)
@@ -372,7 +372,7 @@ def test_kept_keys_and_values_follow_weights_and_wrappers(pipe, prompts, monkeyp
             attn.to_k.weight.mul_(1.1)  # an in-place change: kept keys are stale
             changed = attn(x, encoder_hidden_states=ehs)
             assert len(calls) == 2 and (changed - first).abs().max() > 1e-4
-            torch.testing.assert_close(changed, fresh())
+            torch.testing.assert_close(changed, fresh(ehs))
 
             factor = [1.0]
             hook = attn.to_v.register_forward_hook(lambda m, a, out: out * factor[0])
@@ -381,7 +381,7 @@ def test_kept_keys_and_values_follow_weights_and_wrappers(pipe, prompts, monkeyp
                 factor[0] = 2.0  # the hook computes something else now, its weights unchanged
                 twice = attn(x, encoder_hidden_states=ehs)
                 assert (twice - hooked).abs().max() > 1e-4
-                torch.testing.assert_close(twice, fresh())
+                torch.testing.assert_close(twice, fresh(ehs))
             finally:
                 hook.remove()
             attn.to_v.forward = lambda x: linear(attn.to_v, x) * factor[0]  # as accelerate wraps
@@ -397,7 +397,11 @@ def test_kept_keys_and_values_follow_weights_and_wrappers(pipe, prompts, monkeyp
                 assert not any(k[1] == "kv" for k in binder.plan(ehs).shares)
                 grads.sum().backward()  # and nothing autograd keeps was written over
             assert attn.to_k.weight.grad is not None
-            torch.testing.assert_close(grads.detach(), fresh())
+            torch.testing.assert_close(grads.detach(), fresh(ehs))
+            kept = binder.plan(ehs)
+            assert (layer, "kv") in kept.shares
+            del ehs  # the prompt's embeddings are freed: what was kept for them goes too
+            assert not kept.shares
     finally:
         attn.to_k.weight.data.copy_(saved)
         pipe.unet.zero_grad(set_to_none=True)
