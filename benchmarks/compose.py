@@ -379,9 +379,8 @@ def interleaved(run, concepts, pipe, repeats: int) -> tuple[float, ...]:  # type
 
 def bench_token_generation() -> dict[str, tuple[float, ...]]:
     """Generation with 4 token-bound concepts over the plain pipeline (:func:`interleaved`'s
-    four ratios): the mini
-    model (its benchmarks' sampling) and an SD 1.5-shaped pipeline with random weights (2 steps
-    on 64x64 latents, SD's 512x512)."""
+    four ratios): the mini model (its benchmarks' sampling) and an SD 1.5-shaped pipeline with
+    random weights (2 steps on 64x64 latents, SD's 512x512)."""
     from conesreg.mini.model import load_mini_pipeline
 
     words = ["star", "heart", "square", "circle"]

@@ -335,7 +335,9 @@ def test_kept_keys_and_values_follow_weights_and_wrappers(pipe, prompts, monkeyp
     names = [n for n, _ in pipe.unet.named_parameters() if "attn2.to_" in n and "weight" in n]
 
     def mask() -> dict[str, np.ndarray]:
-        return {n: rng.choice(pipe.unet.get_parameter(n).numel(), 200) for n in names}
+        return {
+            n: rng.choice(pipe.unet.get_parameter(n).numel(), 200, replace=False) for n in names
+        }
 
     masks = [BoundMask(w, w, mask(), f"a photo of a {w}", 1.5) for w in ("dog", "cat")]
     binder = Binder(pipe)
