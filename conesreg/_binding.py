@@ -480,17 +480,15 @@ class Binder:
         rows = plan.bound
         q, k, v, rest_out, lse_r = (_take(x, rows) for x in (query, key, value, out, lse))
         at = None if mask is None else mask if len(mask) == 1 else _take(mask, rows)
-        if torch.is_grad_enabled():  # autograd keeps ``out`` for its backward: no writes to it
-            part = self._routed(plan, layer, q, k, v, at, scale, rest_out, lse_r, into=None)
-            if isinstance(rows, slice):
-                rows = torch.arange(rows.start, rows.stop, device=out.device)
-            return out.index_copy(0, rows, part)
-        if isinstance(rows, slice):  # the bound rows' result written over their part, a view
+        # Autograd keeps ``out`` for its backward: while it records, nothing is written into it.
+        grad = torch.is_grad_enabled()
+        if isinstance(rows, slice) and not grad:  # the bound rows' result over their part, a view
             self._routed(plan, layer, q, k, v, at, scale, rest_out, lse_r, into=rest_out)
-        else:
-            part = self._routed(plan, layer, q, k, v, at, scale, rest_out, lse_r, into=None)
-            out.index_copy_(0, rows, part)
-        return out
+            return out
+        part = self._routed(plan, layer, q, k, v, at, scale, rest_out, lse_r, into=None)
+        if isinstance(rows, slice):
+            rows = torch.arange(rows.start, rows.stop, device=out.device)
+        return out.index_copy(0, rows, part) if grad else out.index_copy_(0, rows, part)
 
     def _routed(
         self,
