@@ -559,7 +559,11 @@ def _steady(raw: Any, context: Any, attn: Any) -> tuple[Any, ...] | None:
 
     if context is not raw or torch.is_grad_enabled():
         return None
-    if getattr(torch.nn.modules.module, "_global_forward_hooks", None):
+    module = torch.nn.modules.module
+    # Hooks registered for every module (register_module_forward_hook and _pre_hook) too.
+    if getattr(module, "_global_forward_hooks", None) or getattr(
+        module, "_global_forward_pre_hooks", None
+    ):
         return None
     stamp: list[Any] = [raw._version]
     for proj in (attn.to_k, attn.to_v):

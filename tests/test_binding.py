@@ -377,21 +377,33 @@ def test_kept_keys_and_values_follow_weights_and_wrappers(pipe, prompts, monkeyp
             torch.testing.assert_close(changed, fresh(ehs))
 
             factor = [1.0]
+
+            def follows(states: torch.Tensor, factor_now: float) -> torch.Tensor:
+                """A second call, the projection computing something else (``factor`` changed,
+                its weights not), differs from the first; returns the second."""
+                factor[0] = 1.0
+                before = attn(x, encoder_hidden_states=states)
+                factor[0] = factor_now
+                after = attn(x, encoder_hidden_states=states)
+                assert (after - before).abs().max() > 1e-4
+                return after
+
             hook = attn.to_v.register_forward_hook(lambda m, a, out: out * factor[0])
             try:
-                hooked = attn(x, encoder_hidden_states=ehs)
-                factor[0] = 2.0  # the hook computes something else now, its weights unchanged
-                twice = attn(x, encoder_hidden_states=ehs)
-                assert (twice - hooked).abs().max() > 1e-4
-                torch.testing.assert_close(twice, fresh(ehs))
+                torch.testing.assert_close(follows(ehs, 2.0), fresh(ehs))
             finally:
                 hook.remove()
+            # A pre-hook registered for every module changes what the projections see.
+            pre = torch.nn.modules.module.register_module_forward_pre_hook(
+                lambda m, a: (a[0] * factor[0],) if m is attn.to_v else None
+            )
+            try:
+                follows(ehs, 2.0)
+            finally:
+                pre.remove()
             attn.to_v.forward = lambda x: linear(attn.to_v, x) * factor[0]  # as accelerate wraps
             try:
-                factor[0] = 1.0
-                wrapped = attn(x, encoder_hidden_states=ehs)
-                factor[0] = 3.0
-                assert (attn(x, encoder_hidden_states=ehs) - wrapped).abs().max() > 1e-4
+                follows(ehs, 3.0)
             finally:
                 del attn.to_v.forward
             with torch.enable_grad():  # no graph is kept from one call to the next
